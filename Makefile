@@ -1,0 +1,31 @@
+# Two commands do all the set-up on a fresh machine:
+#   make test   -> .venv + pinned requirements + editable package, then pytest
+#   make book   -> the same set-up, the quick-profile runs, then the Jupyter Book into _build/html
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+KERNEL := hybridkd
+PROFILE ?= quick
+
+.PHONY: setup test book clean-book
+
+# Reinstall only when requirements.txt or pyproject.toml changed (the stamp is older).
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (hybridkd)"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+book: setup
+	$(VENV)/bin/jupyter-book build .
+
+clean-book:
+	rm -rf _build

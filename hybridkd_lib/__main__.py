@@ -1,0 +1,3 @@
+from hybridkd_lib.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,334 @@
+"""Datasets by name: one entry point, real on-disk formats, clear errors.
+
+``get_datasets(name, ...)`` returns ``(train, test)`` torch datasets and
+``get_loaders(name, ...)`` the matching DataLoaders. Static image samples are
+``[C, H, W]``; CIFAR10-DVS samples are frame sequences ``[T, 2, 48, 48]``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the library knows about one dataset (shapes exclude the batch)."""
+
+    name: str
+    num_classes: int
+    input_shape: tuple
+    subdir: str | None  # where it lives under the data root (None: nothing on disk)
+    marker: str | None  # file or folder whose presence means "the data is there"
+    how_to_get: str
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo(
+        "digits", 10, (1, 8, 8), None, None,
+        "shipped inside scikit-learn (sklearn.datasets.load_digits); nothing to download"),
+    "cifar10": DatasetInfo(
+        "cifar10", 10, (3, 32, 32), ".", "cifar-10-batches-py",
+        "python -m hybridkd_lib datasets --download cifar10 (or unpack cifar-10-python.tar.gz "
+        "from https://www.cs.toronto.edu/~kriz/cifar.html into the data root)"),
+    "cifar100": DatasetInfo(
+        "cifar100", 100, (3, 32, 32), ".", "cifar-100-python",
+        "python -m hybridkd_lib datasets --download cifar100 (or unpack cifar-100-python.tar.gz "
+        "from https://www.cs.toronto.edu/~kriz/cifar.html into the data root)"),
+    "imagenet": DatasetInfo(
+        "imagenet", 1000, (3, 224, 224), "imagenet", "imagenet/train",
+        "register at https://image-net.org, then lay ILSVRC2012 out as ImageFolder: "
+        "<data root>/imagenet/train/<wnid>/*.JPEG and <data root>/imagenet/val/<wnid>/*.JPEG"),
+    "cifar10dvs": DatasetInfo(
+        "cifar10dvs", 10, ("T", 2, 48, 48), "cifar10dvs", "cifar10dvs/events_np",
+        "python -m hybridkd_lib datasets --download cifar10dvs (spikingjelly fetches the 10 zips "
+        "from https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671 into "
+        "<data root>/cifar10dvs/download and converts them to events_np/)"),
+    "synthetic": DatasetInfo(
+        "synthetic", 10, (3, 32, 32), None, None,
+        "generated in memory (random CIFAR-shaped tensors, for speed/memory benchmarks only)"),
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset that is not on disk (message: name, path looked in, how to obtain it)."""
+
+
+def default_data_root() -> Path:
+    """``$HYBRIDKD_DATA`` if set, else ``<repo>/data``."""
+    return Path(os.environ.get("HYBRIDKD_DATA", REPO_ROOT / "data"))
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def expected_path(name: str, root: str | Path | None = None) -> Path | None:
+    info = dataset_info(name)
+    if info.marker is None:
+        return None
+    return Path(root or default_data_root()) / info.marker
+
+
+def is_present(name: str, root: str | Path | None = None) -> bool:
+    path = expected_path(name, root)
+    return path is None or path.exists()
+
+
+def _missing(name: str, root: Path) -> DatasetNotFoundError:
+    info = dataset_info(name)
+    return DatasetNotFoundError(
+        f"dataset {name!r} not found: looked in {expected_path(name, root)}. "
+        f"To obtain it: {info.how_to_get}. Set --data-root or $HYBRIDKD_DATA to use another folder.")
+
+
+class Cutout:
+    """Zero one random ``size x size`` square of a ``[C, H, W]`` tensor (DeVries & Taylor 2017)."""
+
+    def __init__(self, size: int = 16):
+        self.size = size
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        y0, y1 = max(cy - self.size // 2, 0), min(cy + self.size // 2, h)
+        x0, x1 = max(cx - self.size // 2, 0), min(cx + self.size // 2, w)
+        img = img.clone()
+        img[..., y0:y1, x0:x1] = 0
+        return img
+
+
+# ----------------------------------------------------------------------------- digits
+def digits_datasets(image_size: int = 8, channels: int = 1, test_fraction: float = 0.25,
+                    seed: int = 0, augment: bool = False):
+    """scikit-learn's 1,797 8x8 digits, stratified split with a fixed seed.
+
+    Samples are ``[channels, image_size, image_size]`` normalised with the train
+    split's mean and std. ``augment`` adds random 1-pixel shifts (train only).
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels!r} not allowed; valid: 1, 3")
+    if image_size < 8:
+        raise ValueError(f"image_size={image_size!r} too small; valid: 8 or larger")
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [N,1,8,8]
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=test_fraction,
+                                           stratify=bunch.target, random_state=seed)
+    if image_size != 8:
+        x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
+                                            align_corners=False)
+    mean, std = x[idx_train].mean(), x[idx_train].std()
+    x = ((x - mean) / std).repeat(1, channels, 1, 1)
+    train = TensorDataset(x[idx_train], y[idx_train])
+    test = TensorDataset(x[idx_test], y[idx_test])
+    if augment:
+        train = _ShiftAugment(train, max_shift=max(1, image_size // 8))
+    return train, test
+
+
+class _ShiftAugment(Dataset):
+    """Random integer translation (rolled, edges zeroed) of ``[C, H, W]`` samples."""
+
+    def __init__(self, base: Dataset, max_shift: int):
+        self.base, self.max_shift = base, max_shift
+        self.tensors = getattr(base, "tensors", None)
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        img, label = self.base[i]
+        dy, dx = torch.randint(-self.max_shift, self.max_shift + 1, (2,)).tolist()
+        return _shift(img, dy, dx), label
+
+
+def _shift(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Translate the last two dims by (dy, dx) pixels, filling with zeros."""
+    out = torch.roll(img, shifts=(dy, dx), dims=(-2, -1))
+    if dy > 0:
+        out[..., :dy, :] = 0
+    elif dy < 0:
+        out[..., dy:, :] = 0
+    if dx > 0:
+        out[..., :, :dx] = 0
+    elif dx < 0:
+        out[..., :, dx:] = 0
+    return out
+
+
+# ----------------------------------------------------------------------------- CIFAR
+def cifar_transforms(name: str):
+    """(train, test) torchvision transforms for CIFAR-10/100 (Table C recipe)."""
+    from torchvision import transforms as T
+
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
+    train = T.Compose([
+        T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(),
+        T.AutoAugment(T.AutoAugmentPolicy.CIFAR10),
+        T.ToTensor(), T.Normalize(mean, std), Cutout(16)])
+    test = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+    return train, test
+
+
+def cifar_datasets(name: str, root: Path, download: bool = False):
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    if download and not is_present(name, root):
+        try:
+            cls(str(root), train=True, download=True)
+        except Exception as exc:  # offline: give the same clear error as a missing dataset
+            raise _missing(name, root) from exc
+    if not is_present(name, root):
+        raise _missing(name, root)
+    train_tf, test_tf = cifar_transforms(name)
+    return (cls(str(root), train=True, transform=train_tf, download=False),
+            cls(str(root), train=False, transform=test_tf, download=False))
+
+
+# ----------------------------------------------------------------------------- ImageNet
+def imagenet_transforms():
+    from torchvision import transforms as T
+
+    train = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
+                       T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    test = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return train, test
+
+
+def imagenet_datasets(root: Path):
+    from torchvision import datasets
+
+    base = root / "imagenet"
+    if not (base / "train").is_dir() or not (base / "val").is_dir():
+        raise _missing("imagenet", root)
+    train_tf, test_tf = imagenet_transforms()
+    return (datasets.ImageFolder(str(base / "train"), transform=train_tf),
+            datasets.ImageFolder(str(base / "val"), transform=test_tf))
+
+
+# ----------------------------------------------------------------------------- CIFAR10-DVS
+class DVSFrames(Dataset):
+    """Frames ``[T, 2, H, W]`` from spikingjelly, resized to ``size``; optional flip + roll."""
+
+    def __init__(self, base: Dataset, indices, size: int = 48, augment: bool = False,
+                 max_roll: int = 5):
+        self.base, self.indices = base, list(indices)
+        self.size, self.augment, self.max_roll = size, augment, max_roll
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        frames, label = self.base[self.indices[i]]
+        x = torch.as_tensor(np.asarray(frames), dtype=torch.float32)  # [T, 2, 128, 128]
+        x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear",
+                                            align_corners=False)
+        if self.augment:
+            if torch.rand(()) < 0.5:
+                x = torch.flip(x, dims=(-1,))
+            dy, dx = torch.randint(-self.max_roll, self.max_roll + 1, (2,)).tolist()
+            x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+        return x, int(label)
+
+
+def split_per_class(targets, train_fraction: float = 0.9, seed: int = 0):
+    """Indices (train, test) taking ``train_fraction`` of every class, shuffled with ``seed``."""
+    targets = np.asarray(targets)
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(targets):
+        idx = rng.permutation(np.flatnonzero(targets == c))
+        k = int(round(train_fraction * len(idx)))
+        train.extend(idx[:k].tolist())
+        test.extend(idx[k:].tolist())
+    return sorted(train), sorted(test)
+
+
+def cifar10dvs_datasets(root: Path, T: int = 10, size: int = 48, download: bool = False):
+    from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS
+
+    base = root / "cifar10dvs"
+    if not (base / "events_np").is_dir():
+        if not download:
+            raise _missing("cifar10dvs", root)
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            CIFAR10DVS(str(base), data_type="event")
+        except Exception as exc:
+            raise _missing("cifar10dvs", root) from exc
+    frames = CIFAR10DVS(str(base), data_type="frame", frames_number=T, split_by="number")
+    train_idx, test_idx = split_per_class(frames.targets, 0.9)
+    return (DVSFrames(frames, train_idx, size, augment=True),
+            DVSFrames(frames, test_idx, size, augment=False))
+
+
+# ----------------------------------------------------------------------------- synthetic
+def synthetic_datasets(n_train: int = 512, n_test: int = 128, shape=(3, 32, 32),
+                       num_classes: int = 10, seed: int = 0):
+    """CIFAR-shaped random tensors: for speed and memory benchmarks only, never accuracy."""
+    g = torch.Generator().manual_seed(seed)
+    make = lambda n: TensorDataset(torch.randn(n, *shape, generator=g),
+                                   torch.randint(num_classes, (n,), generator=g))
+    return make(n_train), make(n_test)
+
+
+# ----------------------------------------------------------------------------- entry points
+def get_datasets(name: str, root: str | Path | None = None, download: bool = False, **options):
+    """``(train, test)`` datasets for ``name`` (see ``DATASETS``).
+
+    Options: digits: ``image_size``, ``channels``, ``seed``, ``augment``;
+    cifar10dvs: ``T`` (frames), ``size``; synthetic: ``n_train``, ``n_test``, ``shape``.
+    """
+    dataset_info(name)
+    root = Path(root or default_data_root())
+    if name == "digits":
+        return digits_datasets(**options)
+    if name in ("cifar10", "cifar100"):
+        return cifar_datasets(name, root, download=download)
+    if name == "imagenet":
+        return imagenet_datasets(root)
+    if name == "cifar10dvs":
+        return cifar10dvs_datasets(root, download=download, **options)
+    return synthetic_datasets(**options)
+
+
+def get_loaders(name: str, batch_size: int = 128, root=None, num_workers: int = 0,
+                seed: int = 0, pin_memory: bool = False, train_sampler=None, **options):
+    """``(train_loader, test_loader)``; the train order is reproducible from ``seed``."""
+    train, test = get_datasets(name, root, **options)
+    g = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(train, batch_size=batch_size, shuffle=train_sampler is None,
+                              sampler=train_sampler, generator=g, num_workers=num_workers,
+                              pin_memory=pin_memory, drop_last=False)
+    test_loader = DataLoader(test, batch_size=batch_size, shuffle=False,
+                             num_workers=num_workers, pin_memory=pin_memory)
+    return train_loader, test_loader
+
+
+def dataset_table(root: str | Path | None = None) -> list[dict]:
+    """One row per dataset: name, classes, input shape, expected path, present."""
+    rows = []
+    for name, info in DATASETS.items():
+        path = expected_path(name, root)
+        rows.append({"name": name, "classes": info.num_classes,
+                     "input": "x".join(map(str, info.input_shape)),
+                     "path": str(path) if path else "(built in)", "present": is_present(name, root)})
+    return rows

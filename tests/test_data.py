@@ -1,0 +1,174 @@
+"""The data layer on tiny files written in each dataset's real on-disk format."""
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hybridkd_lib import data
+
+
+def _write_cifar(root, name, per_class=3):
+    """Pickled batches exactly as the CIFAR python tarballs lay them out."""
+    n_classes = 10 if name == "cifar10" else 100
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(n_classes), per_class).tolist()
+    n = len(labels)
+    images = rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)
+    if name == "cifar10":
+        base = root / "cifar-10-batches-py"
+        base.mkdir(parents=True)
+        for fname in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            with open(base / fname, "wb") as f:
+                pickle.dump({"data": images, "labels": labels}, f)
+        with open(base / "batches.meta", "wb") as f:
+            pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    else:
+        base = root / "cifar-100-python"
+        base.mkdir(parents=True)
+        for fname in ("train", "test"):
+            with open(base / fname, "wb") as f:
+                pickle.dump({"data": images, "fine_labels": labels, "coarse_labels": labels}, f)
+        with open(base / "meta", "wb") as f:
+            pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, f)
+    return n, labels
+
+
+@pytest.fixture(autouse=True)
+def _skip_integrity(monkeypatch):
+    # torchvision checks md5 sums of the real files; our tiny files are the same format, not the same bytes.
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *a, **k: True)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_pickled_batches_load(tmp_path, name):
+    n, labels = _write_cifar(tmp_path, name)
+    train, test = data.get_datasets(name, root=tmp_path)
+    assert len(train) == (5 * n if name == "cifar10" else n) and len(test) == n
+    x, y = train[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert y == labels[0]
+    assert sorted({int(test[i][1]) for i in range(len(test))}) == sorted(set(labels))
+    # augmentation: the same train sample differs between two reads, the test one does not
+    torch.manual_seed(0)
+    a, b = train[1][0], train[1][0]
+    assert not torch.equal(a, b)
+    assert torch.equal(test[1][0], test[1][0])
+    # Cutout zeroes a square in normalised space: some exact zeros appear in train samples
+    assert any((train[i][0] == 0).all(0).sum() >= 16 for i in range(10))
+
+
+def test_cifar_loaders_batch(tmp_path):
+    _write_cifar(tmp_path, "cifar10")
+    train_loader, test_loader = data.get_loaders("cifar10", batch_size=8, root=tmp_path)
+    x, y = next(iter(train_loader))
+    assert x.shape == (8, 3, 32, 32) and y.shape == (8,)
+
+
+def test_imagenet_imagefolder(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for wnid in ("n01440764", "n01443537"):
+            d = tmp_path / "imagenet" / split / wnid
+            d.mkdir(parents=True)
+            for i in range(2):
+                arr = rng.integers(0, 256, size=(300, 260, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(d / f"{wnid}_{i}.JPEG")
+    train, val = data.get_datasets("imagenet", root=tmp_path)
+    assert len(train) == 4 and len(val) == 4
+    assert train[0][0].shape == (3, 224, 224) and val[3][0].shape == (3, 224, 224)
+    assert val.classes == ["n01440764", "n01443537"] and val[3][1] == 1
+
+
+def test_cifar10dvs_events_integrate_to_frames(tmp_path):
+    from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS_CLASS_NAMES
+
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "cifar10dvs" / "events_np"
+    per_class = 10
+    for cname in CIFAR10DVS_CLASS_NAMES:
+        (raw / cname).mkdir(parents=True)
+        for i in range(per_class):
+            n = 400
+            np.savez(raw / cname / f"cifar10_{cname}_{i}.npz",
+                     t=np.sort(rng.integers(0, 10**6, n)).astype(np.int64),
+                     x=rng.integers(0, 128, n).astype(np.uint16),
+                     y=rng.integers(0, 128, n).astype(np.uint16),
+                     p=rng.integers(0, 2, n).astype(np.uint8))
+    train, test = data.get_datasets("cifar10dvs", root=tmp_path, T=4)
+    assert len(train) == 9 * 10 and len(test) == 1 * 10  # 9:1 per class
+    x, y = test[0]
+    assert x.shape == (4, 2, 48, 48) and x.dtype == torch.float32
+    assert x.sum() > 0
+    assert sorted(int(test[i][1]) for i in range(len(test))) == list(range(10))
+    # the split is per class, disjoint and deterministic
+    assert set(train.indices).isdisjoint(test.indices)
+    tr2, te2 = data.get_datasets("cifar10dvs", root=tmp_path, T=4)
+    assert tr2.indices == train.indices
+
+
+def test_digits_split_deterministic_and_stratified():
+    train, test = data.get_datasets("digits")
+    train2, test2 = data.get_datasets("digits")
+    assert torch.equal(train.tensors[0], train2.tensors[0])
+    assert torch.equal(test.tensors[1], test2.tensors[1])
+    assert len(train) + len(test) == 1797
+    counts_train = torch.bincount(train.tensors[1], minlength=10).float()
+    counts_test = torch.bincount(test.tensors[1], minlength=10).float()
+    frac = counts_test / (counts_train + counts_test)
+    assert frac.min() > 0.22 and frac.max() < 0.28  # every class ~25 % in test
+    assert abs(float(train.tensors[0].mean())) < 1e-5  # normalised from the train split
+    assert train.tensors[0].shape[1:] == (1, 8, 8)
+
+
+def test_digits_options():
+    train, test = data.get_datasets("digits", image_size=16, channels=3)
+    assert train.tensors[0].shape[1:] == (3, 16, 16)
+    with pytest.raises(ValueError, match="channels=2.*valid: 1, 3"):
+        data.get_datasets("digits", channels=2)
+
+
+def test_synthetic_shapes():
+    train, test = data.get_datasets("synthetic", n_train=16, n_test=4)
+    assert train[0][0].shape == (3, 32, 32) and len(test) == 4
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"),
+    ("imagenet", "imagenet"), ("cifar10dvs", "events_np")])
+def test_missing_dataset_error_names_path_and_how(tmp_path, name, fragment):
+    with pytest.raises(data.DatasetNotFoundError) as info:
+        data.get_datasets(name, root=tmp_path)
+    msg = str(info.value)
+    assert repr(name) in msg and str(tmp_path) in msg and fragment in msg
+    assert "To obtain it" in msg
+
+
+def test_offline_download_gives_same_clear_error(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tvu
+
+    def offline(*a, **k):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tvu, "download_url", offline)
+    monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline)
+    with pytest.raises(data.DatasetNotFoundError, match="cifar-10-batches-py.*To obtain it"):
+        data.get_datasets("cifar10", root=tmp_path, download=True)
+
+
+def test_unknown_dataset_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'; valid names: digits, cifar10"):
+        data.get_datasets("mnist")
+
+
+def test_cli_datasets(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "hybridkd_lib", "datasets", "--data-root", str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    lines = {l.split()[0]: l for l in out.splitlines()[1:]}
+    assert set(lines) == set(data.DATASETS)
+    assert "yes" in lines["digits"]
+    for name in ("cifar10", "cifar100", "imagenet", "cifar10dvs"):
+        assert "MISSING" in lines[name] and str(tmp_path) in lines[name]
