@@ -1,0 +1,145 @@
+"""ResNets for students (LIF) and teachers (ReLU) with one stage layout.
+
+The spiking definitions follow the RateBP reference code
+(Tab-ct/rate-based-backpropagation, ``model/resnet.py``, ``sew_resnet.py``,
+``preact_resnet.py``); the CIFAR teachers use the same stem/stage layout with ReLU.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from hybridkd_lib.layers import GlobalAvgPool, RateBatchNorm2d, Temporal, conv
+from hybridkd_lib.models.stages import SpikingStageModel, StageModel
+from hybridkd_lib.neurons import DEFAULT_NEURON, LIF, NeuronConfig
+
+
+def _act(spiking: bool, cfg: NeuronConfig):
+    return LIF(cfg) if spiking else nn.ReLU()
+
+
+class BasicBlock(nn.Module):
+    """conv-BN-act-conv-BN + shortcut (identity or 1x1 conv + BN), act after the add."""
+
+    def __init__(self, cin, cout, stride, spiking, cfg):
+        super().__init__()
+        self.conv1, self.bn1 = conv(cin, cout, 3, stride), RateBatchNorm2d(cout)
+        self.act1 = _act(spiking, cfg)
+        self.conv2, self.bn2 = conv(cout, cout, 3, 1), RateBatchNorm2d(cout)
+        self.shortcut = (nn.Sequential(conv(cin, cout, 1, stride), RateBatchNorm2d(cout))
+                         if stride != 1 or cin != cout else nn.Identity())
+        self.act2 = _act(spiking, cfg)
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        return self.act2(out + self.shortcut(x))
+
+
+class SEWBlock(nn.Module):
+    """SEW-ResNet block: (conv-BN-LIF) x 2, ADD identity / downsample (conv1x1-BN-LIF)."""
+
+    def __init__(self, cin, cout, stride, spiking, cfg):
+        super().__init__()
+        self.conv1, self.bn1, self.act1 = conv(cin, cout, 3, stride), RateBatchNorm2d(cout), _act(spiking, cfg)
+        self.conv2, self.bn2, self.act2 = conv(cout, cout, 3, 1), RateBatchNorm2d(cout), _act(spiking, cfg)
+        self.shortcut = (nn.Sequential(conv(cin, cout, 1, stride), RateBatchNorm2d(cout), _act(spiking, cfg))
+                         if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        out = self.act2(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))))
+        return out + self.shortcut(x)
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation block: LIF-conv-BN-LIF-conv-BN with a real-valued identity path."""
+
+    def __init__(self, cin, cout, stride, spiking, cfg):
+        super().__init__()
+        self.act1, self.conv1, self.bn1 = _act(spiking, cfg), conv(cin, cout, 3, stride), RateBatchNorm2d(cout)
+        self.act2, self.conv2, self.bn2 = _act(spiking, cfg), conv(cout, cout, 3, 1), RateBatchNorm2d(cout)
+        self.shortcut = (nn.Sequential(conv(cin, cout, 1, stride), RateBatchNorm2d(cout))
+                         if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.act2(self.bn1(self.conv1(self.act1(x))))))
+        return out + self.shortcut(x)
+
+
+BLOCKS = {"basic": BasicBlock, "sew": SEWBlock, "preact": PreActBlock}
+
+
+class ResNet(StageModel):
+    """Generic ResNet on the stage protocol.
+
+    ``stem``: ``"cifar"`` (3x3 conv, stride 1, no pool) or ``"imagenet"`` (7x7 conv
+    stride 2 + max-pool). ``head_hidden``: an extra Linear-act before the classifier
+    (ResNet-19). ``preact``: the stem has no activation and the head starts with one.
+    """
+
+    def __init__(self, layers, widths, strides, stem_width, num_classes=10, in_chans=3,
+                 block="basic", stem="cifar", head_hidden=None, spiking=False,
+                 neuron_cfg: NeuronConfig = DEFAULT_NEURON, T: int = 4):
+        super().__init__()
+        self.T = T
+        Block = BLOCKS[block]
+        preact = block == "preact"
+        if stem == "cifar":
+            self.encoder = nn.Sequential(conv(in_chans, stem_width, 3, 1), RateBatchNorm2d(stem_width))
+            self.stem = _act(spiking, neuron_cfg)
+            reduction = 1
+        else:
+            enc = [conv(in_chans, stem_width, 7, 2), RateBatchNorm2d(stem_width)]
+            pool = Temporal(nn.MaxPool2d(3, 2, 1))
+            if preact:   # real-valued stem: conv-BN-maxpool, the first block starts with LIF
+                self.encoder, self.stem = nn.Sequential(*enc, pool), nn.Identity()
+            else:
+                self.encoder, self.stem = nn.Sequential(*enc), nn.Sequential(_act(spiking, neuron_cfg), pool)
+            reduction = 4
+        stages, info, cin = [], [], stem_width
+        for n, w, s in zip(layers, widths, strides):
+            blocks = [Block(cin if i == 0 else w, w, s if i == 0 else 1, spiking, neuron_cfg) for i in range(n)]
+            stages.append(nn.Sequential(*blocks))
+            reduction *= s
+            info.append({"num_chs": w, "reduction": reduction, "kind": "map"})
+            cin = w
+        self.stages = nn.ModuleList(stages)
+        self.feature_info = info
+        head = [_act(spiking, neuron_cfg)] if preact else []
+        head.append(GlobalAvgPool())
+        if head_hidden:
+            head += [nn.Linear(cin, head_hidden), _act(spiking, neuron_cfg)]
+            cin = head_hidden
+        head.append(nn.Linear(cin, num_classes))
+        self.head = nn.Sequential(*head)
+
+
+class SpikingResNet(SpikingStageModel, ResNet):
+    """ResNet with LIF neurons; see ``SpikingStageModel`` for shapes and modes."""
+
+    def __init__(self, *args, **kw):
+        ResNet.__init__(self, *args, spiking=True, **kw)
+
+
+def _widths(base, n):
+    return [base * 2 ** i for i in range(n)]
+
+
+def resnet18_cifar(spiking, num_classes=10, width=64, in_chans=3, **kw):
+    cls = SpikingResNet if spiking else ResNet
+    return cls([2, 2, 2, 2], _widths(width, 4), [1, 2, 2, 2], width, num_classes, in_chans, **kw)
+
+
+def resnet34_cifar(spiking, num_classes=10, width=64, in_chans=3, **kw):
+    cls = SpikingResNet if spiking else ResNet
+    return cls([3, 4, 6, 3], _widths(width, 4), [1, 2, 2, 2], width, num_classes, in_chans, **kw)
+
+
+def resnet19_cifar(spiking, num_classes=10, width=128, in_chans=3, **kw):
+    cls = SpikingResNet if spiking else ResNet
+    return cls([3, 3, 2], _widths(width, 3), [1, 2, 2], width, num_classes, in_chans,
+               head_hidden=2 * width, **kw)
+
+
+def resnet34_imagenet(spiking, block, num_classes=1000, width=64, in_chans=3, **kw):
+    cls = SpikingResNet if spiking else ResNet
+    return cls([3, 4, 6, 3], _widths(width, 4), [1, 2, 2, 2], width, num_classes, in_chans,
+               block=block, stem="imagenet", **kw)

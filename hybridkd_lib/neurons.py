@@ -1,0 +1,134 @@
+"""LIF neurons (spikingjelly ``LIFNode``, multi-step) with three propagation modes.
+
+Shapes: temporal input ``[T, B, ...]`` -> spikes ``[T, B, ...]``; rate input ``[B, ...]``.
+
+Modes (set with ``hybridkd_lib.ratebp.set_mode``):
+- ``"bptt"``: spikingjelly's autograd through time (surrogate gradients); also inference.
+- ``"spike"``: graph-free simulation that records, per element, the firing rate
+  ``r = mean_t s_t`` and the eligibility ``e = mean_t ef_t * sg_t``.
+- ``"rate"``: one batch-B pass: forward value ``r``, gradient ``dL/dx = dL/dr * e``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from spikingjelly.activation_based import neuron, surrogate
+from torch import nn
+
+MODES = ("bptt", "spike", "rate")
+
+
+@dataclass(frozen=True)
+class NeuronConfig:
+    """Every LIF setting in one place (RateBP reference settings by default).
+
+    ``tau`` > 1 gives the leak ``lambda = 1 - 1/tau`` (tau=2 -> 0.5); ``v_reset=None``
+    is the soft reset (subtract threshold), a float the hard reset to that value.
+    """
+
+    tau: float = 2.0
+    v_threshold: float = 1.0
+    v_reset: float | None = None
+    detach_reset: bool = True
+    surrogate_alpha: float = 4.0
+
+    def __post_init__(self):
+        if not isinstance(self.tau, float) or self.tau <= 1.0:
+            raise ValueError(f"tau={self.tau!r} not allowed; tau must be a float > 1 (leak = 1 - 1/tau)")
+
+    @property
+    def leak(self) -> float:
+        return 1.0 - 1.0 / self.tau
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+DEFAULT_NEURON = NeuronConfig()
+
+
+class LIF(nn.Module):
+    """Multi-step LIF layer; ``mode`` selects BPTT, recording spike pass or rate pass."""
+
+    def __init__(self, cfg: NeuronConfig = DEFAULT_NEURON, v_threshold: float | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.v_threshold = cfg.v_threshold if v_threshold is None else float(v_threshold)
+        self.node = neuron.LIFNode(
+            tau=cfg.tau, decay_input=False, v_threshold=self.v_threshold, v_reset=cfg.v_reset,
+            surrogate_function=surrogate.Sigmoid(alpha=cfg.surrogate_alpha),
+            detach_reset=cfg.detach_reset, step_mode="m")
+        self.mode = "bptt"
+        self.rate: torch.Tensor | None = None  # [B, ...] recorded by the spike pass
+        self.elig: torch.Tensor | None = None  # [B, ...]
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, v_threshold={self.v_threshold}"
+
+    def clear(self):
+        self.rate = self.elig = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "rate":
+            return self.rate_forward(x)
+        if self.mode == "spike" and not torch.is_grad_enabled():
+            return self.spike_forward(x)
+        self.node.reset()
+        out = self.node(x)
+        self.node.reset()  # do not keep the last membrane potential alive between calls
+        return out
+
+    @torch.no_grad()
+    def spike_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[T, B, ...]`` -> spikes; records ``self.rate`` and ``self.elig`` (``[B, ...]``).
+
+        Per step: charge ``u = lambda * v + x_t``; ``sg = surrogate'(u - theta)``;
+        ``e += ef * sg``; spike ``s = u >= theta``; eligibility factor update
+        (soft reset, detached: ``ef <- 1 + lambda * ef``); reset. Only ``[B, ...]``
+        temporaries are allocated, whatever T.
+        """
+        T = x.shape[0]
+        lam, thr, alpha = self.cfg.leak, self.v_threshold, self.cfg.surrogate_alpha
+        v_reset, detach_reset = self.cfg.v_reset, self.cfg.detach_reset
+        spikes = torch.empty_like(x)
+        v = torch.zeros_like(x[0])
+        elig = torch.zeros_like(v)
+        sg = torch.empty_like(v)
+        ef: float | torch.Tensor = 1.0
+        for t in range(T):
+            v.mul_(lam).add_(x[t])                       # u_t (before reset)
+            torch.sub(v, thr, out=sg).mul_(alpha).sigmoid_()
+            sg.addcmul_(sg, sg, value=-1.0).mul_(alpha)  # alpha * sig * (1 - sig)
+            s = spikes[t]
+            s.copy_(v >= thr)
+            if isinstance(ef, float):
+                elig.add_(sg, alpha=ef)
+            else:
+                elig.addcmul_(ef, sg)
+            if t + 1 < T:  # ef for the next step (not needed after the last one)
+                if v_reset is not None and detach_reset:  # hard reset: ef <- 1 + lam*ef*(1-s)
+                    ef = 1.0 + lam * ef * (1.0 - s)
+                elif v_reset is not None:   # hard reset: ef <- 1 + ef*(lam*(1-s) - lam*(u-v_reset)*sg)
+                    ef = 1.0 + ef * (lam * (1.0 - s) - lam * (v - v_reset) * sg)
+                elif not detach_reset:      # soft reset, gradient through reset
+                    ef = 1.0 + ef * (lam - lam * thr * sg)
+                else:                       # soft reset, detached: a scalar recursion
+                    ef = 1.0 + lam * ef
+            if v_reset is None:
+                v.sub_(s, alpha=thr)
+            else:
+                v.mul_(1.0 - s).add_(s, alpha=v_reset)
+        self.rate = spikes.mean(0)
+        self.elig = elig.div_(T)
+        return spikes
+
+    def rate_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, ...]`` -> recorded rate as value, ``x * e`` as the gradient path."""
+        if self.rate is None or self.elig is None:
+            raise RuntimeError("rate pass without a spike pass: run the model in mode 'spike' first")
+        if self.rate.shape != x.shape:
+            raise RuntimeError(f"rate pass input {tuple(x.shape)} does not match the spike pass "
+                               f"{tuple(self.rate.shape)}")
+        xe = x * self.elig
+        return self.rate + (xe - xe.detach())

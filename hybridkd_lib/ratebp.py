@@ -1,0 +1,68 @@
+"""Rate-based backpropagation (RateBP, NeurIPS 2024) as a training mode of any student.
+
+One step: (1) a spike pass over T without an autograd graph, in which every LIF
+records its firing rate and eligibility and every BN its batch statistics (and
+updates its running statistics once); (2) one rate pass with autograd over the
+batch B on the time-averaged input, whose logits equal the time-averaged
+spike-pass logits for a linear head. The graph is one batch-B pass: its memory
+does not grow with T. BPTT is the other mode of the same model (``set_mode``).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from hybridkd_lib.layers import _RateBatchNorm
+from hybridkd_lib.neurons import LIF, MODES
+
+
+def set_mode(model: nn.Module, mode: str) -> nn.Module:
+    """Switch every LIF, rate-aware BN and the spiking model itself to ``mode``."""
+    if mode not in MODES:
+        raise ValueError(f"unknown propagation mode {mode!r}; valid: {', '.join(MODES)}")
+    for m in model.modules():
+        if isinstance(m, (LIF, _RateBatchNorm)) or getattr(m, "spiking", False):
+            m.mode = mode
+            if mode == "bptt" and hasattr(m, "clear"):
+                m.clear()
+    return model
+
+
+@contextmanager
+def propagation(model: nn.Module, mode: str):
+    """``with propagation(model, "spike"): ...`` then back to ``bptt``."""
+    set_mode(model, mode)
+    try:
+        yield model
+    finally:
+        set_mode(model, "bptt")
+
+
+def spike_pass(model: nn.Module, x: torch.Tensor):
+    """Graph-free spike pass (records rates/eligibilities); returns the T-averaged logits."""
+    set_mode(model, "spike")
+    with torch.no_grad():
+        return model(x)
+
+
+def rate_forward(model: nn.Module, x: torch.Tensor, fn=None):
+    """Spike pass, then the rate pass with autograd; returns ``fn(model, x)`` in rate mode.
+
+    ``fn`` defaults to ``model(x)`` (logits ``[B, classes]``); the hybrid trainer passes
+    a function that also runs the teacher suffixes on the student's rate features.
+    The recorded rates are dropped afterwards; the graph keeps what backward needs.
+    """
+    spike_pass(model, x)
+    set_mode(model, "rate")
+    try:
+        return model(x) if fn is None else fn(model, x)
+    finally:
+        set_mode(model, "bptt")
+
+
+def scale_gradient(loss: torch.Tensor, T: int) -> torch.Tensor:
+    """The reference's 1/T gradient scale: the value of ``loss``, the gradient of ``loss / T``."""
+    scaled = loss / T
+    return loss.detach() + (scaled - scaled.detach())

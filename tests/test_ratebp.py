@@ -1,0 +1,168 @@
+"""Rate-based backpropagation against spikingjelly BPTT."""
+import pytest
+import torch
+from torch import nn
+
+from hybridkd_lib import ratebp
+from hybridkd_lib.layers import RateBatchNorm2d
+from hybridkd_lib.models import create_model
+from hybridkd_lib.neurons import LIF, NeuronConfig
+
+
+class LinearLIF(nn.Module):
+    """Linear -> one LIF layer; static input repeated over T in temporal modes."""
+
+    def __init__(self, cfg, T):
+        super().__init__()
+        self.fc, self.lif, self.T = nn.Linear(6, 9), LIF(cfg), T
+
+    def forward(self, x):
+        h = self.fc(x)
+        if self.lif.mode == "rate":
+            return self.lif(h)
+        return self.lif(h.unsqueeze(0).expand(self.T, *h.shape)).mean(0)
+
+
+def _grads(net, x, c, mode):
+    net.zero_grad()
+    x = x.clone().requires_grad_(True)
+    if mode == "bptt":
+        out = net(x)
+    else:
+        ratebp.spike_pass(net, x)
+        ratebp.set_mode(net, "rate")
+        out = net(x)
+        ratebp.set_mode(net, "bptt")
+    (out * c).sum().backward()
+    return x.grad, net.fc.weight.grad.clone(), net.fc.bias.grad.clone()
+
+
+@pytest.mark.parametrize("T", [1, 2, 4, 8])
+@pytest.mark.parametrize("tau", [1.5, 2.0, 4.0])
+def test_single_lif_matches_bptt(T, tau):
+    torch.manual_seed(T * 10 + int(tau * 2))
+    net = LinearLIF(NeuronConfig(tau=tau), T)
+    with torch.no_grad():
+        net.fc.weight.mul_(3.0)  # drive the neurons across threshold
+    x, c = torch.randn(16, 6), torch.randn(16, 9)
+    for g_bptt, g_rate in zip(_grads(net, x, c, "bptt"), _grads(net, x, c, "rate")):
+        assert g_bptt.abs().max() > 0
+        torch.testing.assert_close(g_rate, g_bptt, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [NeuronConfig(v_reset=0.0, detach_reset=True),
+                                 NeuronConfig(v_reset=0.0, detach_reset=False),
+                                 NeuronConfig(v_reset=None, detach_reset=False)])
+def test_other_resets_match_bptt(cfg):
+    torch.manual_seed(1)
+    net = LinearLIF(cfg, 6)
+    with torch.no_grad():
+        net.fc.weight.mul_(3.0)
+    x, c = torch.randn(16, 6), torch.randn(16, 9)
+    for g_bptt, g_rate in zip(_grads(net, x, c, "bptt"), _grads(net, x, c, "rate")):
+        torch.testing.assert_close(g_rate, g_bptt, atol=1e-5, rtol=1e-5)
+
+
+def test_rate_logits_equal_time_averaged_spike_logits():
+    torch.manual_seed(0)
+    m = create_model("spiking_resnet18", width=8, T=4).train()
+    x = torch.randn(4, 3, 32, 32)
+    spike_logits = ratebp.spike_pass(m, x)
+    ratebp.set_mode(m, "rate")
+    rate_logits = m(x)
+    ratebp.set_mode(m, "bptt")
+    assert rate_logits.requires_grad
+    torch.testing.assert_close(rate_logits.detach(), spike_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_bn_rate_pass_uses_spike_statistics_and_ordinary_gradients():
+    torch.manual_seed(0)
+    bn = RateBatchNorm2d(3).train()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    x_seq = torch.randn(4, 5, 3, 6, 6) * 2 + 1          # [T, B, C, H, W]
+    bn.mode = "spike"
+    with torch.no_grad():
+        y_spk = bn(x_seq)
+    ref = torch.nn.functional.batch_norm(x_seq.flatten(0, 1), None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+    torch.testing.assert_close(y_spk.flatten(0, 1), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bn.spk_mean, x_seq.mean(dim=(0, 1, 3, 4)))
+    # rate pass: forward value normalised with the spike-pass statistics
+    bn.mode = "rate"
+    x_rate = x_seq.mean(0).requires_grad_(True)
+    y = bn(x_rate)
+    shp = (1, 3, 1, 1)
+    expect = (x_rate - bn.spk_mean.view(shp)) / torch.sqrt(bn.spk_var.view(shp) + bn.eps) * bn.weight.view(shp) \
+        + bn.bias.view(shp)
+    torch.testing.assert_close(y, expect.detach(), atol=1e-5, rtol=1e-5)
+    # gradient: ordinary BN gradient when the spike statistics are the batch's own (T=1)
+    bn2 = RateBatchNorm2d(3).train()
+    bn2.load_state_dict(bn.state_dict())
+    x1 = torch.randn(1, 5, 3, 6, 6)
+    bn2.mode = "spike"
+    with torch.no_grad():
+        bn2(x1)
+    bn2.mode = "rate"
+    xa = x1[0].clone().requires_grad_(True)
+    xb = x1[0].clone().requires_grad_(True)
+    g = torch.randn(5, 3, 6, 6)
+    (bn2(xa) * g).sum().backward()
+    (torch.nn.functional.batch_norm(xb, None, None, bn2.weight, bn2.bias, True, 0.0, bn2.eps) * g).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["ratebp", "bptt"])
+def test_running_stats_update_once_per_step(method):
+    m = create_model("spiking_resnet18", width=8, T=3).train()
+    bns = [b for b in m.modules() if isinstance(b, RateBatchNorm2d)]
+    before = [int(b.num_batches_tracked) for b in bns]
+    means = [b.running_mean.clone() for b in bns]
+    x = torch.randn(4, 3, 16, 16)
+    logits = ratebp.rate_forward(m, x) if method == "ratebp" else m(x)
+    logits.sum().backward()
+    assert [int(b.num_batches_tracked) for b in bns] == [n + 1 for n in before]
+    assert all(not torch.equal(b.running_mean, mu) for b, mu in zip(bns, means))
+
+
+def _saved_bytes(model, x, method):
+    """Bytes of activations saved for backward (parameters excluded, shared storage once)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = ratebp.rate_forward(model, x) if method == "ratebp" else model(x)
+    out.sum().backward()
+    return sum(seen.values())
+
+
+def test_ratebp_graph_does_not_grow_with_T():
+    torch.manual_seed(0)
+    m = create_model("spiking_resnet18").train()
+    x = torch.randn(2, 3, 32, 32)
+    sizes = {}
+    for method in ("ratebp", "bptt"):
+        for T in (2, 8):
+            m.T = T
+            sizes[method, T] = _saved_bytes(m, x, method)
+    assert sizes["ratebp", 8] == sizes["ratebp", 2]
+    assert 3.0 < sizes["bptt", 8] / sizes["bptt", 2] < 4.5
+    assert sizes["ratebp", 8] < sizes["bptt", 8] / 4
+
+
+def test_scale_gradient_keeps_value_scales_gradient():
+    w = torch.tensor(2.0, requires_grad=True)
+    loss = ratebp.scale_gradient(w * 3, T=4)
+    loss.backward()
+    assert float(loss.detach()) == 6.0 and float(w.grad) == pytest.approx(0.75)
+
+
+def test_unknown_mode_rejected():
+    with pytest.raises(ValueError, match="unknown propagation mode 'foo'; valid: bptt, spike, rate"):
+        ratebp.set_mode(nn.Linear(1, 1), "foo")
