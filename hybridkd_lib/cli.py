@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -18,6 +19,31 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+def _json(text):
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {text!r} ({exc})")
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def cmd_train(args) -> int:
+    from hybridkd_lib.trainer import TrainConfig, train
+
+    cfg = TrainConfig(
+        method=args.method, dataset=args.dataset, student=args.student, teacher=args.teacher,
+        teacher_ckpt=args.teacher_ckpt, T=args.T, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed,
+        device=args.device, data_root=args.data_root, out=args.out, student_kw=args.student_kw,
+        teacher_kw=args.teacher_kw, data_kw=args.data_kw, loss=args.loss,
+        teacher_input_size=args.teacher_input_size, num_workers=args.num_workers,
+        max_steps_per_epoch=args.max_steps_per_epoch, progress=not args.no_progress)
+    train(cfg)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hybridkd_lib",
                                 description="HybridKD: hybrid block-wise ANN-guided distillation of SNNs")
@@ -28,6 +54,32 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--download", default=None, metavar="NAME",
                    help="download NAME first (only cifar10, cifar100, cifar10dvs can be downloaded)")
     d.set_defaults(func=cmd_datasets)
+
+    t = sub.add_parser("train", help="train one run (teacher, baseline or ours); resumes if interrupted")
+    t.add_argument("--method", required=True, help="ann | bptt | bptt_kd | ratebp | kd | hybrid")
+    t.add_argument("--dataset", default="digits")
+    t.add_argument("--student", default="spiking_resnet18")
+    t.add_argument("--teacher", default="cifar_resnet18", help="teacher architecture (the model trained by --method ann)")
+    t.add_argument("--teacher-ckpt", default=None, help="teacher run directory or .pt file")
+    t.add_argument("--T", type=int, default=4, help="timesteps (frames for DVS)")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=0.1)
+    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--optimizer", default="sgd", help="sgd | adamw")
+    t.add_argument("--data-root", default=None)
+    t.add_argument("--student-kw", type=_json, default={}, help='JSON, e.g. \'{"width": 16}\'')
+    t.add_argument("--teacher-kw", type=_json, default={}, help="JSON keyword arguments of the teacher")
+    t.add_argument("--data-kw", type=_json, default={}, help='JSON, e.g. \'{"image_size": 16}\'')
+    t.add_argument("--loss", type=_json, default={}, help='JSON loss weights, e.g. \'{"kd": 1, "temperature": 4}\'')
+    t.add_argument("--teacher-input-size", type=int, default=None)
+    t.add_argument("--num-workers", type=int, default=0)
+    t.add_argument("--max-steps-per-epoch", type=int, default=None)
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
     return p
 
 
@@ -35,7 +87,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,62 @@
+"""Atomic, resumable checkpoints (temp file + rename; the last ``keep`` are kept).
+
+Every load uses ``torch.load(..., weights_only=True)``: checkpoints hold only
+tensors, numbers, strings and containers of them.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+
+def atomic_save(obj, path: str | Path) -> Path:
+    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | Path, map_location="cpu"):
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def epoch_path(folder: Path, epoch: int) -> Path:
+    return Path(folder) / f"epoch_{epoch:04d}.pt"
+
+
+def save_epoch(folder: str | Path, epoch: int, state: dict, keep: int = 2) -> Path:
+    folder = Path(folder)
+    path = atomic_save(state, epoch_path(folder, epoch))
+    for old in sorted(folder.glob("epoch_*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_latest(folder: str | Path, log=print):
+    """The newest readable checkpoint ``(path, state)``, or ``(None, None)``.
+
+    A truncated or corrupt file is reported by name and the previous one is used.
+    """
+    folder = Path(folder)
+    for path in sorted(folder.glob("epoch_*.pt"), reverse=True):
+        try:
+            return path, load(path)
+        except Exception as exc:  # truncated pickle, bad zip, ...
+            msg = f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); trying the previous one"
+            warnings.warn(msg)
+            log(msg)
+    return None, None

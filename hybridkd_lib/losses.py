@@ -1,0 +1,66 @@
+"""Losses of the four methods; every term and weight is a parameter.
+
+``L = ce*CE(y_S, y) + hybrid_ce*sum_k CE(y_Mk, y)
+      + tau^2 * [kd*KL(y_A||y_S) + hybrid_kd*sum_k KL(y_A||y_Mk)]``.
+Which terms a method uses is fixed by ``METHOD_TERMS``; the weights are the
+paper's form (``w`` about 1, ``tau`` 3-4): the exact values are not public.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+METHOD_TERMS = {
+    "ann": ("ce",), "bptt": ("ce",), "ratebp": ("ce",),
+    "bptt_kd": ("ce", "kd"), "kd": ("ce", "kd"),
+    "hybrid": ("ce", "kd", "hybrid_ce", "hybrid_kd"),
+}
+
+
+@dataclass
+class LossConfig:
+    """Weights (0 switches a term off) and the KD temperature.
+
+    Defaults: ``ce=1`` (labels always anchor the SNN); ``kd=1`` and
+    ``temperature=4`` (Hinton KD as in the paper's Vanilla KD baseline, tau in 3-4);
+    ``hybrid_ce=1`` and ``hybrid_kd=1`` (each hybrid M_k is trained like the SNN itself,
+    so the prefix features serve both the SNN and the teacher's suffix).
+    ``ratebp_grad_scale``: RateBP reference's 1/T gradient scale of the loss.
+    """
+
+    ce: float = 1.0
+    kd: float = 1.0
+    hybrid_ce: float = 1.0
+    hybrid_kd: float = 1.0
+    temperature: float = 4.0
+    ratebp_grad_scale: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
+    """``tau^2 * KL(softmax(y_A/tau) || softmax(y_S/tau))``, batch mean."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits.float() / t, -1), F.log_softmax(teacher_logits.float() / t, -1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+def total_loss(method: str, cfg: LossConfig, y, y_s, y_a=None, y_m=()) -> tuple[torch.Tensor, dict]:
+    """The method's loss and its parts (floats, for logging)."""
+    terms = METHOD_TERMS[method]
+    parts: dict[str, torch.Tensor] = {}
+    if "ce" in terms and cfg.ce:
+        parts["ce"] = cfg.ce * F.cross_entropy(y_s.float(), y)
+    if "kd" in terms and cfg.kd:
+        parts["kd"] = cfg.kd * kd_loss(y_s, y_a, cfg.temperature)
+    if "hybrid_ce" in terms and cfg.hybrid_ce and len(y_m):
+        parts["hybrid_ce"] = cfg.hybrid_ce * sum(F.cross_entropy(m.float(), y) for m in y_m)
+    if "hybrid_kd" in terms and cfg.hybrid_kd and len(y_m):
+        parts["hybrid_kd"] = cfg.hybrid_kd * sum(kd_loss(m, y_a, cfg.temperature) for m in y_m)
+    if not parts:
+        raise ValueError(f"every loss term of method {method!r} is switched off")
+    loss = sum(parts.values())
+    return loss, {k: float(v.detach()) for k, v in parts.items()}
