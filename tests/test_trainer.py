@@ -1,0 +1,234 @@
+"""Hybrid distillation, the trainer's faults and bad input."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from hybridkd_lib import checkpoint, ratebp
+from hybridkd_lib.hybrid import HybridDistiller
+from hybridkd_lib.losses import LossConfig, total_loss
+from hybridkd_lib.models import create_model
+from hybridkd_lib.trainer import TrainConfig, train
+
+TINY = dict(dataset="digits", data_kw={"image_size": 8}, batch_size=32, max_steps_per_epoch=3,
+            T=2, progress=False)
+
+
+def _cfg(tmp, method, **kw):
+    base = dict(TINY, method=method, out=str(tmp / method), student_kw={"width": 4},
+                teacher="cifar_resnet18", teacher_kw={"width": 4}, epochs=2, lr=0.05)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("teacher")
+    train(_cfg(tmp, "ann"), log=lambda *_: None)
+    return tmp / "ann"
+
+
+def _pair():
+    torch.manual_seed(0)
+    s = create_model("spiking_resnet18", width=8, T=2).train()
+    t = create_model("cifar_resnet34", width=8)
+    return s, t, HybridDistiller(s, t, (3, 16, 16))
+
+
+def test_hybrids_pair_stages_and_shapes():
+    s, t, d = _pair()
+    assert d.num_hybrids == 3 and d.pairs == [0, 1, 2]
+    y_s, y_m = d(torch.randn(2, 3, 16, 16))
+    assert y_s.shape == (2, 10) and [m.shape for m in y_m] == [(2, 10)] * 3
+    # ResNet-19 (3 stages) <- ResNet-34 (4 stages): paired by spatial size
+    d19 = HybridDistiller(create_model("spiking_resnet19", width=8, T=2), t, (3, 16, 16))
+    assert d19.pairs == [0, 1]
+
+
+def test_teacher_frozen_and_gradients_reach_first_stage_through_every_hybrid():
+    s, t, d = _pair()
+    before = {k: v.clone() for k, v in t.state_dict().items()}
+    opt = torch.optim.SGD([p for p in s.parameters()] + list(d.aligns.parameters()), lr=0.1)
+    x, y = torch.randn(4, 3, 16, 16), torch.arange(4)
+    for k in range(d.num_hybrids):
+        s.zero_grad()
+        d.aligns.zero_grad()
+        _, y_m = ratebp.rate_forward(s, x, fn=lambda _, xx: d(xx))
+        y_m[k].pow(2).sum().backward()
+        first = [p.grad for p in s.stages[0].parameters()]
+        assert all(g is not None and g.abs().sum() > 0 for g in first), f"no gradient at stage 0 via M_{k}"
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.aligns[k].parameters())
+        assert all(p.grad is None for p in t.parameters())
+    for _ in range(3):
+        d.train()
+        y_s, y_m = ratebp.rate_forward(s, x, fn=lambda _, xx: d(xx))
+        loss, _ = total_loss("hybrid", LossConfig(), y, y_s, d.teacher_logits(x), y_m)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not t.training
+    for k, v in t.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(not p.requires_grad for p in t.parameters())
+
+
+@pytest.mark.parametrize("off", ["ce", "kd", "hybrid_ce", "hybrid_kd"])
+def test_each_loss_term_can_be_switched_off(off):
+    y = torch.arange(4)
+    y_s, y_a = torch.randn(4, 10), torch.randn(4, 10)
+    y_m = [torch.randn(4, 10), torch.randn(4, 10)]
+    _, all_parts = total_loss("hybrid", LossConfig(), y, y_s, y_a, y_m)
+    loss, parts = total_loss("hybrid", LossConfig(**{off: 0.0}), y, y_s, y_a, y_m)
+    assert set(all_parts) == {"ce", "kd", "hybrid_ce", "hybrid_kd"}
+    assert off not in parts and set(parts) == set(all_parts) - {off}
+    assert float(loss) == pytest.approx(sum(parts.values()), rel=1e-5)
+
+
+def test_method_terms():
+    y, y_s, y_a = torch.arange(4), torch.randn(4, 10), torch.randn(4, 10)
+    assert set(total_loss("ratebp", LossConfig(), y, y_s)[1]) == {"ce"}
+    assert set(total_loss("kd", LossConfig(), y, y_s, y_a)[1]) == {"ce", "kd"}
+
+
+def _weights(run_dir):
+    return checkpoint.load(Path(run_dir) / "model.pt")["model"]
+
+
+def test_resume_gives_identical_weights(tmp_path, teacher_run):
+    straight = _cfg(tmp_path / "a", "hybrid", teacher_ckpt=str(teacher_run), epochs=3)
+    train(straight, log=lambda *_: None)
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch):
+        if epoch == 0:
+            raise Killed
+
+    interrupted = _cfg(tmp_path / "b", "hybrid", teacher_ckpt=str(teacher_run), epochs=3)
+    with pytest.raises(Killed):
+        train(interrupted, on_epoch_end=kill, log=lambda *_: None)
+    assert not (Path(interrupted.out) / "result.json").exists()
+    logs = []
+    train(interrupted, log=logs.append)
+    assert any("resuming from" in l and "epoch_0000.pt" in l for l in logs)
+    a, b = _weights(straight.out), _weights(interrupted.out)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert sorted(p.name for p in (Path(interrupted.out) / "checkpoints").glob("*.pt")) == \
+        ["epoch_0001.pt", "epoch_0002.pt"]  # the last two are kept
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
+    cfg = _cfg(tmp_path, "ratebp", epochs=2)
+    train(cfg, log=lambda *_: None)
+    ckpts = Path(cfg.out) / "checkpoints"
+    newest = ckpts / "epoch_0001.pt"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated
+    (Path(cfg.out) / "result.json").unlink()
+    logs = []
+    with pytest.warns(UserWarning, match="epoch_0001.pt is unreadable"):
+        train(cfg, log=logs.append)
+    assert any("epoch_0001.pt is unreadable" in l for l in logs)
+    assert any("resuming from" in l and "epoch_0000.pt" in l for l in logs)
+    assert (Path(cfg.out) / "result.json").exists()
+
+
+def test_result_json_fields(tmp_path, teacher_run):
+    cfg = _cfg(tmp_path, "hybrid", teacher_ckpt=str(teacher_run), epochs=1)
+    res = train(cfg, log=lambda *_: None)
+    on_disk = json.loads((Path(cfg.out) / "result.json").read_text())
+    for key in ("method", "dataset", "student", "teacher", "T", "epochs", "seed", "top1", "teacher_top1",
+                "hybrid_top1", "train_time_s", "peak_mem_mb", "device", "git_commit", "finished_at",
+                "loss_config", "lr", "batch_size"):
+        assert key in on_disk, key
+    assert len(on_disk["hybrid_top1"]) == 3 and on_disk["top1"] == res["top1"]
+    assert (Path(cfg.out) / "metrics.csv").read_text().startswith("epoch,")
+
+
+def test_nan_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
+    import hybridkd_lib.trainer as tr
+
+    def nan_loss(*a, **k):
+        loss, parts = total_loss(*a, **k)
+        return loss * float("nan"), parts
+
+    monkeypatch.setattr(tr, "total_loss", nan_loss)
+    cfg = _cfg(tmp_path, "ratebp", epochs=1)
+    with pytest.raises(FloatingPointError, match="non-finite loss nan at epoch 1, step 1"):
+        train(cfg, log=lambda *_: None)
+    assert not (Path(cfg.out) / "result.json").exists()
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "hybridkd_lib", "train", *args], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "sgd"], "unknown method 'sgd'; valid: ann, bptt, bptt_kd, ratebp, kd, hybrid"),
+    (["--method", "ratebp", "--student", "resnet9"], "unknown student model 'resnet9'; valid:"),
+    (["--method", "ratebp", "--dataset", "mnist"], "unknown dataset 'mnist'; valid names:"),
+    (["--method", "ratebp", "--T", "0"], "T=0 not allowed; T must be an integer >= 1"),
+    (["--method", "kd", "--teacher-ckpt", "nowhere.pt"], "unreadable teacher checkpoint 'nowhere.pt'"),
+])
+def test_bad_input_refused_before_training(tmp_path, args, message):
+    out = tmp_path / "run"
+    p = _cli(*args, "--out", str(out), "--epochs", "1", cwd=tmp_path)
+    assert p.returncode != 0
+    assert message in p.stderr
+    assert not (out / "result.json").exists() and not (out / "checkpoints").exists()
+
+
+def test_garbage_teacher_checkpoint_refused(tmp_path):
+    bad = tmp_path / "teacher.pt"
+    bad.write_bytes(b"not a checkpoint")
+    p = _cli("--method", "hybrid", "--teacher-ckpt", str(bad), "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert p.returncode != 0 and f"unreadable teacher checkpoint {str(bad)!r}" in p.stderr
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import os, sys, torch, torch.distributed as dist
+    os.environ["HYBRIDKD_BACKEND"] = "gloo"
+    from hybridkd_lib.trainer import Learner, TrainConfig, average_gradients, dist_env, make_optimizer
+    rank, world = dist_env()
+    assert world == 2
+    torch.manual_seed(100 + rank)  # different init on each rank: the broadcast must align them
+    cfg = TrainConfig(method="ratebp", student_kw={"width": 4}, T=2)
+    learner = Learner(cfg, 10, (1, 8, 8))
+    params = learner.trainable()
+    for p in params:
+        dist.broadcast(p.data, 0)
+    opt = make_optimizer(cfg, params)
+    for step in range(3):
+        g = torch.Generator().manual_seed(step * 10 + rank)  # each rank its own data shard
+        x, y = torch.randn(8, 1, 8, 8, generator=g), torch.randint(10, (8,), generator=g)
+        loss, _, _ = learner.step_loss(x, y)
+        opt.zero_grad(); loss.backward(); average_gradients(params, world); opt.step()
+    flat = torch.cat([p.detach().flatten() for p in params])
+    gathered = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)
+    if rank == 0:
+        assert torch.equal(gathered[0], gathered[1]), "parameters diverged"
+        open(sys.argv[1], "w").write("identical %d" % flat.numel())
+    dist.destroy_process_group()
+""")
+
+
+def test_two_torchrun_processes_keep_identical_parameters(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    marker = tmp_path / "ok.txt"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", "29517", str(script), str(marker)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert marker.read_text().startswith("identical")
