@@ -44,6 +44,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from hybridkd_lib.efficiency import bench
+    from hybridkd_lib.results import write_json
+
+    out = bench(args.methods, args.T, student=args.student, teacher=args.teacher, batch_size=args.batch_size,
+                input_size=args.input_size, device=args.device, steps=args.steps, warmup=args.warmup,
+                student_kw=args.student_kw, teacher_kw=args.teacher_kw)
+    if args.out:
+        write_json(args.out, out)
+        print(f"wrote {args.out}")
+    print(f"\n{'method':>12} {'T':>3} {'s/step':>8} {'peak MB':>8} {'img/s':>8}")
+    for r in out["records"]:
+        print(f"{r['method']:>12} {r['T']:>3} {r['step_time_s']:>8.3f} {r['peak_mem_mb']:>8.0f} {r['images_per_s']:>8.1f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hybridkd_lib",
                                 description="HybridKD: hybrid block-wise ANN-guided distillation of SNNs")
@@ -80,6 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps-per-epoch", type=int, default=None)
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    b = sub.add_parser("bench", help="time and peak memory per training step vs T (Fig. 4), synthetic data")
+    b.add_argument("--student", default="spiking_resnet18")
+    b.add_argument("--teacher", default="cifar_resnet18")
+    b.add_argument("--T", type=int, nargs="+", default=[1, 2, 4, 8])
+    b.add_argument("--methods", nargs="+", default=["forward_only", "bptt", "bptt_ckpt", "bptt_kd", "ratebp", "kd", "hybrid"])
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--input-size", type=int, default=32)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--steps", type=int, default=3, help="timed steps (median reported) after --warmup")
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--student-kw", type=_json, default={})
+    b.add_argument("--teacher-kw", type=_json, default={})
+    b.add_argument("--out", default=None, help="JSON file for the records")
+    b.set_defaults(func=cmd_bench)
     return p
 
 
@@ -87,7 +118,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
+    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
