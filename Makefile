@@ -25,7 +25,9 @@ test: setup
 	$(PY) -m pytest -q
 
 book: setup
-	$(VENV)/bin/jupyter-book build .
+	$(PY) -m hybridkd_lib reproduce --profile $(PROFILE)
+	mkdir -p results/_site
+	HYBRIDKD_BOOK_PROFILE=$(PROFILE) $(VENV)/bin/jupyter-book build .
 
 clean-book:
 	rm -rf _build

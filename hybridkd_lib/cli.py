@@ -60,6 +60,18 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from hybridkd_lib.reproduce import reproduce
+
+    report = reproduce(args.profile, only=args.only or None, results_root=args.results)
+    if report["failed"]:
+        print("failed runs:", file=sys.stderr)
+        for name, reason in report["failed"].items():
+            print(f"  {name}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hybridkd_lib",
                                 description="HybridKD: hybrid block-wise ANN-guided distillation of SNNs")
@@ -111,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--teacher-kw", type=_json, default={})
     b.add_argument("--out", default=None, help="JSON file for the records")
     b.set_defaults(func=cmd_bench)
+
+    r = sub.add_parser("reproduce", help="execute the plan's runs through papermill (cached, dependency order)")
+    r.add_argument("--profile", default="quick", help="smoke | quick | full")
+    r.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these runs of the plan")
+    r.add_argument("--results", default=None, help="results folder (default: $HYBRIDKD_RESULTS or ./results)")
+    r.set_defaults(func=cmd_reproduce)
     return p
 
 

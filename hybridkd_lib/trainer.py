@@ -76,6 +76,14 @@ def resolve_teacher_ckpt(path: str) -> Path:
     return p / "model.pt" if p.is_dir() else p
 
 
+def check_device(device: str) -> None:
+    """``cpu``, or ``cuda``/``cuda:N`` where CUDA is available."""
+    valid = ["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+                       if torch.cuda.is_available() else [])
+    if device not in valid:
+        raise ValueError(f"device={device!r} not available here; valid: {', '.join(valid)}")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Refuse bad input before any training, naming the bad value and the valid ones."""
     if cfg.method not in METHODS:
@@ -89,6 +97,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"T={cfg.T!r} not allowed; T must be an integer >= 1")
     if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
         raise ValueError(f"epochs={cfg.epochs!r} not allowed; epochs must be an integer >= 1")
+    check_device(cfg.device)
     if cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     unknown = set(cfg.loss) - set(LossConfig.__dataclass_fields__)
@@ -108,8 +117,7 @@ def validate(cfg: TrainConfig) -> None:
 def build_teacher(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
     """The teacher architecture, with trained weights if ``teacher_ckpt`` is given."""
     kw = dict(cfg.teacher_kw)
-    if cfg.teacher.startswith("cifar_"):
-        kw.setdefault("in_chans", in_chans)
+    kw.setdefault("in_chans", in_chans)
     if cfg.teacher_ckpt and cfg.method != "ann":
         state = checkpoint.load(resolve_teacher_ckpt(cfg.teacher_ckpt))
         if isinstance(state, dict) and "model" in state and "arch" in state:
@@ -138,7 +146,7 @@ class Learner(nn.Module):
         self.student = self.teacher = self.distiller = None
         if cfg.method == "ann":
             self.model = build_teacher(cfg, num_classes, in_chans)
-            self.model_kw = dict(cfg.teacher_kw, **({"in_chans": in_chans} if cfg.teacher.startswith("cifar_") else {}))
+            self.model_kw = {"in_chans": in_chans, **cfg.teacher_kw}
             self.arch = cfg.teacher
             return
         skw = dict(cfg.student_kw, T=cfg.T)

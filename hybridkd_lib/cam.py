@@ -1,0 +1,124 @@
+"""Grad-CAM (pytorch-grad-cam) of the ANN, the SNN and the hybrids M_k of one trained run (Fig. A).
+
+Every model is wrapped as a module taking ``[B, C, H, W]`` and returning logits;
+the SNN runs over T in inference form (spikingjelly's surrogate still gives
+gradients there) and its temporal activations ``[T, B, C, H, W]`` are averaged
+over T by the ``reshape_transform``. All maps are taken at the same place of
+each model: the input of its last stage (for ``M_k`` that is the teacher's
+second-to-last stage or, for the last hybrid, the alignment module's output),
+which keeps twice the last stage's resolution.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hybridkd_lib import checkpoint, data
+from hybridkd_lib.results import read_result
+from hybridkd_lib.trainer import Learner, TrainConfig
+
+
+def load_hybrid_run(run_dir: str | Path):
+    """Rebuild a ``hybrid`` run's Learner (student, frozen teacher, alignment modules) and its data."""
+    run_dir = Path(run_dir)
+    result = read_result(run_dir)
+    if result is None:
+        raise FileNotFoundError(f"run {str(run_dir)!r} has no result.json (not run yet?)")
+    if result.get("method") != "hybrid":
+        raise ValueError(f"run {str(run_dir)!r} has method {result.get('method')!r}; Grad-CAM of hybrids "
+                         f"needs a run with method 'hybrid'")
+    fields = TrainConfig.__dataclass_fields__
+    cfg = TrainConfig(**{k: result[k] for k in fields if k in result})
+    train_set, test_set = data.get_datasets(cfg.dataset, cfg.data_root, **cfg.data_kw)
+    num_classes = data.dataset_info(cfg.dataset).num_classes
+    learner = Learner(cfg, num_classes, tuple(test_set[0][0].shape[-3:]))
+    state = checkpoint.load(run_dir / "model.pt")
+    learner.model.load_state_dict(state["model"])
+    learner.distiller.aligns.load_state_dict(state["aligns"])
+    return learner.eval(), test_set, result
+
+
+class _Logits(nn.Module):
+    def __init__(self, fn, *modules):
+        super().__init__()
+        self.fn = fn
+        self.parts = nn.ModuleList(modules)
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def _mean_over_time(t: torch.Tensor) -> torch.Tensor:
+    if t.dim() == 5:    # [T, B, C, H, W]
+        t = t.mean(0)
+    if t.dim() == 3:    # tokens [B, D, N] (channels first) -> [B, D, s, s]
+        side = int(round(t.shape[-1] ** 0.5))
+        t = t.reshape(*t.shape[:2], side, side)
+    return t
+
+
+def cam_models(learner: Learner) -> dict[str, tuple[nn.Module, nn.Module]]:
+    """name -> (model taking [B, C, H, W], target layer), for ANN, SNN and every M_k."""
+    d = learner.distiller
+    s, t = d.student, d.teacher
+    out = {"ANN": (_Logits(lambda x: t(d._teacher_input(x)), t), t.stages[-2]),
+           "SNN": (_Logits(s, s), s.stages[-2])}
+    for k in range(d.num_hybrids):
+        target = d.aligns[k] if d.pairs[k] + 1 == t.num_stages - 1 else t.stages[-2]
+        out[f"M_{k}"] = (_Logits(lambda x, k=k: d.hybrid_logits(x, k), s, t, d.aligns), target)
+    return out
+
+
+def compute_cams(learner: Learner, images: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
+    """Grad-CAM maps ``[B, H, W]`` in [0, 1] per model, for the true labels."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    maps = {}
+    images = images.detach().clone().requires_grad_(True)  # the teacher is frozen: the graph starts here
+    targets = [ClassifierOutputTarget(int(c)) for c in labels]
+    for name, (model, layer) in cam_models(learner).items():
+        with GradCAM(model=model, target_layers=[layer], reshape_transform=_mean_over_time) as cam:
+            maps[name] = cam(input_tensor=images, targets=targets)
+    return maps
+
+
+def cam_figure(images: torch.Tensor, maps: dict[str, np.ndarray], title: str = ""):
+    """Rows: images; columns: input, then each model's map over the input."""
+    import matplotlib.pyplot as plt
+
+    names = list(maps)
+    n = len(images)
+    fig, axes = plt.subplots(n, len(names) + 1, figsize=(1.6 * (len(names) + 1), 1.6 * n), squeeze=False)
+    for i in range(n):
+        img = images[i].float()
+        img = img.mean(0) if img.shape[0] != 3 else img.permute(1, 2, 0)
+        img = (img - img.min()) / (img.max() - img.min() + 1e-8)
+        axes[i, 0].imshow(img.numpy(), cmap="gray" if img.dim() == 2 else None)
+        for j, name in enumerate(names, start=1):
+            axes[i, j].imshow(img.numpy(), cmap="gray" if img.dim() == 2 else None)
+            axes[i, j].imshow(maps[name][i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        for j, label in enumerate(["input"] + names):
+            if i == 0:
+                axes[0, j].set_title(label, fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def cam_similarity(maps: dict[str, np.ndarray], reference: str = "ANN") -> dict[str, float]:
+    """Mean Pearson correlation of each model's maps with the reference's, over the images."""
+    ref = maps[reference].reshape(len(maps[reference]), -1)
+    out = {}
+    for name, m in maps.items():
+        m = m.reshape(len(m), -1)
+        cs = [np.corrcoef(a, b)[0, 1] if a.std() > 0 and b.std() > 0 else np.nan for a, b in zip(ref, m)]
+        out[name] = float(np.nanmean(cs)) if not np.all(np.isnan(cs)) else float("nan")
+    return out

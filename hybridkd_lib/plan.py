@@ -1,0 +1,158 @@
+"""The reproduction plan: every table cell and figure of the seed, mapped to runs.
+
+Profiles:
+- ``smoke``: seconds per run (tests).
+- ``quick``: scikit-learn digits on the CPU, the default of ``make book``; the
+  same pipeline as the paper at a scale a 2-core machine runs in minutes.
+- ``full``: the paper's settings (Table C) on CIFAR-10/100, ImageNet and
+  CIFAR10-DVS, for GPU machines with the data. Table C is rendered from it.
+
+A run's parameter ``"@NAME"`` is a reference to run NAME's result folder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PROFILES = ("smoke", "quick", "full")
+NOTEBOOKS = ("train_teacher", "train_student", "efficiency", "cam")
+
+
+@dataclass
+class Run:
+    name: str
+    notebook: str
+    params: dict
+    cells: list[str] = field(default_factory=list)  # book cells this run feeds
+
+    @property
+    def needs(self) -> list[str]:
+        return [v[1:] for v in self.params.values() if isinstance(v, str) and v.startswith("@")]
+
+
+def _check_profile(profile: str):
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
+
+
+# Scaled-down settings of the CPU profiles (say on each page what was scaled down).
+SCALE = {
+    "smoke": dict(dataset="digits", data_kw={"image_size": 8}, width=4, sf_dim=32, teacher_epochs=1,
+                  student_epochs=1, max_steps=2, Ts=(2,), seeds=(0,), bench_T=(1,), bench_batch=4,
+                  bench_input=16, bench_steps=1, vit=dict(img_size=8, patch_size=2, depth=4, embed_dim=32,
+                                                          num_heads=2)),
+    "quick": dict(dataset="digits", data_kw={"image_size": 16}, width=16, sf_dim=64, teacher_epochs=15,
+                  student_epochs=10, max_steps=None, Ts=(2, 4, 6, 8), seeds=(0,), bench_T=(1, 2, 4, 8),
+                  bench_batch=32, bench_input=32, bench_steps=2,
+                  vit=dict(img_size=16, patch_size=2, depth=4, embed_dim=64, num_heads=2)),
+}
+
+
+def _cpu_plan(profile: str) -> list[Run]:
+    s = SCALE[profile]
+    common = dict(dataset=s["dataset"], data_kw=s["data_kw"], device="cpu", batch_size=64,
+                  max_steps_per_epoch=s["max_steps"], seed=0)
+    w = {"width": s["width"]}
+    cam_T = 4 if 4 in s["Ts"] else s["Ts"][0]  # Fig. A uses the T=4 R18<-R18 hybrid
+    runs = [
+        Run("teacher_r18", "train_teacher", dict(common, method="ann", teacher="cifar_resnet18", teacher_kw=w,
+                                                  epochs=s["teacher_epochs"], lr=0.05, weight_decay=5e-4,
+                                                  optimizer="sgd"), ["Table A"]),
+        Run("teacher_r34", "train_teacher", dict(common, method="ann", teacher="cifar_resnet34", teacher_kw=w,
+                                                  epochs=s["teacher_epochs"], lr=0.05, weight_decay=5e-4,
+                                                  optimizer="sgd"), ["Table A"]),
+        Run("teacher_vit", "train_teacher", dict(common, method="ann", teacher="vit_small_patch16_224",
+                                                  teacher_kw=s["vit"], epochs=s["teacher_epochs"], lr=1e-3,
+                                                  weight_decay=0.05, optimizer="adamw"), ["Table B"]),
+    ]
+    for T in s["Ts"]:
+        for student, teacher, tw in (("spiking_resnet18", "cifar_resnet18", "teacher_r18"),
+                                     ("spiking_resnet19", "cifar_resnet34", "teacher_r34")):
+            tag = "r18_r18" if student.endswith("18") else "r19_r34"
+            runs.append(Run(f"hybrid_{tag}_T{T}", "train_student", dict(
+                common, method="hybrid", student=student, student_kw=w, teacher=teacher, teacher_ckpt=f"@{tw}",
+                T=T, epochs=s["student_epochs"], lr=0.1, weight_decay=5e-4, optimizer="sgd"),
+                [f"Table A {tag} T={T}"] + (["Fig. A"] if (tag == "r18_r18" and T == cam_T) else [])))
+    for method in ("ratebp", "kd", "hybrid"):
+        runs.append(Run(f"sf_{method}", "train_student", dict(
+            common, method=method, student="spikingformer_4_256", student_kw={"dim": s["sf_dim"]},
+            teacher="vit_small_patch16_224", teacher_kw=s["vit"],
+            teacher_ckpt="@teacher_vit" if method != "ratebp" else None, T=4, epochs=s["student_epochs"],
+            lr=1e-3, weight_decay=0.05, optimizer="adamw"), [f"Table B {method}"]))
+    runs.append(Run("cam", "cam", dict(run=f"@hybrid_r18_r18_T{cam_T}", n_images=4), ["Fig. A"]))
+    runs.append(Run("efficiency", "efficiency", dict(
+        student="spiking_resnet18", teacher="cifar_resnet18", student_kw=w, teacher_kw=w,
+        Ts=list(s["bench_T"]), methods=["forward_only", "bptt", "bptt_ckpt", "bptt_kd", "ratebp", "kd", "hybrid"],
+        batch_size=s["bench_batch"], input_size=s["bench_input"], device="cpu", steps=s["bench_steps"]),
+        ["Fig. 4"]))
+    return runs
+
+
+def _full_plan() -> list[Run]:
+    """Table C settings; ImageNet teachers and the CIFAR ViT-S/16 need local checkpoints."""
+    runs = []
+    cifar = dict(batch_size=128, lr=0.1, weight_decay=5e-4, optimizer="sgd", epochs=300, device="cuda", seed=0)
+    for ds in ("cifar10", "cifar100"):
+        for arch in ("cifar_resnet18", "cifar_resnet34"):
+            runs.append(Run(f"{ds}_teacher_{arch[6:]}", "train_teacher", dict(cifar, dataset=ds, method="ann",
+                                                                              teacher=arch), ["Table A"]))
+        for T in (2, 4, 6, 8):
+            for student, teacher in (("spiking_resnet18", "cifar_resnet18"), ("spiking_resnet19", "cifar_resnet34")):
+                tag = "r18_r18" if student.endswith("18") else "r19_r34"
+                runs.append(Run(f"{ds}_hybrid_{tag}_T{T}", "train_student", dict(
+                    cifar, dataset=ds, method="hybrid", student=student, teacher=teacher,
+                    teacher_ckpt=f"@{ds}_teacher_{teacher[6:]}", T=T), [f"Table A {ds} {tag} T={T}", "Table C"]))
+        for method in ("ratebp", "kd", "hybrid"):
+            runs.append(Run(f"{ds}_sf_{method}", "train_student", dict(
+                dataset=ds, method=method, student="spikingformer_4_256", teacher="vit_small_patch16_224",
+                teacher_ckpt=f"data/checkpoints/vit_small_patch16_224_{ds}.pth" if method != "ratebp" else None,
+                teacher_input_size=224, T=4, epochs=400, batch_size=64, lr=5e-4, weight_decay=6e-2,
+                optimizer="adamw", device="cuda", seed=0), [f"Table B {ds} {method}"]))
+    imagenet = dict(dataset="imagenet", batch_size=64, lr=0.2, weight_decay=2e-5, optimizer="sgd", epochs=100,
+                    T=4, device="cuda", seed=0, method="hybrid")
+    for student, teacher in (("sew_resnet34", "resnet34"), ("preact_resnet34", "resnet34"),
+                             ("preact_resnet34", "resnet50")):
+        runs.append(Run(f"imagenet_hybrid_{student}_{teacher}", "train_student", dict(
+            imagenet, student=student, teacher=teacher, teacher_ckpt=f"data/checkpoints/{teacher}_timm.pth"),
+            ["Table C"] + (["Fig. A"] if student == "sew_resnet34" else [])))
+    runs.append(Run("cifar10dvs_teacher_r19", "train_teacher", dict(
+        dataset="cifar10dvs", method="ann", teacher="cifar_resnet19", teacher_kw={"in_chans": 2}, T=10,
+        batch_size=128, lr=0.1, weight_decay=5e-4, optimizer="sgd", epochs=300, device="cuda", seed=0),
+        ["Table C"]))
+    runs.append(Run("cifar10dvs_hybrid_r19_r19", "train_student", dict(
+        dataset="cifar10dvs", method="hybrid", student="spiking_resnet19", teacher="cifar_resnet19",
+        teacher_ckpt="@cifar10dvs_teacher_r19", T=10, batch_size=128, lr=0.1, weight_decay=5e-4,
+        optimizer="sgd", epochs=300, device="cuda", seed=0), ["Table C"]))
+    runs.append(Run("cam", "cam", dict(run="@imagenet_hybrid_sew_resnet34_resnet34", n_images=4), ["Fig. A"]))
+    runs.append(Run("efficiency", "efficiency", dict(
+        student="spiking_resnet18", teacher="cifar_resnet18", student_kw={}, teacher_kw={}, Ts=[1, 2, 4, 8],
+        methods=["forward_only", "bptt", "bptt_ckpt", "bptt_kd", "ratebp", "kd", "hybrid"], batch_size=128,
+        input_size=32, device="cuda", steps=20), ["Fig. 4"]))
+    return runs
+
+
+def plan(profile: str) -> list[Run]:
+    """The runs of ``profile`` in dependency order (teachers before students)."""
+    _check_profile(profile)
+    runs = _full_plan() if profile == "full" else _cpu_plan(profile)
+    return order(runs)
+
+
+def order(runs: list[Run]) -> list[Run]:
+    by_name = {r.name: r for r in runs}
+    done, out = set(), []
+
+    def visit(r, stack=()):
+        if r.name in done:
+            return
+        if r.name in stack:
+            raise ValueError(f"dependency cycle through {r.name!r}")
+        for n in r.needs:
+            if n not in by_name:
+                raise ValueError(f"run {r.name!r} needs unknown run {n!r}")
+            visit(by_name[n], stack + (r.name,))
+        done.add(r.name)
+        out.append(r)
+
+    for r in runs:
+        visit(r)
+    return out

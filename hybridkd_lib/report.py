@@ -1,0 +1,255 @@
+"""Read results and draw: the only module the book's pages import.
+
+Measured values come from ``results/<profile>/<run>/result.json`` (profile:
+``$HYBRIDKD_BOOK_PROFILE``, default ``quick``); reported values from the one
+data file ``reported.json``, always labelled "reported". A cell whose run has
+no result says "not run".
+"""
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+from hybridkd_lib.plan import Run, plan
+from hybridkd_lib.reproduce import default_results_root
+from hybridkd_lib.results import REPO_ROOT, read_result
+
+NOT_RUN = "not run"
+REPORTED_FILE = Path(__file__).with_name("reported.json")
+GPU_BENCH_DIR = REPO_ROOT / "book" / "data" / "gpu"
+NICE = {"spiking_resnet18": "ResNet-18", "spiking_resnet19": "ResNet-19", "sew_resnet34": "SEW-ResNet-34",
+        "preact_resnet34": "PreAct-ResNet-34", "spikingformer_4_256": "Spikingformer-4-256",
+        "cifar_resnet18": "ResNet-18", "cifar_resnet34": "ResNet-34", "cifar_resnet19": "ResNet-19",
+        "resnet34": "ResNet-34", "resnet50": "ResNet-50", "vit_small_patch16_224": "ViT-S/16",
+        "digits": "digits (sklearn)", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet",
+        "cifar10dvs": "CIFAR10-DVS"}
+
+
+def book_profile() -> str:
+    return os.environ.get("HYBRIDKD_BOOK_PROFILE", "quick")
+
+
+@lru_cache(maxsize=1)
+def reported() -> dict:
+    return json.loads(REPORTED_FILE.read_text())
+
+
+def result(name: str, profile: str | None = None) -> dict | None:
+    return read_result(default_results_root() / (profile or book_profile()) / name)
+
+
+def runs(profile: str | None = None) -> list[Run]:
+    return plan(profile or book_profile())
+
+
+def provenance(res: dict | None) -> str:
+    """One line: where a measured number came from."""
+    if res is None:
+        return NOT_RUN
+    seeds = res.get("seed", "-")
+    return (f"{NICE.get(res.get('dataset'), res.get('dataset'))}, {res.get('epochs')} epochs, seed {seeds}, "
+            f"{res.get('device')}, commit {res.get('git_commit')}, {str(res.get('finished_at', ''))[:10]}")
+
+
+def _short(arch: str) -> str:
+    """ResNet-18 -> R18, as the paper's tables write it."""
+    return NICE[arch].replace("ResNet-", "R")
+
+
+def _fmt(acc, ref=None) -> str:
+    if acc is None:
+        return NOT_RUN
+    return f"{acc:.2f}" + (f" ({acc - ref:+.2f})" if ref is not None else "")
+
+
+def profile_note(profile: str | None = None) -> str:
+    from hybridkd_lib.plan import SCALE
+
+    p = profile or book_profile()
+    if p == "full":
+        return "Profile **full**: the paper's settings (Table C)."
+    s = SCALE[p]
+    return (f"Profile **{p}** (scaled down to run on a 2-core CPU): dataset scikit-learn digits "
+            f"({s['data_kw'].get('image_size', 8)}x{s['data_kw'].get('image_size', 8)}, 1,347 train / 450 test "
+            f"images) instead of CIFAR/ImageNet; ResNet widths {s['width']} instead of 64/128 "
+            f"(Spikingformer dim {s['sf_dim']} instead of 256); teachers {s['teacher_epochs']} epochs, students "
+            f"{s['student_epochs']} instead of 300; seeds {list(s['seeds'])}. Absolute accuracies are therefore "
+            f"not comparable with the reported ones; the trends are.")
+
+
+# ----------------------------------------------------------------------------- Table A
+def table_a(profile: str | None = None) -> pd.DataFrame:
+    """Rows: reported CIFAR rows and the measured rows of this profile; columns T=2..8, "acc (gap)"."""
+    p = profile or book_profile()
+    rows = []
+    for r in reported()["table_a"]:
+        rows.append({"source": "reported", "dataset": r["dataset"], "teacher": f"{r['teacher']} ({r['teacher_top1']:.2f})",
+                     "student": r["student"],
+                     **{f"T={T}": _fmt(r["T"][str(T)], r["teacher_top1"]) for T in (2, 4, 6, 8)}})
+    by_pair = {}
+    for run in runs(p):
+        if run.notebook == "train_student" and run.params.get("method") == "hybrid" and \
+                run.params["student"] in ("spiking_resnet18", "spiking_resnet19"):
+            key = (run.params["dataset"], run.params["teacher"], run.params["student"])
+            by_pair.setdefault(key, {})[run.params["T"]] = run.name
+    for (ds, teacher, student), cells in by_pair.items():
+        t_res = None
+        row_cells = {}
+        for T in (2, 4, 6, 8):
+            res = result(cells[T], p) if T in cells else None
+            if res is not None:
+                t_res = t_res or res.get("teacher_top1")
+            row_cells[T] = res
+        t_acc = t_res
+        rows.append({"source": f"measured ({p})", "dataset": NICE.get(ds, ds),
+                     "teacher": f"{_short(teacher)} ({_fmt(t_acc) if t_acc is not None else NOT_RUN})",
+                     "student": _short(student),
+                     **{f"T={T}": (_fmt(row_cells[T]["top1"], t_acc) if row_cells[T] else NOT_RUN)
+                        for T in (2, 4, 6, 8)}})
+    return pd.DataFrame(rows)
+
+
+def table_a_provenance(profile: str | None = None) -> pd.DataFrame:
+    p = profile or book_profile()
+    rows = []
+    for run in runs(p):
+        if run.notebook == "train_student" and run.params.get("method") == "hybrid" and \
+                run.params["student"] in ("spiking_resnet18", "spiking_resnet19"):
+            rows.append({"run": run.name, "provenance": provenance(result(run.name, p))})
+    return pd.DataFrame(rows).set_index("run")
+
+
+# ----------------------------------------------------------------------------- Table B
+METHOD_NAMES = {"ratebp": "RateBP", "kd": "Vanilla KD", "hybrid": "Ours"}
+
+
+def table_b(profile: str | None = None) -> pd.DataFrame:
+    p = profile or book_profile()
+    rows = []
+    for r in reported()["table_b"]:
+        t = f"{r['teacher']} ({r['teacher_top1']:.2f})" if r["teacher"] else "-"
+        rows.append({"source": "reported", "dataset": r["dataset"], "method": r["method"], "teacher": t,
+                     "student": r["student"], "T": r["T"],
+                     "top-1 (%)": _fmt(r["top1"], r["teacher_top1"]) if r["teacher_top1"] else _fmt(r["top1"])})
+    for run in runs(p):
+        prm = run.params
+        if run.notebook == "train_student" and prm.get("student") == "spikingformer_4_256":
+            res = result(run.name, p)
+            t_acc = res.get("teacher_top1") if res else None
+            with_teacher = prm["method"] != "ratebp"
+            teacher = (f"ViT-S/16 ({_fmt(t_acc)})" if with_teacher else "-")
+            acc = _fmt(res["top1"], t_acc if with_teacher else None) if res else NOT_RUN
+            rows.append({"source": f"measured ({p})", "dataset": NICE.get(prm["dataset"], prm["dataset"]),
+                         "method": METHOD_NAMES[prm["method"]], "teacher": teacher,
+                         "student": "Spikingformer-4-256" + (f" (dim {prm['student_kw']['dim']})"
+                                                             if prm.get("student_kw", {}).get("dim") else ""),
+                         "T": prm["T"], "top-1 (%)": acc})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- Table C
+def table_c() -> pd.DataFrame:
+    """Training settings rendered from the plan's ``full`` profile (never retyped)."""
+    rep = {(r["dataset"], r["model"], r["teacher"]): r["teacher_top1"] for r in reported()["table_c"]}
+    rows, seen = [], set()
+    for run in plan("full"):
+        prm = run.params
+        if run.notebook != "train_student" or prm["method"] != "hybrid" or prm["student"] == "spikingformer_4_256":
+            continue  # Table C lists the ResNet runs; Table B's settings are on its own page
+        key = (NICE[prm["dataset"]], NICE[prm["student"]], NICE[prm["teacher"]])
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append({"Dataset": key[0], "Model": key[1], "Tea-Model": key[2],
+                     "Tea-Acc (%) reported": rep.get(key, "-"), "Learning Rate": prm["lr"],
+                     "Weight Decay": prm["weight_decay"], "Epochs": prm["epochs"], "Scheduler": "Cosine",
+                     "Optimizer": {"sgd": "SGDM", "adamw": "AdamW"}[prm["optimizer"]],
+                     "T": prm["T"], "Batch/GPU": prm["batch_size"]})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- Fig. A
+def fig_a(profile: str | None = None):
+    """(path to the CAM figure or None, the cam result dict or None)."""
+    p = profile or book_profile()
+    res = result("cam", p)
+    path = default_results_root() / p / "cam" / "cam.png"
+    return (path if res is not None and path.is_file() else None), res
+
+
+# ----------------------------------------------------------------------------- Fig. 4
+def bench_records(profile: str | None = None) -> list[dict]:
+    """CPU records of this profile's efficiency run plus every committed GPU file."""
+    p = profile or book_profile()
+    recs = []
+    f = default_results_root() / p / "efficiency" / "bench.json"
+    if f.is_file():
+        recs += [dict(r, source=f"measured ({p})") for r in json.loads(f.read_text())["records"]]
+    for g in sorted(GPU_BENCH_DIR.glob("*.json")) if GPU_BENCH_DIR.is_dir() else []:
+        recs += [dict(r, source=f"measured (GPU file {g.name})") for r in json.loads(g.read_text())["records"]]
+    return recs
+
+
+def bench_table(records: list[dict]) -> pd.DataFrame:
+    if not records:
+        return pd.DataFrame({"status": [NOT_RUN]})
+    df = pd.DataFrame(records)
+    df = df.pivot_table(index=["device", "method"], columns="T", values=["step_time_s", "peak_mem_mb"],
+                        aggfunc="first")
+    return df.round(3)
+
+
+def fig4_plot(records: list[dict]):
+    import matplotlib.pyplot as plt
+
+    if not records:
+        return None
+    df = pd.DataFrame(records)
+    devices = list(dict.fromkeys(df["device"]))
+    fig, axes = plt.subplots(len(devices), 2, figsize=(10, 3.4 * len(devices)), squeeze=False)
+    style = {"hybrid": ("tab:red", "o", "-"), "kd": ("tab:orange", "s", "-"), "ratebp": ("tab:green", "^", "-"),
+             "bptt": ("tab:blue", "o", "--"), "bptt_kd": ("tab:purple", "s", "--"),
+             "bptt_ckpt": ("tab:cyan", "v", "--"), "forward_only": ("gray", "x", ":")}
+    for row, dev in enumerate(devices):
+        sub = df[df["device"] == dev]
+        for method, g in sub.groupby("method", sort=False):
+            c, m, ls = style.get(method, ("black", ".", "-"))
+            g = g.sort_values("T")
+            axes[row, 0].plot(g["T"], g["step_time_s"], color=c, marker=m, ls=ls, label=method)
+            axes[row, 1].plot(g["T"], g["peak_mem_mb"], color=c, marker=m, ls=ls, label=method)
+        axes[row, 0].set(title=f"time per training step — {dev}", xlabel="T", ylabel="s / step")
+        axes[row, 1].set(title=f"peak memory — {dev}", xlabel="T",
+                         ylabel="MB (peak RSS)" if dev.startswith("cpu") else "MB (max allocated)")
+        axes[row, 1].legend(fontsize=8, ncol=2)
+        for ax in axes[row]:
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- runs index
+def runs_index(profile: str | None = None) -> pd.DataFrame:
+    p = profile or book_profile()
+    rows = []
+    for run in runs(p):
+        res = result(run.name, p)
+        html = default_results_root() / "_site" / "runs" / p / f"{run.name}.html"
+        link = f'<a href="../runs/{p}/{run.name}.html">{run.notebook}</a>' if html.is_file() else run.notebook
+        acc = res.get("top1") if res else None
+        rows.append({"run": run.name, "notebook": link, "feeds": ", ".join(run.cells),
+                     "status": "done" if res else NOT_RUN,
+                     "top-1 (%)": f"{acc:.2f}" if isinstance(acc, (int, float)) else "",
+                     "provenance": provenance(res) if res and "method" in res else
+                     (f"{res.get('device')}, commit {res.get('git_commit')}" if res else NOT_RUN)})
+    return pd.DataFrame(rows)
+
+
+def html_table(df: pd.DataFrame):
+    """Render a DataFrame as HTML in a notebook cell (links kept, no index)."""
+    from IPython.display import HTML
+
+    return HTML(df.to_html(index=False, escape=False, na_rep=NOT_RUN))
