@@ -9,6 +9,7 @@ through, so the same layer serves the rate pass and ANN teachers.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 
@@ -46,6 +47,7 @@ class _RateBatchNorm:
     """
 
     mode = "bptt"
+    sync_stats = False  # all-reduce the spike-pass statistics across processes (SyncBN under torchrun)
     spk_mean: torch.Tensor | None = None
     spk_var: torch.Tensor | None = None
     _sample_dims = 3
@@ -74,9 +76,17 @@ class _RateBatchNorm:
 
     @torch.no_grad()
     def _spike_forward(self, x):
-        var, mean = torch.var_mean(x, dim=self._dims(x), correction=0)
+        n = x.numel() // x.shape[1]
+        if self.sync_stats and dist.is_available() and dist.is_initialized():
+            dims = self._dims(x)
+            stats = torch.cat([x.sum(dims), x.square().sum(dims), x.new_tensor([float(n)])])
+            dist.all_reduce(stats)
+            n = int(stats[-1].item())
+            mean = stats[:x.shape[1]] / n
+            var = (stats[x.shape[1]:-1] / n - mean.square()).clamp_min(0)
+        else:
+            var, mean = torch.var_mean(x, dim=self._dims(x), correction=0)
         if self.track_running_stats:
-            n = x.numel() // x.shape[1]
             m = self.momentum if self.momentum is not None else 0.1
             self.running_mean.lerp_(mean, m)
             self.running_var.lerp_(var * (n / max(n - 1, 1)), m)

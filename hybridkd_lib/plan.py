@@ -38,12 +38,12 @@ def _check_profile(profile: str):
 SCALE = {
     "smoke": dict(dataset="digits", data_kw={"image_size": 8}, width=4, sf_dim=32, teacher_epochs=1,
                   student_epochs=1, max_steps=2, Ts=(2,), seeds=(0,), bench_T=(1,), bench_batch=4,
-                  bench_input=16, bench_steps=1, vit=dict(img_size=8, patch_size=2, depth=4, embed_dim=32,
-                                                          num_heads=2)),
+                  bench_input=16, bench_steps=1, vit_epochs=1,
+                  vit=dict(img_size=8, patch_size=2, depth=4, embed_dim=32, num_heads=2)),
     "quick": dict(dataset="digits", data_kw={"image_size": 16}, width=16, sf_dim=64, teacher_epochs=15,
                   student_epochs=10, max_steps=None, Ts=(2, 4, 6, 8), seeds=(0,), bench_T=(1, 2, 4, 8),
                   bench_batch=32, bench_input=32, bench_steps=2,
-                  vit=dict(img_size=16, patch_size=2, depth=4, embed_dim=64, num_heads=2)),
+                  vit_epochs=30, vit=dict(img_size=16, patch_size=4, depth=4, embed_dim=96, num_heads=3)),
 }
 
 
@@ -54,14 +54,14 @@ def _cpu_plan(profile: str) -> list[Run]:
     w = {"width": s["width"]}
     cam_T = 4 if 4 in s["Ts"] else s["Ts"][0]  # Fig. A uses the T=4 R18<-R18 hybrid
     runs = [
-        Run("teacher_r18", "train_teacher", dict(common, method="ann", teacher="cifar_resnet18", teacher_kw=w,
+        Run("teacher_r18", "train_teacher", dict(common, teacher="cifar_resnet18", teacher_kw=w,
                                                   epochs=s["teacher_epochs"], lr=0.05, weight_decay=5e-4,
                                                   optimizer="sgd"), ["Table A"]),
-        Run("teacher_r34", "train_teacher", dict(common, method="ann", teacher="cifar_resnet34", teacher_kw=w,
+        Run("teacher_r34", "train_teacher", dict(common, teacher="cifar_resnet34", teacher_kw=w,
                                                   epochs=s["teacher_epochs"], lr=0.05, weight_decay=5e-4,
                                                   optimizer="sgd"), ["Table A"]),
-        Run("teacher_vit", "train_teacher", dict(common, method="ann", teacher="vit_small_patch16_224",
-                                                  teacher_kw=s["vit"], epochs=s["teacher_epochs"], lr=1e-3,
+        Run("teacher_vit", "train_teacher", dict(common, teacher="vit_small_patch16_224",
+                                                  teacher_kw=s["vit"], epochs=s["vit_epochs"], lr=2e-3,
                                                   weight_decay=0.05, optimizer="adamw"), ["Table B"]),
     ]
     for T in s["Ts"]:
@@ -93,7 +93,7 @@ def _full_plan() -> list[Run]:
     cifar = dict(batch_size=128, lr=0.1, weight_decay=5e-4, optimizer="sgd", epochs=300, device="cuda", seed=0)
     for ds in ("cifar10", "cifar100"):
         for arch in ("cifar_resnet18", "cifar_resnet34"):
-            runs.append(Run(f"{ds}_teacher_{arch[6:]}", "train_teacher", dict(cifar, dataset=ds, method="ann",
+            runs.append(Run(f"{ds}_teacher_{arch[6:]}", "train_teacher", dict(cifar, dataset=ds,
                                                                               teacher=arch), ["Table A"]))
         for T in (2, 4, 6, 8):
             for student, teacher in (("spiking_resnet18", "cifar_resnet18"), ("spiking_resnet19", "cifar_resnet34")):
@@ -115,7 +115,7 @@ def _full_plan() -> list[Run]:
             imagenet, student=student, teacher=teacher, teacher_ckpt=f"data/checkpoints/{teacher}_timm.pth"),
             ["Table C"] + (["Fig. A"] if student == "sew_resnet34" else [])))
     runs.append(Run("cifar10dvs_teacher_r19", "train_teacher", dict(
-        dataset="cifar10dvs", method="ann", teacher="cifar_resnet19", teacher_kw={"in_chans": 2}, T=10,
+        dataset="cifar10dvs", teacher="cifar_resnet19", teacher_kw={"in_chans": 2}, T=10,
         batch_size=128, lr=0.1, weight_decay=5e-4, optimizer="sgd", epochs=300, device="cuda", seed=0),
         ["Table C"]))
     runs.append(Run("cifar10dvs_hybrid_r19_r19", "train_student", dict(

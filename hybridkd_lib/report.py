@@ -189,7 +189,7 @@ def bench_records(profile: str | None = None) -> list[dict]:
     f = default_results_root() / p / "efficiency" / "bench.json"
     if f.is_file():
         recs += [dict(r, source=f"measured ({p})") for r in json.loads(f.read_text())["records"]]
-    for g in sorted(GPU_BENCH_DIR.glob("*.json")) if GPU_BENCH_DIR.is_dir() else []:
+    for g in sorted(GPU_BENCH_DIR.glob("bench_*.json")) if GPU_BENCH_DIR.is_dir() else []:
         recs += [dict(r, source=f"measured (GPU file {g.name})") for r in json.loads(g.read_text())["records"]]
     return recs
 

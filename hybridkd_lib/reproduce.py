@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from hybridkd_lib.plan import Run, plan
 from hybridkd_lib.results import REPO_ROOT, atomic_write_text

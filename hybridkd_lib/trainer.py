@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from hybridkd_lib import checkpoint, data, ratebp, results
 from hybridkd_lib.hybrid import HybridDistiller
+from hybridkd_lib.layers import _RateBatchNorm
 from hybridkd_lib.losses import LossConfig, total_loss
 from hybridkd_lib.models import check_model_name, create_model
 from hybridkd_lib.models.timm_teachers import load_state_dict_file
@@ -238,6 +239,18 @@ def dist_env():
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+def enable_sync_bn(learner: "Learner", method: str):
+    """SyncBN under torchrun: RateBP students all-reduce the statistics of their spike pass (the
+    rate pass reuses them); ANN teachers on CUDA get ``nn.SyncBatchNorm``. BPTT students keep
+    per-process statistics (their BN sees ``[T*B]`` folded batches)."""
+    if method in RATEBP_METHODS:
+        for m in learner.model.modules():
+            if isinstance(m, _RateBatchNorm):
+                m.sync_stats = True
+    elif method == "ann" and next(learner.model.parameters()).device.type == "cuda":
+        learner.model = nn.SyncBatchNorm.convert_sync_batchnorm(learner.model)
+
+
 def average_gradients(params, world: int):
     for p in params:
         if p.grad is not None:
@@ -284,6 +297,8 @@ def train(cfg: TrainConfig, on_epoch_end=None, log=print) -> dict:
     learner = Learner(cfg, num_classes, input_shape).to(device)
     if cfg.method != "ann" and device.type == "cuda":
         learner = learner.to(memory_format=torch.channels_last)
+    if world > 1:
+        enable_sync_bn(learner, cfg.method)
     params = learner.trainable()
     if world > 1:
         for p in params:

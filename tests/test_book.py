@@ -121,7 +121,6 @@ def test_book_builds_without_error_outputs(smoke, tmp_path):
                  "book/fig_4.html", "book/runs.html", "notebooks/tutorial_ratebp.html"):
         assert name in pages, name
     for name, text in pages.items():
-        assert "output error" not in text and "output traceback" not in text, name
-        assert 'class="output stderr"' not in text, name
+        assert not re.search(r'class="output (error|traceback|stderr)', text), name
     assert "reported" in pages["book/table_a.html"] and "measured (smoke)" in pages["book/table_a.html"]
     assert "<img" in pages["book/fig_a.html"] and "<img" in pages["book/fig_4.html"]

@@ -197,12 +197,13 @@ def test_garbage_teacher_checkpoint_refused(tmp_path):
 DDP_SCRIPT = textwrap.dedent("""
     import os, sys, torch, torch.distributed as dist
     os.environ["HYBRIDKD_BACKEND"] = "gloo"
-    from hybridkd_lib.trainer import Learner, TrainConfig, average_gradients, dist_env, make_optimizer
+    from hybridkd_lib.trainer import Learner, TrainConfig, average_gradients, dist_env, enable_sync_bn, make_optimizer
     rank, world = dist_env()
     assert world == 2
     torch.manual_seed(100 + rank)  # different init on each rank: the broadcast must align them
     cfg = TrainConfig(method="ratebp", student_kw={"width": 4}, T=2)
     learner = Learner(cfg, 10, (1, 8, 8))
+    enable_sync_bn(learner, "ratebp")
     params = learner.trainable()
     for p in params:
         dist.broadcast(p.data, 0)
@@ -212,11 +213,12 @@ DDP_SCRIPT = textwrap.dedent("""
         x, y = torch.randn(8, 1, 8, 8, generator=g), torch.randint(10, (8,), generator=g)
         loss, _, _ = learner.step_loss(x, y)
         opt.zero_grad(); loss.backward(); average_gradients(params, world); opt.step()
-    flat = torch.cat([p.detach().flatten() for p in params])
+    flat = torch.cat([p.detach().flatten() for p in params]
+                     + [b.detach().flatten() for n, b in learner.named_buffers() if "running" in n])
     gathered = [torch.empty_like(flat) for _ in range(world)]
     dist.all_gather(gathered, flat)
     if rank == 0:
-        assert torch.equal(gathered[0], gathered[1]), "parameters diverged"
+        assert torch.equal(gathered[0], gathered[1]), "parameters or BN statistics diverged"
         open(sys.argv[1], "w").write("identical %d" % flat.numel())
     dist.destroy_process_group()
 """)

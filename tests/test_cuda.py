@@ -1,0 +1,51 @@
+"""CUDA variants (skipped without a GPU; scripts/gpu_check.sh runs them on a GPU machine)."""
+import pytest
+import torch
+
+from hybridkd_lib import ratebp
+from hybridkd_lib.models import create_model
+from hybridkd_lib.trainer import Learner, TrainConfig, check_device
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def test_cuda_device_refused_clearly_without_gpu():
+    if torch.cuda.is_available():
+        check_device("cuda")
+    else:
+        with pytest.raises(ValueError, match="device='cuda' not available here; valid: cpu"):
+            check_device("cuda")
+
+
+@cuda
+def test_rate_logits_match_spike_logits_on_cuda():
+    torch.manual_seed(0)
+    m = create_model("spiking_resnet18", width=16, T=4).cuda().train()
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+    spike = ratebp.spike_pass(m, x)
+    ratebp.set_mode(m, "rate")
+    rate = m(x)
+    ratebp.set_mode(m, "bptt")
+    torch.testing.assert_close(rate.detach(), spike, atol=1e-4, rtol=1e-4)
+
+
+@cuda
+@pytest.mark.parametrize("method", ["bptt", "ratebp", "kd", "hybrid"])
+def test_bf16_training_step_on_cuda(method):
+    torch.manual_seed(0)
+    cfg = TrainConfig(method=method, student_kw={"width": 16}, teacher_kw={"width": 16}, T=4)
+    learner = Learner(cfg, 10, (3, 32, 32)).cuda().to(memory_format=torch.channels_last).train()
+    params = learner.trainable()
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    x = torch.randn(32, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    y = torch.randint(10, (32,), device="cuda")
+    losses = []
+    for _ in range(20):
+        with torch.autocast("cuda", torch.bfloat16):
+            loss, _, _ = learner.step_loss(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
