@@ -26,10 +26,11 @@ BENCH_METHODS = ("forward_only", "bptt", "bptt_ckpt", "bptt_kd", "ratebp", "kd",
 
 
 def _bptt_ckpt_logits(student, x):
-    """BPTT whose stages are recomputed in backward (only stage boundaries are kept)."""
+    """BPTT whose blocks are recomputed in backward (only block boundaries ``[T, B, ...]`` are kept)."""
     h = student.forward_stem(x)
     for stage in student.stages:
-        h = grad_checkpoint(stage, h, use_reentrant=False)
+        for block in (stage.children() if isinstance(stage, torch.nn.Sequential) else [stage]):
+            h = grad_checkpoint(block, h, use_reentrant=False)
     return student.forward_head(h)
 
 

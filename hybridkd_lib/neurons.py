@@ -94,25 +94,26 @@ class LIF(nn.Module):
         spikes = torch.empty_like(x)
         v = torch.zeros_like(x[0])
         elig = torch.zeros_like(v)
-        sg = torch.empty_like(v)
+        p = torch.empty_like(v)            # sig * (1 - sig); the surrogate derivative is alpha * p
+        bias = torch.tensor(-alpha * thr, dtype=x.dtype, device=x.device)
         ef: float | torch.Tensor = 1.0
-        for t in range(T):
-            v.mul_(lam).add_(x[t])                       # u_t (before reset)
-            torch.sub(v, thr, out=sg).mul_(alpha).sigmoid_()
-            sg.addcmul_(sg, sg, value=-1.0).mul_(alpha)  # alpha * sig * (1 - sig)
+        for t in range(T):                 # 7 elementwise passes per step in the common case
+            torch.add(x[t], v, alpha=lam, out=v)           # u_t = lambda * v_{t-1} + x_t
+            torch.add(bias, v, alpha=alpha, out=p).sigmoid_()
+            p.addcmul_(p, p, value=-1.0)
             s = spikes[t]
-            s.copy_(v >= thr)
+            torch.ge(v, thr, out=s)
             if isinstance(ef, float):
-                elig.add_(sg, alpha=ef)
+                elig.add_(p, alpha=ef * alpha)
             else:
-                elig.addcmul_(ef, sg)
+                elig.addcmul_(ef, p, value=alpha)
             if t + 1 < T:  # ef for the next step (not needed after the last one)
                 if v_reset is not None and detach_reset:  # hard reset: ef <- 1 + lam*ef*(1-s)
                     ef = 1.0 + lam * ef * (1.0 - s)
                 elif v_reset is not None:   # hard reset: ef <- 1 + ef*(lam*(1-s) - lam*(u-v_reset)*sg)
-                    ef = 1.0 + ef * (lam * (1.0 - s) - lam * (v - v_reset) * sg)
+                    ef = 1.0 + ef * (lam * (1.0 - s) - lam * (v - v_reset) * (alpha * p))
                 elif not detach_reset:      # soft reset, gradient through reset
-                    ef = 1.0 + ef * (lam - lam * thr * sg)
+                    ef = 1.0 + ef * (lam - lam * thr * (alpha * p))
                 else:                       # soft reset, detached: a scalar recursion
                     ef = 1.0 + lam * ef
             if v_reset is None:
