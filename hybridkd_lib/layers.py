@@ -76,18 +76,25 @@ class _RateBatchNorm:
 
     @torch.no_grad()
     def _spike_forward(self, x):
+        m = self.momentum if self.momentum is not None else 0.1
+        if not (self.sync_stats and dist.is_available() and dist.is_initialized()):
+            # one native fused kernel: batch statistics, running-stat update, normalisation
+            out, mean, invstd = torch.native_batch_norm(
+                x, self.weight, self.bias, self.running_mean if self.track_running_stats else None,
+                self.running_var if self.track_running_stats else None, True, m, self.eps)
+            if self.track_running_stats:
+                self.num_batches_tracked.add_(1)
+            self.spk_mean, self.spk_var = mean, (invstd.pow(-2) - self.eps).clamp_min(0)
+            return out
+        # SyncBN: statistics over every process's shard
         n = x.numel() // x.shape[1]
-        if self.sync_stats and dist.is_available() and dist.is_initialized():
-            dims = self._dims(x)
-            stats = torch.cat([x.sum(dims), x.square().sum(dims), x.new_tensor([float(n)])])
-            dist.all_reduce(stats)
-            n = int(stats[-1].item())
-            mean = stats[:x.shape[1]] / n
-            var = (stats[x.shape[1]:-1] / n - mean.square()).clamp_min(0)
-        else:
-            var, mean = torch.var_mean(x, dim=self._dims(x), correction=0)
+        dims = self._dims(x)
+        stats = torch.cat([x.sum(dims), x.square().sum(dims), x.new_tensor([float(n)])])
+        dist.all_reduce(stats)
+        n = int(stats[-1].item())
+        mean = stats[:x.shape[1]] / n
+        var = (stats[x.shape[1]:-1] / n - mean.square()).clamp_min(0)
         if self.track_running_stats:
-            m = self.momentum if self.momentum is not None else 0.1
             self.running_mean.lerp_(mean, m)
             self.running_var.lerp_(var * (n / max(n - 1, 1)), m)
             self.num_batches_tracked.add_(1)
