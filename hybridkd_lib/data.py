@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,7 +147,6 @@ class _ShiftAugment(Dataset):
 
     def __init__(self, base: Dataset, max_shift: int):
         self.base, self.max_shift = base, max_shift
-        self.tensors = getattr(base, "tensors", None)
 
     def __len__(self):
         return len(self.base)

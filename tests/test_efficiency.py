@@ -3,7 +3,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from hybridkd_lib.efficiency import BENCH_METHODS, bench
 
