@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from hybridkd_lib.neurons import LIF
+
 
 class Temporal(nn.Module):
     """Apply ``module`` to ``[T, B, ...]`` (folded) or ``[B, ...]`` inputs."""
@@ -29,6 +31,26 @@ class Temporal(nn.Module):
         return self.module(x)
 
 
+def on_temporary(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` for an ``x`` that nobody reads again (a fresh conv or BN output).
+
+    In the graph-free spike pass on the CPU a LIF or rate-aware BN then writes its
+    output over ``x`` instead of allocating (and page-faulting) a new ``[T, B, ...]``
+    tensor; everywhere else, and for any other module, it is the plain call.
+    """
+    if (isinstance(module, (LIF, _RateBatchNorm)) and module.mode == "spike" and x.device.type == "cpu"
+            and not torch.is_grad_enabled()):
+        return module(x, overwrite=True)
+    return module(x)
+
+
+def add_residual(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """``out + shortcut``; without autograd, into ``out`` (a temporary block output, not a view)."""
+    if not torch.is_grad_enabled() and out._base is None:
+        return out.add_(shortcut)
+    return out + shortcut
+
+
 def conv(cin, cout, k=3, stride=1, padding=None, sample_dims=3, bias=False):
     """Bias-free conv (2-D by default, 1-D with ``sample_dims=2``) usable on temporal inputs."""
     cls = nn.Conv2d if sample_dims == 3 else nn.Conv1d
@@ -39,11 +61,12 @@ def conv(cin, cout, k=3, stride=1, padding=None, sample_dims=3, bias=False):
 class _RateBatchNorm:
     """BatchNorm with the RateBP modes (mixin for BatchNorm1d/2d).
 
-    ``bptt`` (and eval): ordinary BN over ``[T*B]``. ``spike``: normalise with the
-    batch statistics over ``(T*B, spatial)``, record them and update the running
-    statistics once. ``rate``: the forward value uses the recorded spike-pass
-    statistics, the gradient is ordinary BN's (``mu = mu_spk + (mu_x - mu_x.detach())``,
-    same for var); running statistics are not touched again.
+    ``bptt``: ordinary BN over ``[T*B]``; eval (any mode): the running-statistics
+    affine map. ``spike``: normalise with the batch statistics over ``(T*B, spatial)``,
+    record them and update the running statistics once. ``rate``: the forward value
+    uses the recorded spike-pass statistics, the gradient is ordinary BN's
+    (``mu = mu_spk + (mu_x - mu_x.detach())``, same for var; see ``_RateBN``);
+    running statistics are not touched again.
     """
 
     mode = "bptt"
@@ -55,15 +78,18 @@ class _RateBatchNorm:
     def clear(self):
         self.spk_mean = self.spk_var = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+        """``overwrite``: the spike pass may normalise ``x`` in place (see ``on_temporary``)."""
         temporal = x.dim() == self._sample_dims + 2
         if temporal:
             T, B = x.shape[:2]
             x = x.flatten(0, 1)
-        if not self.training or self.mode == "bptt":
+        if not self.training and self.running_mean is not None:
+            y = self._eval_forward(x)
+        elif not self.training or self.mode == "bptt":
             y = super().forward(x)
         elif self.mode == "spike":
-            y = self._spike_forward(x)
+            y = self._spike_forward(x, overwrite)
         else:
             y = self._rate_forward(x)
         return y.unflatten(0, (T, B)) if temporal else y
@@ -74,14 +100,30 @@ class _RateBatchNorm:
     def _dims(self, x):
         return (0,) + tuple(range(2, x.dim()))
 
+    def _eval_forward(self, x):
+        """Inference BN as one per-channel affine map ``x * s + t``: for a frozen BN
+        (a teacher inside a hybrid) autograd then keeps no copy of ``x``."""
+        scale = torch.rsqrt(self.running_var + self.eps)
+        if self.affine:
+            scale = scale * self.weight
+            shift = self.bias - self.running_mean * scale
+        else:
+            shift = -self.running_mean * scale
+        return torch.addcmul(_per_channel(shift, x), x, _per_channel(scale, x))
+
     @torch.no_grad()
-    def _spike_forward(self, x):
+    def _spike_forward(self, x, overwrite=False):
         m = self.momentum if self.momentum is not None else 0.1
         if not (self.sync_stats and dist.is_available() and dist.is_initialized()):
             # one native fused kernel: batch statistics, running-stat update, normalisation
-            out, mean, invstd = torch.native_batch_norm(
-                x, self.weight, self.bias, self.running_mean if self.track_running_stats else None,
-                self.running_var if self.track_running_stats else None, True, m, self.eps)
+            args = (x, self.weight, self.bias, self.running_mean if self.track_running_stats else None,
+                    self.running_var if self.track_running_stats else None, True, m, self.eps)
+            if overwrite:  # normalise in place: no new [T*B, ...] tensor
+                mean, invstd = x.new_empty(x.shape[1]), x.new_empty(x.shape[1])
+                out, mean, invstd = torch.ops.aten.native_batch_norm.out(*args, out=x, save_mean=mean,
+                                                                         save_invstd=invstd)
+            else:
+                out, mean, invstd = torch.native_batch_norm(*args)
             if self.track_running_stats:
                 self.num_batches_tracked.add_(1)
             self.spk_mean, self.spk_var = mean, (invstd.pow(-2) - self.eps).clamp_min(0)
@@ -106,22 +148,55 @@ class _RateBatchNorm:
         else:
             shift = -mean * scale
         shp = self._shape(x)
-        return torch.addcmul(shift.view(shp), x, scale.view(shp))
+        return torch.addcmul(shift.view(shp), x, scale.view(shp), out=x if overwrite else None)
 
     def _rate_forward(self, x):
         if self.spk_mean is None:
             raise RuntimeError("rate pass without a spike pass: run the model in mode 'spike' first")
-        dims, shp = self._dims(x), self._shape(x)
-        mu_x = x.mean(dim=dims)
-        mu = self.spk_mean + (mu_x - mu_x.detach())
-        xc = x - mu.view(shp)
-        var_x = xc.square().mean(dim=dims)
-        var = (self.spk_var + (var_x - var_x.detach())).clamp_min(0)
-        scale = torch.rsqrt(var + self.eps)
-        if self.affine:
-            scale = scale * self.weight
-        y = xc * scale.view(shp)
-        return y + self.bias.view(shp) if self.affine else y
+        return _RateBN.apply(x, self.weight, self.bias, self.spk_mean, self.spk_var, self.eps)
+
+
+class _RateBN(torch.autograd.Function):
+    """Rate-pass BN: value normalised with the spike-pass statistics, gradient of batch BN.
+
+    Equals autograd through ``mu = mu_spk + (mu_x - sg(mu_x))``, ``var = var_spk +
+    (mean((x - mu)^2) - sg(.))``, ``y = (x - mu) * rsqrt(var + eps) * w + b``, but saves
+    only the input ``x`` (``[B, C, ...]``) and per-channel vectors. With
+    ``xh = (x - mu_spk) * s``, ``s = rsqrt(var_spk + eps)``, ``gh = dy * w``:
+    ``dx = s * (gh - mean(gh) - (xh - mean(xh)) * mean(gh * xh))`` (means per channel).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, var, eps):
+        scale = torch.rsqrt(var + eps)                       # s, per channel
+        ctx.save_for_backward(x, weight, mean, scale)
+        w = scale if weight is None else scale * weight     # s * w
+        shift = -mean * w if bias is None else bias - mean * w
+        return torch.addcmul(_per_channel(shift, x), x, _per_channel(w, x))
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, mean, scale = ctx.saved_tensors
+        dims, n = (0,) + tuple(range(2, x.dim())), x.numel() // x.shape[1]
+        xh = (x - _per_channel(mean, x)).mul_(_per_channel(scale, x))
+        sum_dy_xh = (dy * xh).sum(dims, dtype=torch.float32)   # dL/dw
+        sum_dy = dy.sum(dims, dtype=torch.float32)              # dL/db
+        dx = None
+        if ctx.needs_input_grad[0]:
+            mean_xh = xh.sum(dims, dtype=torch.float32) / n
+            w = scale if weight is None else scale * weight
+            # s * w * (dy - mean(dy) - (xh - mean(xh)) * mean(dy * xh)), in place on xh
+            xh.sub_(_per_channel(mean_xh, x)).mul_(_per_channel(-sum_dy_xh / n, x))
+            dx = xh.add_(dy).sub_(_per_channel(sum_dy / n, x)).mul_(_per_channel(w, x))
+        affine = weight is not None
+        dw = sum_dy_xh.to(weight.dtype) if affine and ctx.needs_input_grad[1] else None
+        db = sum_dy.to(weight.dtype) if affine and ctx.needs_input_grad[2] else None
+        return dx, dw, db, None, None, None
+
+
+def _per_channel(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``[C]`` -> ``[1, C, 1, ...]`` in ``like``'s dtype, broadcastable to ``like`` (``[B, C, ...]``)."""
+    return v.to(like.dtype).view((1, -1) + (1,) * (like.dim() - 2))
 
 
 class RateBatchNorm2d(_RateBatchNorm, nn.BatchNorm2d):

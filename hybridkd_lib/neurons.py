@@ -69,29 +69,31 @@ class LIF(nn.Module):
     def clear(self):
         self.rate = self.elig = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+        """``overwrite``: the spike pass may write the spikes over ``x`` (see ``layers.on_temporary``)."""
         if self.mode == "rate":
             return self.rate_forward(x)
         if self.mode == "spike" and not torch.is_grad_enabled():
-            return self.spike_forward(x)
+            return self.spike_forward(x, overwrite)
         self.node.reset()
         out = self.node(x)
         self.node.reset()  # do not keep the last membrane potential alive between calls
         return out
 
     @torch.no_grad()
-    def spike_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def spike_forward(self, x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
         """``[T, B, ...]`` -> spikes; records ``self.rate`` and ``self.elig`` (``[B, ...]``).
 
         Per step: charge ``u = lambda * v + x_t``; ``sg = surrogate'(u - theta)``;
         ``e += ef * sg``; spike ``s = u >= theta``; eligibility factor update
         (soft reset, detached: ``ef <- 1 + lambda * ef``); reset. Only ``[B, ...]``
-        temporaries are allocated, whatever T.
+        temporaries are allocated, whatever T; with ``overwrite`` the spikes of step t
+        go into ``x[t]`` (read once, before), so not even the output is new memory.
         """
         T = x.shape[0]
         lam, thr, alpha = self.cfg.leak, self.v_threshold, self.cfg.surrogate_alpha
         v_reset, detach_reset = self.cfg.v_reset, self.cfg.detach_reset
-        spikes = torch.empty_like(x)
+        spikes = x if overwrite else torch.empty_like(x)
         v = torch.zeros_like(x[0])
         elig = torch.zeros_like(v)
         p = torch.empty_like(v)            # sig * (1 - sig); the surrogate derivative is alpha * p
@@ -131,5 +133,22 @@ class LIF(nn.Module):
         if self.rate.shape != x.shape:
             raise RuntimeError(f"rate pass input {tuple(x.shape)} does not match the spike pass "
                                f"{tuple(self.rate.shape)}")
-        xe = x * self.elig
-        return self.rate + (xe - xe.detach())
+        return _RateLIF.apply(x, self.rate, self.elig)
+
+
+class _RateLIF(torch.autograd.Function):
+    """Value: the recorded rate (a view of it, no copy); gradient: ``dL/dx = dL/dr * e``.
+
+    Saves only the eligibility the spike pass recorded, so the rate pass keeps no
+    tensor of its own per LIF; the next layer saves the rate itself.
+    """
+
+    @staticmethod
+    def forward(ctx, x, rate, elig):
+        ctx.save_for_backward(elig)
+        return rate.view_as(rate)
+
+    @staticmethod
+    def backward(ctx, grad_rate):
+        (elig,) = ctx.saved_tensors
+        return grad_rate * elig, None, None

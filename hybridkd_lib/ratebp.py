@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from hybridkd_lib.layers import _RateBatchNorm
+from hybridkd_lib.memory import release_freed_memory
 from hybridkd_lib.neurons import LIF, MODES
 
 
@@ -55,6 +56,7 @@ def rate_forward(model: nn.Module, x: torch.Tensor, fn=None):
     The recorded rates are dropped afterwards; the graph keeps what backward needs.
     """
     spike_pass(model, x)
+    release_freed_memory(x.device)  # the spike pass's [T, B, ...] temporaries are gone: give their pages back
     set_mode(model, "rate")
     try:
         return model(x) if fn is None else fn(model, x)

@@ -24,7 +24,7 @@ from hybridkd_lib.results import REPO_ROOT, atomic_write_text
 KERNEL = os.environ.get("HYBRIDKD_KERNEL", "hybridkd")
 # the code a training result depends on (rendering code is deliberately not part of it)
 CODE_FILES = ("checkpoint.py", "cam.py", "data.py", "efficiency.py", "hybrid.py", "layers.py", "losses.py",
-              "neurons.py", "ratebp.py", "trainer.py", "models/resnet.py", "models/spikingformer.py",
+              "memory.py", "neurons.py", "ratebp.py", "trainer.py", "models/resnet.py", "models/spikingformer.py",
               "models/stages.py", "models/timm_teachers.py", "models/zoo.py")
 
 

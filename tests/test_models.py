@@ -102,3 +102,20 @@ def test_student_learns_a_fixed_batch(name, method):
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-3:]) / 3 < 0.6 * losses[0], losses
+
+
+@pytest.mark.parametrize("name", list_models("student"))
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_spike_pass_equals_spikingjelly_forward(name, channels_last):
+    """The recording spike pass (which overwrites its temporaries in place on the CPU)
+    computes the same network as spikingjelly's multi-step forward, in either layout."""
+    torch.manual_seed(0)
+    m = create_model(name, num_classes=10, T=4, **SMALL[name]).train()
+    x = torch.randn(6, 3, 32, 32)
+    if channels_last:
+        m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = m(x)
+    got = ratebp.spike_pass(m, x)
+    ratebp.set_mode(m, "bptt")
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -166,3 +166,40 @@ def test_scale_gradient_keeps_value_scales_gradient():
 def test_unknown_mode_rejected():
     with pytest.raises(ValueError, match="unknown propagation mode 'foo'; valid: bptt, spike, rate"):
         ratebp.set_mode(nn.Linear(1, 1), "foo")
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_bn_rate_backward_equals_autograd_of_the_defining_formula(affine):
+    """The fused rate-pass BN equals autograd through mu_spk + (mu_x - sg(mu_x)), same for var."""
+    torch.manual_seed(3)
+    bn = RateBatchNorm2d(4, affine=affine).train()
+    if affine:
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 2)
+            bn.bias.uniform_(-1, 1)
+    x_seq = torch.randn(4, 6, 4, 5, 5) * 2 + 0.5
+    bn.mode = "spike"
+    with torch.no_grad():
+        bn(x_seq)
+    bn.mode = "rate"
+    x_rate = (x_seq.mean(0) + 0.3).requires_grad_(True)  # mean(x_rate) != spike mean: every term matters
+    g = torch.randn(6, 4, 5, 5)
+    (bn(x_rate) * g).sum().backward()
+    got = [x_rate.grad] + ([bn.weight.grad, bn.bias.grad] if affine else [])
+
+    xr = x_rate.detach().clone().requires_grad_(True)
+    w = bn.weight.detach().clone().requires_grad_(True) if affine else None
+    b = bn.bias.detach().clone().requires_grad_(True) if affine else None
+    shp, dims = (1, -1, 1, 1), (0, 2, 3)
+    mu_x = xr.mean(dims)
+    mu = bn.spk_mean + (mu_x - mu_x.detach())
+    xc = xr - mu.view(shp)
+    var_x = xc.square().mean(dims)
+    var = bn.spk_var + (var_x - var_x.detach())
+    y = xc * torch.rsqrt(var + bn.eps).view(shp)
+    if affine:
+        y = y * w.view(shp) + b.view(shp)
+    (y * g).sum().backward()
+    want = [xr.grad] + ([w.grad, b.grad] if affine else [])
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from hybridkd_lib.layers import GlobalAvgPool, RateBatchNorm2d, Temporal, conv
+from hybridkd_lib.layers import GlobalAvgPool, RateBatchNorm2d, Temporal, add_residual, conv, on_temporary
 from hybridkd_lib.models.stages import SpikingStageModel, StageModel
 from hybridkd_lib.neurons import DEFAULT_NEURON, LIF, NeuronConfig
 
@@ -30,8 +30,9 @@ class BasicBlock(nn.Module):
         self.act2 = _act(spiking, cfg)
 
     def forward(self, x):
-        out = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
-        return self.act2(out + self.shortcut(x))
+        h = on_temporary(self.act1, on_temporary(self.bn1, self.conv1(x)))
+        out = add_residual(on_temporary(self.bn2, self.conv2(h)), self.shortcut(x))
+        return on_temporary(self.act2, out)
 
 
 class SEWBlock(nn.Module):
@@ -45,8 +46,9 @@ class SEWBlock(nn.Module):
                          if stride != 1 or cin != cout else nn.Identity())
 
     def forward(self, x):
-        out = self.act2(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))))
-        return out + self.shortcut(x)
+        h = on_temporary(self.act1, on_temporary(self.bn1, self.conv1(x)))
+        out = on_temporary(self.act2, on_temporary(self.bn2, self.conv2(h)))
+        return add_residual(out, self.shortcut(x))
 
 
 class PreActBlock(nn.Module):
@@ -60,8 +62,8 @@ class PreActBlock(nn.Module):
                          if stride != 1 or cin != cout else nn.Identity())
 
     def forward(self, x):
-        out = self.bn2(self.conv2(self.act2(self.bn1(self.conv1(self.act1(x))))))
-        return out + self.shortcut(x)
+        h = on_temporary(self.act2, on_temporary(self.bn1, self.conv1(self.act1(x))))
+        return add_residual(on_temporary(self.bn2, self.conv2(h)), self.shortcut(x))
 
 
 BLOCKS = {"basic": BasicBlock, "sew": SEWBlock, "preact": PreActBlock}
