@@ -7,8 +7,9 @@ are synthetic CIFAR-shaped tensors: these are speed/memory figures, never accura
 Methods: ``forward_only`` (graph-free forward over T, no training: the floor's
 first part), ``bptt``, ``bptt_ckpt`` (BPTT with per-stage gradient
 checkpointing), ``bptt_kd``, ``ratebp``, ``kd``, ``hybrid`` (ours). Every
-method's step ends like a trainer step: on the CPU the heap pages it freed are
-returned to the OS (``memory.release_freed_memory``), for all methods alike.
+method's step is a trainer step: channels_last tensors, the optimizer update of
+each parameter inside backward (``trainer.StepInBackward``) and, on the CPU, the
+heap pages the step freed returned to the OS (``memory.release_freed_memory``).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
             device: str, steps: int = 3, warmup: int = 1, student_kw=None, teacher_kw=None) -> dict:
     """Median step time and peak memory of one configuration, in this process."""
     from hybridkd_lib.memory import release_freed_memory
-    from hybridkd_lib.trainer import Learner, TrainConfig, make_optimizer
+    from hybridkd_lib.trainer import Learner, StepInBackward, TrainConfig, make_optimizer
 
     if method not in BENCH_METHODS:
         raise ValueError(f"unknown bench method {method!r}; valid: {', '.join(BENCH_METHODS)}")
@@ -53,6 +54,7 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
     amp = dev.type == "cuda"
     learner = learner.to(memory_format=torch.channels_last)  # as the trainer: faster convs on CPU and GPU
     opt = make_optimizer(cfg, learner.trainable())
+    StepInBackward(opt)  # as the trainer: each parameter is updated (and its gradient freed) during backward
     x = torch.randn(batch_size, 3, input_size, input_size, device=dev)
     y = torch.randint(10, (batch_size,), device=dev)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -68,9 +70,7 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
                 loss = torch.nn.functional.cross_entropy(_bptt_ckpt_logits(learner.student, x).float(), y)
             else:
                 loss, _, _ = learner.step_loss(x, y)
-        opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
         release_freed_memory(dev)
 
     def sync():

@@ -20,7 +20,8 @@ from hybridkd_lib.results import REPO_ROOT, read_result
 
 NOT_RUN = "not run"
 REPORTED_FILE = Path(__file__).with_name("reported.json")
-GPU_BENCH_DIR = REPO_ROOT / "book" / "data" / "gpu"
+# committed benchmark files: GPU runs (not reproducible on CPU machines) and the reference CPU run
+BENCH_DATA_DIRS = {"GPU": REPO_ROOT / "book" / "data" / "gpu", "CPU": REPO_ROOT / "book" / "data" / "cpu"}
 NICE = {"spiking_resnet18": "ResNet-18", "spiking_resnet19": "ResNet-19", "sew_resnet34": "SEW-ResNet-34",
         "preact_resnet34": "PreAct-ResNet-34", "spikingformer_4_256": "Spikingformer-4-256",
         "cifar_resnet18": "ResNet-18", "cifar_resnet34": "ResNet-34", "cifar_resnet19": "ResNet-19",
@@ -183,47 +184,104 @@ def fig_a(profile: str | None = None):
 
 # ----------------------------------------------------------------------------- Fig. 4
 def bench_records(profile: str | None = None) -> list[dict]:
-    """CPU records of this profile's efficiency run plus every committed GPU file."""
+    """CPU records of this profile's efficiency run plus every committed bench file
+    (``book/data/gpu/bench_*.json``, ``book/data/cpu/bench_*.json``); each record gets a ``source``."""
     p = profile or book_profile()
     recs = []
     f = default_results_root() / p / "efficiency" / "bench.json"
     if f.is_file():
         recs += [dict(r, source=f"measured ({p})") for r in json.loads(f.read_text())["records"]]
-    for g in sorted(GPU_BENCH_DIR.glob("bench_*.json")) if GPU_BENCH_DIR.is_dir() else []:
-        recs += [dict(r, source=f"measured (GPU file {g.name})") for r in json.loads(g.read_text())["records"]]
+    for kind, folder in BENCH_DATA_DIRS.items():
+        for g in sorted(folder.glob("bench_*.json")) if folder.is_dir() else []:
+            recs += [dict(r, source=f"measured ({kind} file {g.name})")
+                     for r in json.loads(g.read_text())["records"]]
     return recs
+
+
+def _label(r: dict) -> str:
+    kw = r.get("student_kw") or {}
+    size = f", width {kw['width']}" if "width" in kw else ""
+    return f"{r.get('source', 'this run')}: {r['device']}, batch {r['batch_size']}{size}"
 
 
 def bench_table(records: list[dict]) -> pd.DataFrame:
     if not records:
         return pd.DataFrame({"status": [NOT_RUN]})
     df = pd.DataFrame(records)
-    df = df.pivot_table(index=["device", "method"], columns="T", values=["step_time_s", "peak_mem_mb"],
-                        aggfunc="first")
+    df["run"] = [_label(r) for r in records]
+    df = df.pivot_table(index=["run", "method"], columns="T", values=["step_time_s", "peak_mem_mb"],
+                        aggfunc="first", sort=False)
     return df.round(3)
 
 
+# the efficiency targets (issue "Efficiency: the Fig. 4 benchmark"): (claim, numerator, denominator, limit)
+BENCH_TARGETS = (
+    ("hybrid / bptt_kd peak memory, largest T", ("hybrid", "peak_mem_mb", "max"),
+     ("bptt_kd", "peak_mem_mb", "max"), 0.35),
+    ("hybrid / bptt_kd step time, largest T", ("hybrid", "step_time_s", "max"), ("bptt_kd", "step_time_s", "max"),
+     0.75),
+    ("ratebp / bptt peak memory, largest T", ("ratebp", "peak_mem_mb", "max"), ("bptt", "peak_mem_mb", "max"), 0.45),
+    ("ratebp / floor step time, largest T (floor: forward_only at that T + bptt at T=1)",
+     ("ratebp", "step_time_s", "max"), "floor", 1.1),
+    ("ratebp peak memory, largest T / T=2", ("ratebp", "peak_mem_mb", "max"), ("ratebp", "peak_mem_mb", 2), 1.3),
+)
+
+
+def bench_claims(records: list[dict]) -> pd.DataFrame:
+    """Every efficiency target as a measured ratio, per benchmark run (rows with a missing method are left out)."""
+    rows = []
+    df = pd.DataFrame(records)
+    if df.empty:
+        return pd.DataFrame({"status": [NOT_RUN]})
+    df["run"] = [_label(r) for r in records]
+    for run, sub in df.groupby("run", sort=False):
+        t_max = int(sub["T"].max())
+
+        def value(method, field, T):
+            T = t_max if T == "max" else T
+            hit = sub[(sub["method"] == method) & (sub["T"] == T)]
+            return float(hit.iloc[0][field]) if len(hit) else None
+
+        for claim, num, den, limit in BENCH_TARGETS:
+            n = value(*num)
+            if den == "floor":
+                parts = value("forward_only", "step_time_s", "max"), value("bptt", "step_time_s", 1)
+                d = None if None in parts else sum(parts)
+            else:
+                d = value(*den)
+            if n is None or not d or t_max < 2:
+                continue
+            rows.append({"run": run, "T": t_max, "claim": claim, "ratio": round(n / d, 3),
+                         "target": f"<= {limit}", "met": "yes" if n / d <= limit else "no"})
+    return pd.DataFrame(rows) if rows else pd.DataFrame({"status": [NOT_RUN]})
+
+
 def fig4_plot(records: list[dict]):
+    """Time and memory per training step vs T, one row of two panels per benchmark run."""
     import matplotlib.pyplot as plt
 
     if not records:
         return None
     df = pd.DataFrame(records)
-    devices = list(dict.fromkeys(df["device"]))
-    fig, axes = plt.subplots(len(devices), 2, figsize=(10, 3.4 * len(devices)), squeeze=False)
+    df["run"] = [_label(r) for r in records]
+    runs = list(dict.fromkeys(df["run"]))
+    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.6 * len(runs)), squeeze=False)
     style = {"hybrid": ("tab:red", "o", "-"), "kd": ("tab:orange", "s", "-"), "ratebp": ("tab:green", "^", "-"),
              "bptt": ("tab:blue", "o", "--"), "bptt_kd": ("tab:purple", "s", "--"),
              "bptt_ckpt": ("tab:cyan", "v", "--"), "forward_only": ("gray", "x", ":")}
-    for row, dev in enumerate(devices):
-        sub = df[df["device"] == dev]
+    for row, run in enumerate(runs):
+        sub = df[df["run"] == run]
         for method, g in sub.groupby("method", sort=False):
             c, m, ls = style.get(method, ("black", ".", "-"))
             g = g.sort_values("T")
             axes[row, 0].plot(g["T"], g["step_time_s"], color=c, marker=m, ls=ls, label=method)
             axes[row, 1].plot(g["T"], g["peak_mem_mb"], color=c, marker=m, ls=ls, label=method)
-        axes[row, 0].set(title=f"time per training step — {dev}", xlabel="T", ylabel="s / step")
-        axes[row, 1].set(title=f"peak memory — {dev}", xlabel="T",
-                         ylabel="MB (peak RSS)" if dev.startswith("cpu") else "MB (max allocated)")
+        cpu = str(sub["device"].iloc[0]).startswith("cpu")
+        axes[row, 0].set(title=f"time per step\n{run}", xlabel="T", ylabel="s / step")
+        axes[row, 1].set(title=f"peak memory\n{run}", xlabel="T",
+                         ylabel="MB (peak RSS)" if cpu else "MB (max allocated)")
+        axes[row, 0].title.set_fontsize(8)
+        axes[row, 1].title.set_fontsize(8)
         axes[row, 1].legend(fontsize=8, ncol=2)
         for ax in axes[row]:
             ax.grid(alpha=0.3)

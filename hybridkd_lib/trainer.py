@@ -234,6 +234,40 @@ def make_optimizer(cfg: TrainConfig, params):
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
+class StepInBackward:
+    """Run ``opt``'s update of each parameter inside ``loss.backward()``, as soon as that
+    parameter's gradient is complete, then free the gradient, so a step never holds every
+    gradient at once (PyTorch's "optimizer step in backward" recipe, using
+    ``Tensor.register_post_accumulate_grad_hook``). The update is ``opt.step()`` itself,
+    called with only that parameter in its group: same arithmetic, same optimizer state
+    (so ``opt.state_dict()``, the LR scheduler and checkpoints are unchanged). With it,
+    a training step is ``loss.backward()`` alone; ``remove()`` detaches the hooks.
+    Not for data parallel runs, whose gradients must be averaged before any update.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer):
+        self.opt = opt
+        self._group_of = {p: i for i, g in enumerate(opt.param_groups) for p in g["params"]}
+        self._handles = [p.register_post_accumulate_grad_hook(self._update) for p in self._group_of]
+
+    def _update(self, p: torch.Tensor) -> None:
+        groups = self.opt.param_groups
+        kept = [g["params"] for g in groups]
+        try:
+            for i, g in enumerate(groups):
+                g["params"] = [p] if i == self._group_of[p] else []
+            self.opt.step()
+        finally:
+            for g, params in zip(groups, kept):
+                g["params"] = params
+        p.grad = None
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
 # ----------------------------------------------------------------------------- distributed
 def dist_env():
     """(rank, world_size) under torchrun, initialising the process group once."""
@@ -322,6 +356,7 @@ def train(cfg: TrainConfig, on_epoch_end=None, log=print) -> dict:
                                                                                      cfg.max_steps_per_epoch)
     opt = make_optimizer(cfg, params)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+    in_backward = StepInBackward(opt) if world == 1 else None  # updates (and frees grads) during backward
 
     start_epoch, history, train_time = 0, [], 0.0
     path, state = checkpoint.load_latest(ckpt_dir, log=log)
@@ -354,11 +389,13 @@ def train(cfg: TrainConfig, on_epoch_end=None, log=print) -> dict:
             if not torch.isfinite(loss.detach()):
                 raise FloatingPointError(f"non-finite loss {float(loss.detach())} at epoch {epoch + 1}, "
                                          f"step {step + 1} (parts: {parts}); stopping the run")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if world > 1:
+            if in_backward is None:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
                 average_gradients(params, world)
-            opt.step()
+                opt.step()
+            else:
+                loss.backward()  # every parameter is updated as its gradient completes
             sched.step()
             release_freed_memory(device)
             loss_sum += float(loss.detach()) * len(y)
@@ -384,6 +421,8 @@ def train(cfg: TrainConfig, on_epoch_end=None, log=print) -> dict:
         if on_epoch_end is not None:
             on_epoch_end(epoch)
 
+    if in_backward is not None:
+        in_backward.remove()
     final = learner.evaluate(test_loader, device, amp, with_teacher=True)
     result = {
         **{k: v for k, v in asdict(cfg).items() if k not in ("progress",)},

@@ -69,7 +69,7 @@ def test_missing_results_render_not_run(tmp_path, monkeypatch):
     assert (b[b["source"].str.startswith("measured")]["top-1 (%)"] == "not run").all()
     monkeypatch.setenv("HYBRIDKD_BOOK_PROFILE", "quick")
     assert report.fig_a() == (None, None)
-    assert report.bench_records() == [] or all("GPU" in r["source"] for r in report.bench_records())
+    assert all(" file " in r["source"] for r in report.bench_records())  # only the committed bench files
     assert (report.runs_index()["status"] == "not run").all()
 
 

@@ -30,3 +30,27 @@ def test_bench_cli_writes_json_and_rejects_unknown_method(tmp_path):
     p = subprocess.run([sys.executable, "-m", "hybridkd_lib", "bench", "--methods", "magic"],
                        capture_output=True, text=True)
     assert p.returncode != 0 and "unknown bench method 'magic'; valid: forward_only" in p.stderr
+
+
+def _rec(method, T, t, mem):
+    return {"method": method, "T": T, "step_time_s": t, "peak_mem_mb": mem, "device": "cpu (x, 2 threads)",
+            "batch_size": 32, "student_kw": {}, "source": "measured (test)"}
+
+
+def test_bench_claims_compute_every_target_ratio():
+    from hybridkd_lib import report
+
+    recs = [_rec("forward_only", 8, 2.0, 1400), _rec("bptt", 1, 1.0, 1300), _rec("bptt", 8, 8.0, 4000),
+            _rec("bptt_kd", 8, 8.0, 4000), _rec("hybrid", 8, 3.6, 1200), _rec("ratebp", 2, 1.2, 1100),
+            _rec("ratebp", 8, 3.3, 1210)]
+    claims = report.bench_claims(recs).set_index("claim")
+    assert len(claims) == 5 and (claims["T"] == 8).all()
+    assert claims.loc["hybrid / bptt_kd peak memory, largest T", "ratio"] == 0.3
+    assert claims.loc["hybrid / bptt_kd step time, largest T", "ratio"] == 0.45
+    assert claims.loc["ratebp / bptt peak memory, largest T", "ratio"] == 0.302
+    floor = claims.filter(like="floor", axis=0).iloc[0]
+    assert floor["ratio"] == 1.1 and floor["met"] == "yes"          # 3.3 / (2.0 + 1.0)
+    assert claims.loc["ratebp peak memory, largest T / T=2", "ratio"] == 1.1
+    # a run without bptt_kd simply has no hybrid rows
+    partial = report.bench_claims([r for r in recs if r["method"] != "bptt_kd"])
+    assert not partial["claim"].str.startswith("hybrid").any()

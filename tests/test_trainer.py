@@ -234,3 +234,37 @@ def test_two_torchrun_processes_keep_identical_parameters(tmp_path):
                        capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert marker.read_text().startswith("identical")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_step_in_backward_equals_optimizer_step(optimizer):
+    """Updating each parameter inside backward gives the very parameters and optimizer state of
+    ``zero_grad(); backward(); step()``, frees every gradient, and stops after ``remove()``."""
+    from hybridkd_lib.trainer import Learner, StepInBackward, TrainConfig, make_optimizer
+
+    cfg = TrainConfig(method="ratebp", student="spiking_resnet18", student_kw={"width": 4}, T=2,
+                      optimizer=optimizer, lr=0.05, weight_decay=0.01)
+    torch.manual_seed(0)
+    a = Learner(cfg, 10, (3, 16, 16)).train()
+    b = Learner(cfg, 10, (3, 16, 16)).train()
+    b.load_state_dict(a.state_dict())
+    opt_a, opt_b = make_optimizer(cfg, a.trainable()), make_optimizer(cfg, b.trainable())
+    fused = StepInBackward(opt_b)
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(10, (4,))
+    for _ in range(3):
+        opt_a.zero_grad(set_to_none=True)
+        a.step_loss(x, y)[0].backward()
+        opt_a.step()
+        b.step_loss(x, y)[0].backward()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=0, atol=1e-6, msg=name)
+        assert pb.grad is None
+    sa, sb = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        for k in sa[i]:
+            torch.testing.assert_close(sb[i][k], sa[i][k], rtol=0, atol=1e-6)
+    fused.remove()
+    before = [p.detach().clone() for p in b.parameters()]
+    b.step_loss(x, y)[0].backward()
+    assert all(torch.equal(p, q) for p, q in zip(b.parameters(), before))
