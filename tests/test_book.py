@@ -124,3 +124,6 @@ def test_book_builds_without_error_outputs(smoke, tmp_path):
         assert not re.search(r'class="output (error|traceback|stderr)', text), name
     assert "reported" in pages["book/table_a.html"] and "measured (smoke)" in pages["book/table_a.html"]
     assert "<img" in pages["book/fig_a.html"] and "<img" in pages["book/fig_4.html"]
+    # the committed reference CPU run and the efficiency targets as ratios
+    assert "CPU file bench_" in pages["book/fig_4.html"]
+    assert "ratebp / bptt peak memory" in pages["book/fig_4.html"]
