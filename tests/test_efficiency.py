@@ -34,7 +34,8 @@ def test_bench_cli_writes_json_and_rejects_unknown_method(tmp_path):
 
 def _rec(method, T, t, mem):
     return {"method": method, "T": T, "step_time_s": t, "peak_mem_mb": mem, "device": "cpu (x, 2 threads)",
-            "batch_size": 32, "student_kw": {}, "source": "measured (test)"}
+            "batch_size": 32, "input_size": 32, "student": "spiking_resnet18", "teacher": "cifar_resnet18",
+            "student_kw": {}, "source": "measured (test)"}
 
 
 def test_bench_claims_compute_every_target_ratio():
@@ -51,6 +52,9 @@ def test_bench_claims_compute_every_target_ratio():
     floor = claims.filter(like="floor", axis=0).iloc[0]
     assert floor["ratio"] == 1.1 and floor["met"] == "yes"          # 3.3 / (2.0 + 1.0)
     assert claims.loc["ratebp peak memory, largest T / T=2", "ratio"] == 1.1
+    # another setting (a width-16 student) gets its ratios but no verdict
+    small = report.bench_claims([dict(r, student_kw={"width": 16}) for r in recs])
+    assert (small["met"] == "n/a (other setting)").all() and len(small) == 5
     # a run without bptt_kd simply has no hybrid rows
     partial = report.bench_claims([r for r in recs if r["method"] != "bptt_kd"])
     assert not partial["claim"].str.startswith("hybrid").any()
