@@ -94,22 +94,13 @@ class _RateBatchNorm:
             y = self._rate_forward(x)
         return y.unflatten(0, (T, B)) if temporal else y
 
-    def _shape(self, x):
-        return (1, -1) + (1,) * (x.dim() - 2)
-
     def _dims(self, x):
         return (0,) + tuple(range(2, x.dim()))
 
     def _eval_forward(self, x):
         """Inference BN as one per-channel affine map ``x * s + t``: for a frozen BN
         (a teacher inside a hybrid) autograd then keeps no copy of ``x``."""
-        scale = torch.rsqrt(self.running_var + self.eps)
-        if self.affine:
-            scale = scale * self.weight
-            shift = self.bias - self.running_mean * scale
-        else:
-            shift = -self.running_mean * scale
-        return torch.addcmul(_per_channel(shift, x), x, _per_channel(scale, x))
+        return _normalise(x, self.running_mean, self.running_var, self.eps, self.weight, self.bias)
 
     @torch.no_grad()
     def _spike_forward(self, x, overwrite=False):
@@ -141,14 +132,7 @@ class _RateBatchNorm:
             self.running_var.lerp_(var * (n / max(n - 1, 1)), m)
             self.num_batches_tracked.add_(1)
         self.spk_mean, self.spk_var = mean, var
-        scale = torch.rsqrt(var + self.eps)
-        if self.affine:
-            scale = scale * self.weight
-            shift = self.bias - mean * scale
-        else:
-            shift = -mean * scale
-        shp = self._shape(x)
-        return torch.addcmul(shift.view(shp), x, scale.view(shp), out=x if overwrite else None)
+        return _normalise(x, mean, var, self.eps, self.weight, self.bias, out=x if overwrite else None)
 
     def _rate_forward(self, x):
         if self.spk_mean is None:
@@ -168,11 +152,8 @@ class _RateBN(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, mean, var, eps):
-        scale = torch.rsqrt(var + eps)                       # s, per channel
-        ctx.save_for_backward(x, weight, mean, scale)
-        w = scale if weight is None else scale * weight     # s * w
-        shift = -mean * w if bias is None else bias - mean * w
-        return torch.addcmul(_per_channel(shift, x), x, _per_channel(w, x))
+        ctx.save_for_backward(x, weight, mean, torch.rsqrt(var + eps))
+        return _normalise(x, mean, var, eps, weight, bias)
 
     @staticmethod
     def backward(ctx, dy):
@@ -192,6 +173,16 @@ class _RateBN(torch.autograd.Function):
         dw = sum_dy_xh.to(weight.dtype) if affine and ctx.needs_input_grad[1] else None
         db = sum_dy.to(weight.dtype) if affine and ctx.needs_input_grad[2] else None
         return dx, dw, db, None, None, None
+
+
+def _normalise(x, mean, var, eps, weight=None, bias=None, out=None):
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` with per-channel ``[C]`` statistics,
+    as one ``addcmul`` (``x`` is ``[B, C, ...]``; autograd saves ``x`` only if the scale needs grad)."""
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale if bias is None else bias - mean * scale
+    return torch.addcmul(_per_channel(shift, x), x, _per_channel(scale, x), out=out)
 
 
 def _per_channel(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -198,6 +198,13 @@ def bench_records(profile: str | None = None) -> list[dict]:
     return recs
 
 
+def _frame(records: list[dict]) -> pd.DataFrame:
+    """Records as a table with a ``run`` column (the record's source)."""
+    df = pd.DataFrame(records)
+    df["run"] = [r.get("source", "this run") for r in records]
+    return df
+
+
 def _label(r: dict) -> str:
     kw = r.get("student_kw") or {}
     size = f", width {kw['width']}" if "width" in kw else ""
@@ -207,10 +214,8 @@ def _label(r: dict) -> str:
 def bench_table(records: list[dict]) -> pd.DataFrame:
     if not records:
         return pd.DataFrame({"status": [NOT_RUN]})
-    df = pd.DataFrame(records)
-    df["run"] = [r.get("source", "this run") for r in records]
-    df = df.pivot_table(index=["run", "method"], columns="T", values=["step_time_s", "peak_mem_mb"],
-                        aggfunc="first", sort=False)
+    df = _frame(records).pivot_table(index=["run", "method"], columns="T",
+                                     values=["step_time_s", "peak_mem_mb"], aggfunc="first", sort=False)
     return df.round(3)
 
 
@@ -238,12 +243,10 @@ def _target_setting(r: dict) -> bool:
 def bench_claims(records: list[dict]) -> pd.DataFrame:
     """Every efficiency target as a measured ratio, per benchmark run (rows with a missing method are
     left out). ``met`` is judged only for runs in the targets' setting (``_target_setting``)."""
-    rows = []
-    df = pd.DataFrame(records)
-    if df.empty:
+    if not records:
         return pd.DataFrame({"status": [NOT_RUN]})
-    df["run"] = [r.get("source", "this run") for r in records]
-    for run, sub in df.groupby("run", sort=False):
+    rows = []
+    for run, sub in _frame(records).groupby("run", sort=False):
         t_max = int(sub["T"].max())
         judged = _target_setting(sub.iloc[0].to_dict())
 

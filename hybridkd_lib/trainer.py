@@ -24,10 +24,10 @@ from torch import nn
 from tqdm import tqdm
 
 from hybridkd_lib import checkpoint, data, ratebp, results
-from hybridkd_lib.memory import release_freed_memory
 from hybridkd_lib.hybrid import HybridDistiller
 from hybridkd_lib.layers import _RateBatchNorm
 from hybridkd_lib.losses import LossConfig, total_loss
+from hybridkd_lib.memory import release_freed_memory
 from hybridkd_lib.models import check_model_name, create_model
 from hybridkd_lib.models.timm_teachers import load_state_dict_file
 
