@@ -30,8 +30,7 @@ def load_hybrid_run(run_dir: str | Path):
     if result.get("method") != "hybrid":
         raise ValueError(f"run {str(run_dir)!r} has method {result.get('method')!r}; Grad-CAM of hybrids "
                          f"needs a run with method 'hybrid'")
-    fields = TrainConfig.__dataclass_fields__
-    cfg = TrainConfig(**{k: result[k] for k in fields if k in result})
+    cfg = TrainConfig.from_dict(result)
     train_set, test_set = data.get_datasets(cfg.dataset, cfg.data_root, **cfg.data_kw)
     num_classes = data.dataset_info(cfg.dataset).num_classes
     learner = Learner(cfg, num_classes, tuple(test_set[0][0].shape[-3:]))

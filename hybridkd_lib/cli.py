@@ -32,6 +32,12 @@ def _json(text):
 def cmd_train(args) -> int:
     from hybridkd_lib.trainer import TrainConfig, train
 
+    if args.config:  # the whole configuration from a JSON file (what trainer.launch gives torchrun)
+        cfg = TrainConfig.from_dict(json.loads(open(args.config).read()))
+        train(cfg)
+        return 0
+    if not args.method or not args.out:
+        raise ValueError("train needs --method and --out (or --config FILE)")
     cfg = TrainConfig(
         method=args.method, dataset=args.dataset, student=args.student, teacher=args.teacher,
         teacher_ckpt=args.teacher_ckpt, T=args.T, epochs=args.epochs, batch_size=args.batch_size,
@@ -63,7 +69,12 @@ def cmd_bench(args) -> int:
 def cmd_reproduce(args) -> int:
     from hybridkd_lib.reproduce import reproduce
 
-    report = reproduce(args.profile, only=args.only or None, results_root=args.results)
+    if args.dry_run:
+        from hybridkd_lib.dryrun import dry_run
+
+        report = dry_run(args.profile, out=args.out, only=args.only or None)
+    else:
+        report = reproduce(args.profile, only=args.only or None, results_root=args.results, nproc=args.nproc)
     if report["failed"]:
         print("failed runs:", file=sys.stderr)
         for name, reason in report["failed"].items():
@@ -84,17 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_datasets)
 
     t = sub.add_parser("train", help="train one run (teacher, baseline or ours); resumes if interrupted")
-    t.add_argument("--method", required=True, help="ann | bptt | bptt_kd | ratebp | kd | hybrid")
+    t.add_argument("--config", default=None, metavar="FILE",
+                   help="a JSON file with the whole configuration (TrainConfig fields); other options are ignored")
+    t.add_argument("--method", default=None, help="ann | bptt | bptt_kd | ratebp | kd | hybrid")
     t.add_argument("--dataset", default="digits")
     t.add_argument("--student", default="spiking_resnet18")
     t.add_argument("--teacher", default="cifar_resnet18", help="teacher architecture (the model trained by --method ann)")
     t.add_argument("--teacher-ckpt", default=None, help="teacher run directory or .pt file")
     t.add_argument("--T", type=int, default=4, help="timesteps (frames for DVS)")
     t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--out", default=None, help="run directory")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--batch-size", type=int, default=64,
+                   help="global batch: split evenly across the processes of a torchrun launch")
     t.add_argument("--lr", type=float, default=0.1)
     t.add_argument("--weight-decay", type=float, default=5e-4)
     t.add_argument("--optimizer", default="sgd", help="sgd | adamw")
@@ -104,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-kw", type=_json, default={}, help='JSON, e.g. \'{"image_size": 16}\'')
     t.add_argument("--loss", type=_json, default={}, help='JSON loss weights, e.g. \'{"kd": 1, "temperature": 4}\'')
     t.add_argument("--teacher-input-size", type=int, default=None)
-    t.add_argument("--num-workers", type=int, default=0)
+    t.add_argument("--num-workers", type=int, default=None,
+                   help="loader processes per training process (default: 0 for in-memory data, else from the CPUs)")
     t.add_argument("--max-steps-per-epoch", type=int, default=None)
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
@@ -128,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", default="quick", help="smoke | quick | full")
     r.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these runs of the plan")
     r.add_argument("--results", default=None, help="results folder (default: $HYBRIDKD_RESULTS or ./results)")
+    r.add_argument("--nproc", type=int, default=None,
+                   help="processes (GPUs) per multi-process run instead of the plan's (global batch kept)")
+    r.add_argument("--dry-run", action="store_true",
+                   help="write tiny datasets and checkpoints in the real formats, then execute every distinct run "
+                        "of the profile on the CPU (2 steps each) and build the book from them")
+    r.add_argument("--out", default=None, help="with --dry-run: its folder (default: a new temporary folder)")
     r.set_defaults(func=cmd_reproduce)
     return p
 

@@ -19,7 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hybridkd_lib.data import ann_view
+from hybridkd_lib.layers import RateBatchNorm2d
 from hybridkd_lib.models.stages import StageModel
+
+
+def teacher_input(x: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """What the ANN teacher is given: ``data.ann_view`` of ``x`` (a frame sequence's mean frame),
+    resized to ``size`` x ``size`` when set (e.g. 224 for a ViT-S/16 teacher on 32x32 CIFAR)."""
+    x = ann_view(x)
+    if size and x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x
 
 
 class MapAlign(nn.Module):
@@ -27,7 +38,7 @@ class MapAlign(nn.Module):
 
     def __init__(self, c_in, c_out, out_hw):
         super().__init__()
-        self.proj = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.proj = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), RateBatchNorm2d(c_out))
         self.out_hw = tuple(out_hw)
 
     def forward(self, r):
@@ -95,9 +106,11 @@ class HybridDistiller(nn.Module):
 
     ``forward(x)`` returns ``(y_S, [y_M0, ..., y_M{K-2}])`` in the student's current
     mode; ``teacher_logits(x)`` the teacher's (no graph). ``hybrid_logits(x, k)`` runs one M_k.
+    ``hybrids=False``: the student and the frozen teacher only (Vanilla KD), no ``A_k``.
     """
 
-    def __init__(self, student: StageModel, teacher: StageModel, input_shape, teacher_input_size=None):
+    def __init__(self, student: StageModel, teacher: StageModel, input_shape, teacher_input_size=None,
+                 hybrids: bool = True):
         super().__init__()
         self.student, self.teacher = student, teacher
         self.teacher_input_size = teacher_input_size
@@ -109,7 +122,7 @@ class HybridDistiller(nn.Module):
         t_shapes = _probe_shapes(teacher, self._teacher_input(x))
         self.pairs = pair_stages(s_shapes, t_shapes)
         aligns = []
-        for k, j in enumerate(self.pairs):
+        for k, j in enumerate(self.pairs if hybrids else []):
             s, t = s_shapes[k], t_shapes[j]
             if teacher.feature_info[j]["kind"] == "tokens":
                 info = teacher.feature_info[j]
@@ -128,11 +141,7 @@ class HybridDistiller(nn.Module):
         return self
 
     def _teacher_input(self, x):
-        if x.dim() == 5:  # a frame sequence [T, B, C, H, W]: the ANN sees the mean frame
-            x = x.mean(0)
-        if self.teacher_input_size and x.shape[-1] != self.teacher_input_size:
-            x = F.interpolate(x, size=(self.teacher_input_size,) * 2, mode="bilinear", align_corners=False)
-        return x
+        return teacher_input(x, self.teacher_input_size)
 
     def teacher_logits(self, x):
         with torch.no_grad():

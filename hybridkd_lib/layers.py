@@ -67,16 +67,28 @@ class _RateBatchNorm:
     uses the recorded spike-pass statistics, the gradient is ordinary BN's
     (``mu = mu_spk + (mu_x - mu_x.detach())``, same for var; see ``_RateBN``);
     running statistics are not touched again.
+
+    ``sync_stats`` (set by ``convert_sync_batchnorm`` under torchrun): every statistic
+    and every gradient mean is over all processes' batches, as ``nn.SyncBatchNorm``:
+    the forward all-reduces ``[sum x, sum x^2, n]`` as one tensor per layer (no host
+    sync) and the backward ``[sum dy*xh, sum dy, sum xh, n]``. It is one implementation
+    for CPU (gloo) and CUDA (NCCL) because ``nn.SyncBatchNorm`` refuses CPU tensors
+    ("SyncBatchNorm expected input tensor to be on GPU", torch 2.14) and knows no
+    spike/rate modes; a 2-process CPU run equals a 1-process run (tests/test_distributed.py).
     """
 
     mode = "bptt"
-    sync_stats = False  # all-reduce the spike-pass statistics across processes (SyncBN under torchrun)
+    sync_stats = False
     spk_mean: torch.Tensor | None = None
     spk_var: torch.Tensor | None = None
     _sample_dims = 3
 
     def clear(self):
         self.spk_mean = self.spk_var = None
+
+    @property
+    def _synced(self) -> bool:
+        return self.sync_stats and dist.is_available() and dist.is_initialized()
 
     def forward(self, x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
         """``overwrite``: the spike pass may normalise ``x`` in place (see ``on_temporary``)."""
@@ -86,8 +98,11 @@ class _RateBatchNorm:
             x = x.flatten(0, 1)
         if not self.training and self.running_mean is not None:
             y = self._eval_forward(x)
-        elif not self.training or self.mode == "bptt":
+        elif not self.training or (self.mode == "bptt" and not self._synced):
             y = super().forward(x)
+        elif self.mode == "bptt":   # synchronised batch BN with autograd
+            mean, var = self._batch_stats(x)
+            y = _RateBN.apply(x, self.weight, self.bias, mean, var, self.eps, True)
         elif self.mode == "spike":
             y = self._spike_forward(x, overwrite)
         else:
@@ -103,55 +118,65 @@ class _RateBatchNorm:
         return _normalise(x, self.running_mean, self.running_var, self.eps, self.weight, self.bias)
 
     @torch.no_grad()
-    def _spike_forward(self, x, overwrite=False):
-        m = self.momentum if self.momentum is not None else 0.1
-        if not (self.sync_stats and dist.is_available() and dist.is_initialized()):
-            # one native fused kernel: batch statistics, running-stat update, normalisation
-            args = (x, self.weight, self.bias, self.running_mean if self.track_running_stats else None,
-                    self.running_var if self.track_running_stats else None, True, m, self.eps)
-            if overwrite:  # normalise in place: no new [T*B, ...] tensor
-                mean, invstd = x.new_empty(x.shape[1]), x.new_empty(x.shape[1])
-                out, mean, invstd = torch.ops.aten.native_batch_norm.out(*args, out=x, save_mean=mean,
-                                                                         save_invstd=invstd)
-            else:
-                out, mean, invstd = torch.native_batch_norm(*args)
-            if self.track_running_stats:
-                self.num_batches_tracked.add_(1)
-            self.spk_mean, self.spk_var = mean, (invstd.pow(-2) - self.eps).clamp_min(0)
-            return out
-        # SyncBN: statistics over every process's shard
-        n = x.numel() // x.shape[1]
+    def _batch_stats(self, x):
+        """Mean and (biased) variance over every process's batch; updates the running statistics."""
+        C, m = x.shape[1], (self.momentum if self.momentum is not None else 0.1)
         dims = self._dims(x)
-        stats = torch.cat([x.sum(dims), x.square().sum(dims), x.new_tensor([float(n)])])
+        xf = x.float()
+        stats = torch.cat([xf.sum(dims), xf.square().sum(dims), x.new_full((1,), x.numel() // C, dtype=torch.float32)])
         dist.all_reduce(stats)
-        n = int(stats[-1].item())
-        mean = stats[:x.shape[1]] / n
-        var = (stats[x.shape[1]:-1] / n - mean.square()).clamp_min(0)
+        n = stats[-1]
+        mean = stats[:C] / n
+        var = (stats[C:-1] / n - mean.square()).clamp_min(0)
         if self.track_running_stats:
-            self.running_mean.lerp_(mean, m)
-            self.running_var.lerp_(var * (n / max(n - 1, 1)), m)
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), m)
+            self.running_var.lerp_((var * n / (n - 1).clamp_min(1)).to(self.running_var.dtype), m)
             self.num_batches_tracked.add_(1)
-        self.spk_mean, self.spk_var = mean, var
-        return _normalise(x, mean, var, self.eps, self.weight, self.bias, out=x if overwrite else None)
+        return mean, var
+
+    @torch.no_grad()
+    def _spike_forward(self, x, overwrite=False):
+        if self._synced:  # statistics over every process's shard
+            mean, var = self._batch_stats(x)
+            self.spk_mean, self.spk_var = mean, var
+            return _normalise(x, mean, var, self.eps, self.weight, self.bias, out=x if overwrite else None)
+        m = self.momentum if self.momentum is not None else 0.1
+        # one native fused kernel: batch statistics, running-stat update, normalisation
+        args = (x, self.weight, self.bias, self.running_mean if self.track_running_stats else None,
+                self.running_var if self.track_running_stats else None, True, m, self.eps)
+        if overwrite:  # normalise in place: no new [T*B, ...] tensor
+            mean, invstd = x.new_empty(x.shape[1]), x.new_empty(x.shape[1])
+            out, mean, invstd = torch.ops.aten.native_batch_norm.out(*args, out=x, save_mean=mean,
+                                                                     save_invstd=invstd)
+        else:
+            out, mean, invstd = torch.native_batch_norm(*args)
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+        self.spk_mean, self.spk_var = mean, (invstd.pow(-2) - self.eps).clamp_min(0)
+        return out
 
     def _rate_forward(self, x):
         if self.spk_mean is None:
             raise RuntimeError("rate pass without a spike pass: run the model in mode 'spike' first")
-        return _RateBN.apply(x, self.weight, self.bias, self.spk_mean, self.spk_var, self.eps)
+        return _RateBN.apply(x, self.weight, self.bias, self.spk_mean, self.spk_var, self.eps, self._synced)
 
 
 class _RateBN(torch.autograd.Function):
-    """Rate-pass BN: value normalised with the spike-pass statistics, gradient of batch BN.
+    """BN whose value is normalised with given statistics and whose gradient is batch BN's.
 
     Equals autograd through ``mu = mu_spk + (mu_x - sg(mu_x))``, ``var = var_spk +
     (mean((x - mu)^2) - sg(.))``, ``y = (x - mu) * rsqrt(var + eps) * w + b``, but saves
     only the input ``x`` (``[B, C, ...]``) and per-channel vectors. With
     ``xh = (x - mu_spk) * s``, ``s = rsqrt(var_spk + eps)``, ``gh = dy * w``:
     ``dx = s * (gh - mean(gh) - (xh - mean(xh)) * mean(gh * xh))`` (means per channel).
+    Given the batch's own statistics it is ordinary batch BN. ``sync``: the means are
+    over every process's batch (one all-reduce); ``dw``/``db`` stay local sums, which
+    DDP averages like every other gradient.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, var, eps):
+    def forward(ctx, x, weight, bias, mean, var, eps, sync=False):
+        ctx.sync = sync
         ctx.save_for_backward(x, weight, mean, torch.rsqrt(var + eps))
         return _normalise(x, mean, var, eps, weight, bias)
 
@@ -164,15 +189,43 @@ class _RateBN(torch.autograd.Function):
         sum_dy = dy.sum(dims, dtype=torch.float32)              # dL/db
         dx = None
         if ctx.needs_input_grad[0]:
-            mean_xh = xh.sum(dims, dtype=torch.float32) / n
+            g_dy_xh, g_dy, g_xh = sum_dy_xh, sum_dy, xh.sum(dims, dtype=torch.float32)
+            if ctx.sync:
+                C = x.shape[1]
+                packed = torch.cat([g_dy_xh, g_dy, g_xh, g_xh.new_full((1,), n)])
+                dist.all_reduce(packed)
+                g_dy_xh, g_dy, g_xh, n = packed[:C], packed[C:2 * C], packed[2 * C:3 * C], packed[-1]
             w = scale if weight is None else scale * weight
             # s * w * (dy - mean(dy) - (xh - mean(xh)) * mean(dy * xh)), in place on xh
-            xh.sub_(_per_channel(mean_xh, x)).mul_(_per_channel(-sum_dy_xh / n, x))
-            dx = xh.add_(dy).sub_(_per_channel(sum_dy / n, x)).mul_(_per_channel(w, x))
+            xh.sub_(_per_channel(g_xh / n, x)).mul_(_per_channel(-g_dy_xh / n, x))
+            dx = xh.add_(dy).sub_(_per_channel(g_dy / n, x)).mul_(_per_channel(w, x))
         affine = weight is not None
         dw = sum_dy_xh.to(weight.dtype) if affine and ctx.needs_input_grad[1] else None
         db = sum_dy.to(weight.dtype) if affine and ctx.needs_input_grad[2] else None
-        return dx, dw, db, None, None, None
+        return dx, dw, db, None, None, None, None
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Synchronise every training-mode BN of ``module`` across processes (call under torchrun).
+
+    The library's BNs (students, CIFAR teachers, alignment modules) set ``sync_stats``; any
+    other ``nn.BatchNorm`` (timm teachers) becomes ``nn.SyncBatchNorm`` where it runs on CUDA.
+    """
+    for m in module.modules():
+        if isinstance(m, _RateBatchNorm):
+            m.sync_stats = True
+    if any(p.is_cuda for p in module.parameters()):
+        _plain_bn_to_sync(module)
+    return module
+
+
+def _plain_bn_to_sync(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, (_RateBatchNorm,
+                                                                                        nn.SyncBatchNorm)):
+            setattr(module, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+        else:
+            _plain_bn_to_sync(child)
 
 
 def _normalise(x, mean, var, eps, weight=None, bias=None, out=None):

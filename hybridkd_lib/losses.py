@@ -49,7 +49,7 @@ def kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
 
 
 def total_loss(method: str, cfg: LossConfig, y, y_s, y_a=None, y_m=()) -> tuple[torch.Tensor, dict]:
-    """The method's loss and its parts (floats, for logging)."""
+    """The method's loss and its parts (detached 0-dim tensors: reading them is a host sync)."""
     terms = METHOD_TERMS[method]
     parts: dict[str, torch.Tensor] = {}
     if "ce" in terms and cfg.ce:
@@ -63,4 +63,4 @@ def total_loss(method: str, cfg: LossConfig, y, y_s, y_a=None, y_m=()) -> tuple[
     if not parts:
         raise ValueError(f"every loss term of method {method!r} is switched off")
     loss = sum(parts.values())
-    return loss, {k: float(v.detach()) for k, v in parts.items()}
+    return loss, {k: v.detach() for k, v in parts.items()}

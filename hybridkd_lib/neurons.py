@@ -75,10 +75,12 @@ class LIF(nn.Module):
             return self.rate_forward(x)
         if self.mode == "spike" and not torch.is_grad_enabled():
             return self.spike_forward(x, overwrite)
+        # the membrane potential is fp32 whatever the input (bf16 under autocast): spikingjelly's
+        # CUDA kernel runs only for fp32 state, and 2^-7 steps at the threshold would change spikes
         self.node.reset()
-        out = self.node(x)
+        out = self.node(x.float())
         self.node.reset()  # do not keep the last membrane potential alive between calls
-        return out
+        return out.to(x.dtype)  # spikes are 0/1: exact in bf16
 
     @torch.no_grad()
     def spike_forward(self, x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
@@ -94,14 +96,14 @@ class LIF(nn.Module):
         lam, thr, alpha = self.cfg.leak, self.v_threshold, self.cfg.surrogate_alpha
         v_reset, detach_reset = self.cfg.v_reset, self.cfg.detach_reset
         spikes = x if overwrite else torch.empty_like(x)
-        v = torch.zeros_like(x[0])
+        # state in fp32 whatever x is (bf16 under autocast); no device tensor made from a Python float
+        v = torch.zeros_like(x[0], dtype=torch.float32)
         elig = torch.zeros_like(v)
         p = torch.empty_like(v)            # sig * (1 - sig); the surrogate derivative is alpha * p
-        bias = torch.tensor(-alpha * thr, dtype=x.dtype, device=x.device)
         ef: float | torch.Tensor = 1.0
-        for t in range(T):                 # 7 elementwise passes per step in the common case
+        for t in range(T):                 # 8 elementwise passes per step in the common case
             torch.add(x[t], v, alpha=lam, out=v)           # u_t = lambda * v_{t-1} + x_t
-            torch.add(bias, v, alpha=alpha, out=p).sigmoid_()
+            torch.sub(v, thr, out=p).mul_(alpha).sigmoid_()
             p.addcmul_(p, p, value=-1.0)
             s = spikes[t]
             torch.ge(v, thr, out=s)
@@ -122,7 +124,7 @@ class LIF(nn.Module):
                 v.sub_(s, alpha=thr)
             else:
                 v.mul_(1.0 - s).add_(s, alpha=v_reset)
-        self.rate = spikes.mean(0)
+        self.rate = spikes.mean(0, dtype=torch.float32)
         self.elig = elig.div_(T)
         return spikes
 

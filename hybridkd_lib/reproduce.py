@@ -9,6 +9,7 @@ the others; the failures are listed and the exit status is non-zero.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,7 +26,8 @@ KERNEL = os.environ.get("HYBRIDKD_KERNEL", "hybridkd")
 # the code a training result depends on (rendering code is deliberately not part of it)
 CODE_FILES = ("checkpoint.py", "cam.py", "data.py", "efficiency.py", "hybrid.py", "layers.py", "losses.py",
               "memory.py", "neurons.py", "ratebp.py", "trainer.py", "models/resnet.py", "models/spikingformer.py",
-              "models/stages.py", "models/timm_teachers.py", "models/zoo.py")
+              "models/stages.py", "models/timm_teachers.py", "models/zoo.py", "models/registry.py", "results.py")
+TRAIN_NOTEBOOKS = ("train_teacher", "train_student")
 
 
 def default_results_root() -> Path:
@@ -66,7 +68,7 @@ def export_html(executed: Path, target: Path):
     atomic_write_text(target, body)
 
 
-def execute(run: Run, profile: str, profile_dir: Path, site_dir: Path, kernel: str = KERNEL):
+def execute(run: Run, profile: str, profile_dir: Path, site_dir: Path, kernel: str = KERNEL, log=print):
     import papermill as pm
 
     out = profile_dir / run.name
@@ -79,6 +81,8 @@ def execute(run: Run, profile: str, profile_dir: Path, site_dir: Path, kernel: s
         if not (profile_dir / dep / "result.json").is_file():
             raise RuntimeError(f"needs run {dep!r}, which has no result")
     params = dict(resolve(run.params, profile_dir), out=str(out))
+    if run.notebook in TRAIN_NOTEBOOKS:
+        params["nproc"] = run.nproc
     executed = out / f"{run.notebook}.ipynb"
     pm.execute_notebook(str(REPO_ROOT / "notebooks" / f"{run.notebook}.ipynb"), str(executed),
                         parameters=params, kernel_name=kernel, cwd=str(REPO_ROOT), progress_bar=False,
@@ -89,9 +93,32 @@ def execute(run: Run, profile: str, profile_dir: Path, site_dir: Path, kernel: s
     export_html(executed, site_dir / "runs" / profile / f"{run.name}.html")
 
 
-def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, log=print) -> dict:
-    """Execute the profile; returns ``{"ran": [...], "skipped": [...], "failed": {name: reason}}``."""
-    runs = plan(profile)
+def with_nproc(runs: list[Run], nproc: int | None, log=print) -> list[Run]:
+    """The runs with ``nproc`` processes instead of the plan's for every multi-process run (the global
+    batch is kept, so each process's batch grows or shrinks); says what it changed."""
+    if nproc is None:
+        return runs
+    if not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc={nproc!r} not allowed; an integer >= 1")
+    out = []
+    for r in runs:
+        if r.nproc > 1 and r.nproc != nproc:
+            batch = r.params.get("batch_size")
+            if batch % nproc:
+                raise ValueError(f"--nproc {nproc}: run {r.name!r} has global batch {batch}, which does not "
+                                 f"divide across {nproc} processes")
+            log(f"{r.name}: {r.nproc} -> {nproc} processes; global batch {batch} kept, per-process batch "
+                f"{batch // r.nproc} -> {batch // nproc}")
+            r = dataclasses.replace(r, nproc=nproc)
+        out.append(r)
+    return out
+
+
+def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, log=print,
+              nproc: int | None = None, runs: list[Run] | None = None) -> dict:
+    """Execute the profile (or the given ``runs`` of it); returns ``{"ran": [...], "skipped": [...],
+    "failed": {name: reason}, "seconds": {name: wall time}}``."""
+    runs = with_nproc(plan(profile) if runs is None else runs, nproc, log)
     names = [r.name for r in runs]
     if only:
         unknown = [n for n in only if n not in names]
@@ -101,7 +128,7 @@ def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, 
     root = Path(results_root or default_results_root())
     profile_dir, site_dir = root / profile, root / "_site"
     site_dir.mkdir(parents=True, exist_ok=True)
-    report = {"ran": [], "skipped": [], "failed": {}}
+    report = {"ran": [], "skipped": [], "failed": {}, "seconds": {}}
     bar = tqdm(runs, desc=f"reproduce {profile}", unit="run")
     for run in bar:
         bar.set_postfix_str(run.name)
@@ -110,13 +137,14 @@ def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, 
             continue
         t0 = time.perf_counter()
         try:
-            execute(run, profile, profile_dir, site_dir, kernel)
+            execute(run, profile, profile_dir, site_dir, kernel, log)
         except Exception as exc:  # keep going; list it at the end
             reason = str(exc).strip().splitlines()
             report["failed"][run.name] = (reason[-1] if reason else type(exc).__name__)[:500]
             log(f"FAILED {run.name}: {report['failed'][run.name]}")
             continue
         report["ran"].append(run.name)
+        report["seconds"][run.name] = round(time.perf_counter() - t0, 1)
         log(f"ran {run.name} in {time.perf_counter() - t0:.0f} s")
     log(f"{profile}: {len(report['ran'])} ran, {len(report['skipped'])} up to date, "
         f"{len(report['failed'])} failed" + (f": {', '.join(report['failed'])}" if report["failed"] else ""))

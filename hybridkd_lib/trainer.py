@@ -6,30 +6,42 @@ the last two kept; a rerun resumes from the newest readable one),
 the very end, ``result.json``. Data order, augmentation RNG and scheduler are
 functions of (seed, epoch) and part of the checkpoint, so a killed and resumed
 CPU run ends with exactly the weights of an uninterrupted one.
+
+Several processes (``torchrun``, one per GPU, one or several machines): PyTorch
+``DistributedDataParallel`` averages the gradients (NCCL on CUDA, gloo on CPU),
+every training BN is synchronised (``layers.convert_sync_batchnorm``),
+``batch_size`` is the global batch split evenly across processes, evaluation is
+sharded, and rank 0 alone reads checkpoints (and broadcasts them) and writes.
+``launch`` starts such a run from Python (the notebooks, ``reproduce``).
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from hybridkd_lib import checkpoint, data, ratebp, results
-from hybridkd_lib.hybrid import HybridDistiller
-from hybridkd_lib.layers import _RateBatchNorm
+from hybridkd_lib.hybrid import HybridDistiller, teacher_input
+from hybridkd_lib.layers import convert_sync_batchnorm
 from hybridkd_lib.losses import LossConfig, total_loss
 from hybridkd_lib.memory import release_freed_memory
 from hybridkd_lib.models import check_model_name, create_model
-from hybridkd_lib.models.timm_teachers import load_state_dict_file
+from hybridkd_lib.models.timm_teachers import check_state_dict, load_state_dict_file
 
 METHODS = ("ann", "bptt", "bptt_kd", "ratebp", "kd", "hybrid")
 TEACHER_METHODS = ("bptt_kd", "kd", "hybrid")
@@ -48,7 +60,7 @@ class TrainConfig:
     teacher_ckpt: str | None = None
     T: int = 4
     epochs: int = 10
-    batch_size: int = 64
+    batch_size: int = 64          # global: split evenly across the processes of a torchrun launch
     lr: float = 0.1
     weight_decay: float = 5e-4
     momentum: float = 0.9
@@ -62,13 +74,19 @@ class TrainConfig:
     data_kw: dict = field(default_factory=dict)
     loss: dict = field(default_factory=dict)
     teacher_input_size: int | None = None
-    num_workers: int = 0
+    num_workers: int | None = None  # loader processes per training process; None: data.default_num_workers
     max_steps_per_epoch: int | None = None
     progress: bool = True
 
     @property
     def loss_cfg(self) -> LossConfig:
         return LossConfig(**self.loss)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """The configuration from a dict holding (at least) its fields, e.g. a ``result.json``."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 # ----------------------------------------------------------------------------- validation
@@ -86,7 +104,7 @@ def check_device(device: str) -> None:
         raise ValueError(f"device={device!r} not available here; valid: {', '.join(valid)}")
 
 
-def validate(cfg: TrainConfig) -> None:
+def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     """Refuse bad input before any training, naming the bad value and the valid ones."""
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; valid: {', '.join(METHODS)}")
@@ -99,6 +117,11 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"T={cfg.T!r} not allowed; T must be an integer >= 1")
     if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
         raise ValueError(f"epochs={cfg.epochs!r} not allowed; epochs must be an integer >= 1")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise ValueError(f"batch_size={cfg.batch_size!r} not allowed; batch_size must be an integer >= 1")
+    if world_size > 1 and cfg.batch_size % world_size:
+        raise ValueError(f"batch_size={cfg.batch_size} (the global batch) does not divide across {world_size} "
+                         f"processes; use a multiple of {world_size}")
     check_device(cfg.device)
     if cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
@@ -113,65 +136,87 @@ def validate(cfg: TrainConfig) -> None:
             load_state_dict_file(path)
         except (FileNotFoundError, ValueError) as exc:
             raise ValueError(f"unreadable teacher checkpoint {cfg.teacher_ckpt!r}: {exc}") from exc
+    if cfg.num_workers is not None and (not isinstance(cfg.num_workers, int) or cfg.num_workers < 0):
+        raise ValueError(f"num_workers={cfg.num_workers!r} not allowed; an integer >= 0, or None for the default")
 
 
 # ----------------------------------------------------------------------------- building
+_WEIGHT_KW = ("checkpoint_path", "init_checkpoint", "pretrained")  # where weights came from, not the architecture
+
+
 def build_teacher(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
-    """The teacher architecture, with trained weights if ``teacher_ckpt`` is given."""
+    """The teacher architecture, with trained weights if ``teacher_ckpt`` is given: a run
+    directory or ``model.pt`` of this library, or any checkpoint timm loads (safetensors,
+    ``state_dict``/``model``/``state_dict_ema`` keys, ``module.`` prefix)."""
     kw = dict(cfg.teacher_kw)
     kw.setdefault("in_chans", in_chans)
-    if cfg.teacher_ckpt and cfg.method != "ann":
-        state = checkpoint.load(resolve_teacher_ckpt(cfg.teacher_ckpt))
-        if isinstance(state, dict) and "model" in state and "arch" in state:
-            if state["arch"] != cfg.teacher:
-                raise ValueError(f"teacher checkpoint holds {state['arch']!r}, not --teacher {cfg.teacher!r}")
-            kw = {**state.get("model_kw", {}), **cfg.teacher_kw}
-            model = create_model(cfg.teacher, num_classes=num_classes, **kw)
-            model.load_state_dict(state["model"])
-            return model
-        if cfg.teacher.startswith("cifar_"):
-            model = create_model(cfg.teacher, num_classes=num_classes, **kw)
-            model.load_state_dict(state)
-            return model
-        return create_model(cfg.teacher, num_classes=num_classes,
-                            checkpoint_path=str(resolve_teacher_ckpt(cfg.teacher_ckpt)), **kw)
-    return create_model(cfg.teacher, num_classes=num_classes, **kw)
+    if not (cfg.teacher_ckpt and cfg.method != "ann"):
+        return create_model(cfg.teacher, num_classes=num_classes, **kw)
+    path = resolve_teacher_ckpt(cfg.teacher_ckpt)
+    state = checkpoint.load(path) if path.suffix != ".safetensors" else None
+    if isinstance(state, dict) and "model" in state and "arch" in state:  # a run of this library
+        if state["arch"] != cfg.teacher:
+            raise ValueError(f"teacher checkpoint {str(path)!r} holds {state['arch']!r}, not --teacher {cfg.teacher!r}")
+        kw = {**state.get("model_kw", {}), **{k: v for k, v in cfg.teacher_kw.items() if k not in _WEIGHT_KW}}
+        model = create_model(cfg.teacher, num_classes=num_classes, **kw)
+        check_state_dict(model, state["model"], str(path))
+        model.load_state_dict(state["model"])
+        return model
+    if cfg.teacher.startswith("cifar_"):
+        model = create_model(cfg.teacher, num_classes=num_classes, **kw)
+        weights = load_state_dict_file(path)
+        check_state_dict(model, weights, str(path))
+        model.load_state_dict(weights)
+        return model
+    return create_model(cfg.teacher, num_classes=num_classes, checkpoint_path=str(path), **kw)
 
 
 class Learner(nn.Module):
-    """The trainable part of a run and its training step (shared with the benchmark)."""
+    """The trainable part of a run and its training step (shared with the benchmark).
+
+    ``forward(x, y)`` is the training step's loss, so that ``DistributedDataParallel`` can
+    wrap the learner; ``x`` is ``[B, C, H, W]`` or a frame sequence ``[T, B, C, H, W]``.
+    """
 
     def __init__(self, cfg: TrainConfig, num_classes: int, input_shape: tuple):
         super().__init__()
         self.method, self.T, self.loss_cfg = cfg.method, cfg.T, cfg.loss_cfg
+        self.teacher_input_size = cfg.teacher_input_size
         in_chans = input_shape[-3]
         self.student = self.teacher = self.distiller = None
         if cfg.method == "ann":
             self.model = build_teacher(cfg, num_classes, in_chans)
             self.model_kw = {"in_chans": in_chans, **cfg.teacher_kw}
             self.arch = cfg.teacher
-            return
-        skw = dict(cfg.student_kw, T=cfg.T)
-        skw.setdefault("in_chans", in_chans)
-        self.student = create_model(cfg.student, num_classes=num_classes, **skw)
-        self.model, self.arch = self.student, cfg.student
-        self.model_kw = {k: v for k, v in skw.items()}
-        if cfg.method in TEACHER_METHODS:
-            self.teacher = build_teacher(cfg, num_classes, in_chans)
-            self.distiller = HybridDistiller(self.student, self.teacher, input_shape, cfg.teacher_input_size)
+        else:
+            skw = dict(cfg.student_kw, T=cfg.T)
+            skw.setdefault("in_chans", in_chans)
+            self.student = create_model(cfg.student, num_classes=num_classes, **skw)
+            self.model, self.arch, self.model_kw = self.student, cfg.student, dict(skw)
+            if cfg.method in TEACHER_METHODS:
+                self.teacher = build_teacher(cfg, num_classes, in_chans)
+                self.distiller = HybridDistiller(self.student, self.teacher, input_shape, cfg.teacher_input_size,
+                                                 hybrids=cfg.method == "hybrid")
+        # the architecture only: a teacher fine-tuned from a file is rebuilt from model.pt alone
+        self.model_kw = {k: v for k, v in self.model_kw.items() if k not in _WEIGHT_KW}
 
     def trainable(self) -> list[nn.Parameter]:
         mods = [self.model] + ([self.distiller.aligns] if self.method == "hybrid" else [])
         return [p for m in mods for p in m.parameters() if p.requires_grad]
 
+    def forward(self, x, y):
+        return self.step_loss(x, y)
+
     def step_loss(self, x, y):
-        """Loss (with the method's graph), its parts and the SNN/ANN logits."""
+        """Loss (with the method's graph), its parts (detached tensors) and the SNN/ANN logits."""
         m = self.method
         # the teacher's (graph-free) forward runs where it adds least to the peak: before
         # BPTT's graph is built, after RateBP's spike pass (whose [T, B, ...] maps are the peak)
         y_a = self.distiller.teacher_logits(x) if m == "bptt_kd" else None
         y_m = ()
-        if m in ("ann", "bptt", "bptt_kd"):
+        if m == "ann":
+            y_s = self.model(teacher_input(x, self.teacher_input_size))
+        elif m in ("bptt", "bptt_kd"):
             y_s = self.model(x)
         elif m in ("ratebp", "kd"):
             y_s = ratebp.rate_forward(self.student, x)
@@ -184,34 +229,13 @@ class Learner(nn.Module):
             loss = ratebp.scale_gradient(loss, self.T)
         return loss, parts, y_s
 
-    @torch.no_grad()
-    def evaluate(self, loader, device, amp: bool, with_teacher: bool = True) -> dict:
-        """Top-1 (%) of the SNN (or the ANN for ``ann``), the teacher and every hybrid M_k."""
-        was = self.training
-        self.eval()
-        hits = {"top1": 0, "teacher_top1": 0}
-        hyb = [0] * (self.distiller.num_hybrids if self.method == "hybrid" else 0)
-        n = 0
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                if self.method == "hybrid":
-                    y_s, y_m = self.distiller(x)
-                    for k, out in enumerate(y_m):
-                        hyb[k] += int((out.argmax(-1) == y).sum())
-                else:
-                    y_s = self.model(x)
-                if self.distiller is not None and with_teacher:
-                    hits["teacher_top1"] += int((self.distiller.teacher_logits(x).argmax(-1) == y).sum())
-            hits["top1"] += int((y_s.argmax(-1) == y).sum())
-            n += len(y)
-        self.train(was)
-        out = {"top1": 100.0 * hits["top1"] / n}
-        if self.distiller is not None and with_teacher:
-            out["teacher_top1"] = 100.0 * hits["teacher_top1"] / n
-        if hyb:
-            out["hybrid_top1"] = [100.0 * h / n for h in hyb]
-        return out
+    def predict(self, x, with_teacher: bool = True):
+        """Inference logits ``(y_S, [y_M0, ...], y_A or None)`` (for ``ann``: the ANN's as ``y_S``)."""
+        if self.method == "ann":
+            return self.model(teacher_input(x, self.teacher_input_size)), [], None
+        y_s, y_m = self.distiller(x) if self.method == "hybrid" else (self.model(x), [])
+        y_a = self.distiller.teacher_logits(x) if self.distiller is not None and with_teacher else None
+        return y_s, y_m, y_a
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -269,32 +293,58 @@ class StepInBackward:
 
 
 # ----------------------------------------------------------------------------- distributed
-def dist_env():
-    """(rank, world_size) under torchrun, initialising the process group once."""
+@dataclass
+class Distributed:
+    """Where this process trains: ``rank`` of ``world`` processes, on ``device``."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this run initialised the process group (and destroys it)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+
+def init_distributed(device: str) -> Distributed:
+    """One process per device under torchrun (``WORLD_SIZE``/``RANK``/``LOCAL_RANK``): ``LOCAL_RANK``
+    picks the GPU; NCCL on CUDA, gloo on CPU. A single process needs nothing."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("HYBRIDKD_BACKEND") != "gloo" else "gloo"
-        dist.init_process_group(backend)
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
+    dev = torch.device(device)
+    if world == 1:
+        return Distributed(device=dev)
+    if "LOCAL_RANK" not in os.environ:
+        raise ValueError(f"WORLD_SIZE={world} but LOCAL_RANK is not set: start several processes with torchrun "
+                         f"(torchrun --nproc_per_node N -m hybridkd_lib train ...), which sets both")
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if dev.type == "cuda":
+        visible = torch.cuda.device_count()
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        if local_world > visible:
+            raise ValueError(f"{local_world} processes on this machine but {visible} visible GPU(s): "
+                             f"--nproc_per_node must be at most {visible}")
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+                                device_id=dev if dev.type == "cuda" else None)
+    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank, dev, owns)
 
 
-def enable_sync_bn(learner: "Learner", method: str):
-    """SyncBN under torchrun: RateBP students all-reduce the statistics of their spike pass (the
-    rate pass reuses them); ANN teachers on CUDA get ``nn.SyncBatchNorm``. BPTT students keep
-    per-process statistics (their BN sees ``[T*B]`` folded batches)."""
-    if method in RATEBP_METHODS:
-        for m in learner.model.modules():
-            if isinstance(m, _RateBatchNorm):
-                m.sync_stats = True
-    elif method == "ann" and next(learner.model.parameters()).device.type == "cuda":
-        learner.model = nn.SyncBatchNorm.convert_sync_batchnorm(learner.model)
-
-
-def average_gradients(params, world: int):
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad.div_(world)
+def broadcast_from_main(obj, env: Distributed):
+    """``obj`` as rank 0 has it, on every rank (rank 0 alone reads checkpoints)."""
+    if env.world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=env.device if env.device.type == "cuda" else None)
+    return box[0]
 
 
 def _peak_mem_mb(device) -> float:
@@ -314,117 +364,223 @@ def _write_metrics(path: Path, rows: list[dict]):
     results.atomic_write_text(path, buf.getvalue())
 
 
-# ----------------------------------------------------------------------------- the run
-def train(cfg: TrainConfig, on_epoch_end=None, log=print) -> dict:
-    """Run (or resume) one training run; returns the result dict also saved as ``result.json``."""
-    validate(cfg)
-    rank, world = dist_env()
-    device = torch.device(cfg.device)
-    amp = device.type == "cuda"
-    out = Path(cfg.out)
-    ckpt_dir = out / "checkpoints"
-    main_proc = rank == 0
+# ----------------------------------------------------------------------------- set-up
+@dataclass
+class Session:
+    """Everything ``train`` sets up once, before the epoch loop."""
 
+    cfg: TrainConfig
+    env: Distributed
+    learner: Learner
+    step_module: nn.Module          # the learner, or DDP around it: called as step_module(x, y)
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    sampler: torch.utils.data.distributed.DistributedSampler
+    train_loader: torch.utils.data.DataLoader
+    test_loader: torch.utils.data.DataLoader
+    steps_per_epoch: int
+    num_classes: int
+    in_backward: StepInBackward | None
+    amp: bool
+
+
+def setup(cfg: TrainConfig, log=print) -> tuple[Session, dict | None]:
+    """Devices and processes, data, model, optimizer; returns the session and the checkpoint
+    to resume from (read by rank 0, broadcast to all), or None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    validate(cfg, world)
+    env = init_distributed(cfg.device)
+    dev = env.device
     torch.manual_seed(cfg.seed)
     data_kw = dict(cfg.data_kw)
-    if cfg.dataset == "cifar10dvs":
+    if data.is_sequence(cfg.dataset):
         data_kw.setdefault("T", cfg.T)
     train_set, test_set = data.get_datasets(cfg.dataset, cfg.data_root, **data_kw)
     num_classes = data.dataset_info(cfg.dataset).num_classes
-    sample = train_set[0][0]
-    input_shape = tuple(sample.shape[-3:])
-    learner = Learner(cfg, num_classes, input_shape).to(device)
+    input_shape = tuple(train_set[0][0].shape[-3:])
+    learner = Learner(cfg, num_classes, input_shape).to(dev)
     if cfg.method != "ann":  # channels_last: oneDNN/cuDNN convs without layout reorders (CPU ~10-20% faster)
         learner = learner.to(memory_format=torch.channels_last)
-    if world > 1:
-        enable_sync_bn(learner, cfg.method)
-    params = learner.trainable()
-    if world > 1:
-        for p in params:
-            dist.broadcast(p.data, 0)
+    if env.world > 1:
+        learner = convert_sync_batchnorm(learner)
+    opt = make_optimizer(cfg, learner.trainable())
 
-    gen = torch.Generator()
-    sampler = None
-    if world > 1:
-        sampler = torch.utils.data.distributed.DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.seed)
-    pin = device.type == "cuda"
-    train_loader = torch.utils.data.DataLoader(train_set, cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                                               generator=gen, num_workers=cfg.num_workers, pin_memory=pin)
-    test_loader = torch.utils.data.DataLoader(test_set, 256, shuffle=False, num_workers=cfg.num_workers,
-                                              pin_memory=pin)
-    steps_per_epoch = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader),
-                                                                                     cfg.max_steps_per_epoch)
-    opt = make_optimizer(cfg, params)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
-    in_backward = StepInBackward(opt) if world == 1 else None  # updates (and frees grads) during backward
+    per_rank = cfg.batch_size // env.world
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env.world))
+    workers = cfg.num_workers if cfg.num_workers is not None else data.default_num_workers(cfg.dataset, local_world)
+    pin = dev.type == "cuda"
+    sampler = torch.utils.data.distributed.DistributedSampler(train_set, env.world, env.rank, shuffle=True,
+                                                              seed=cfg.seed, drop_last=True)
+    train_loader = data.make_loader(train_set, cfg.dataset, per_rank, True, workers, pin, sampler)
+    shard = torch.utils.data.Subset(test_set, range(env.rank, len(test_set), env.world))
+    test_loader = data.make_loader(shard, cfg.dataset, per_rank, False, workers, pin)
+    if len(train_loader) == 0:
+        raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(train_set)} training samples "
+                         f"of {cfg.dataset!r} (per process: {per_rank} of {len(sampler)})")
+    steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
 
-    start_epoch, history, train_time = 0, [], 0.0
-    path, state = checkpoint.load_latest(ckpt_dir, log=log)
+    path, state = checkpoint.load_latest(Path(cfg.out) / "checkpoints", log=log) if env.main else (None, None)
+    path, state = broadcast_from_main((path and str(path), state), env)
     if state is not None:
+        state["path"] = path
         learner.load_state_dict(state["learner"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        start_epoch, history, train_time = state["epoch"] + 1, state["history"], state["train_time_s"]
-        if main_proc:
-            log(f"resuming from {path} (epoch {state['epoch'] + 1} of {cfg.epochs} done)")
 
-    teacher_top1 = None
-    for epoch in range(start_epoch, cfg.epochs):
-        gen.manual_seed(cfg.seed * 100_003 + epoch)           # data order
-        torch.manual_seed(cfg.seed * 100_003 + epoch + 1)     # augmentation, dropout
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        learner.train()
-        t0 = time.perf_counter()
-        bar = tqdm(train_loader, total=steps_per_epoch, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not (cfg.progress and main_proc), leave=False)
-        loss_sum, n_seen = 0.0, 0
-        for step, (x, y) in enumerate(bar):
-            if step >= steps_per_epoch:
-                break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                loss, parts, _ = learner.step_loss(x, y)
-            if not torch.isfinite(loss.detach()):
-                raise FloatingPointError(f"non-finite loss {float(loss.detach())} at epoch {epoch + 1}, "
-                                         f"step {step + 1} (parts: {parts}); stopping the run")
-            if in_backward is None:
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                average_gradients(params, world)
-                opt.step()
-            else:
-                loss.backward()  # every parameter is updated as its gradient completes
-            sched.step()
-            release_freed_memory(device)
-            loss_sum += float(loss.detach()) * len(y)
-            n_seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}")
-        train_time += time.perf_counter() - t0
-        metrics = learner.evaluate(test_loader, device, amp, with_teacher=teacher_top1 is None)
-        if "teacher_top1" in metrics:
-            teacher_top1 = metrics["teacher_top1"]
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_seen, 1), "lr": sched.get_last_lr()[0],
-               "top1": metrics["top1"], "train_time_s": train_time}
-        for k, acc in enumerate(metrics.get("hybrid_top1", [])):
-            row[f"hybrid_top1_M{k}"] = acc
-        history.append(row)
-        if main_proc:
-            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}, top1 {row['top1']:.2f}%"
-                + (f", hybrids {[round(a, 2) for a in metrics['hybrid_top1']]}" if "hybrid_top1" in metrics else ""))
-            _write_metrics(out / "metrics.csv", history)
-            checkpoint.save_epoch(ckpt_dir, epoch, {
-                "epoch": epoch, "learner": learner.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "history": history,
-                "train_time_s": train_time})
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
+    if env.world > 1:  # gradients averaged by DDP (bucketed, overlapped with backward)
+        hybrid_unused = cfg.method == "hybrid" and not (cfg.loss_cfg.hybrid_ce or cfg.loss_cfg.hybrid_kd)
+        step_module = DistributedDataParallel(learner, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                              broadcast_buffers=False, find_unused_parameters=hybrid_unused)
+        in_backward = None
+    else:  # one process: each parameter is updated (and its gradient freed) during backward
+        step_module, in_backward = learner, StepInBackward(opt)
+    return Session(cfg, env, learner, step_module, opt, sched, sampler, train_loader, test_loader, steps,
+                   num_classes, in_backward, amp=dev.type == "cuda"), state
 
-    if in_backward is not None:
-        in_backward.remove()
-    final = learner.evaluate(test_loader, device, amp, with_teacher=True)
-    result = {
+
+# ----------------------------------------------------------------------------- the loop
+def train_one_epoch(s: Session, epoch: int, check_every: int | None = None) -> float:
+    """One epoch of training steps; returns the mean training loss (over every process)."""
+    cfg, env, dev = s.cfg, s.env, s.env.device
+    s.sampler.set_epoch(epoch)                                      # data order: f(seed, epoch)
+    torch.manual_seed(cfg.seed * 100_003 + epoch + 1 + 1_000_003 * env.rank)  # augmentation, dropout
+    check_every = check_every or (1 if dev.type == "cpu" else 50)  # a host sync every N steps on GPUs
+    s.learner.train()
+    bar = tqdm(s.train_loader, total=s.steps_per_epoch, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
+               disable=not (cfg.progress and env.main), leave=False)
+    loss_sum, n_seen, pending, parts = torch.zeros((), device=dev), 0, [], {}
+    for step, (x, y) in enumerate(bar):
+        if step >= s.steps_per_epoch:
+            break
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        with torch.autocast(dev.type, torch.bfloat16, enabled=s.amp):
+            loss, parts, _ = s.step_module(x, y)
+        if s.in_backward is None:
+            s.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            s.opt.step()
+        else:
+            loss.backward()  # every parameter is updated as its gradient completes
+        s.sched.step()
+        release_freed_memory(dev)
+        loss_sum += loss.detach() * len(y)
+        n_seen += len(y)
+        pending.append(loss.detach())
+        if len(pending) == check_every or step + 1 == s.steps_per_epoch:
+            _check_finite(pending, step + 1 - len(pending), epoch, parts, env)
+            pending = []
+            bar.set_postfix(loss=f"{float(loss_sum) / n_seen:.3f}")
+    totals = torch.stack([loss_sum.float(), torch.tensor(float(n_seen), device=dev)])
+    if env.world > 1:
+        dist.all_reduce(totals)
+    return float(totals[0] / totals[1].clamp_min(1))
+
+
+def _check_finite(losses: list, first_step: int, epoch: int, parts: dict, env: Distributed):
+    """Stop the run (on every process alike) at a non-finite loss, naming the first such step."""
+    values = torch.stack(losses)
+    finite = torch.isfinite(values).all().to(torch.int32)
+    if env.world > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if int(finite):
+        return
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        raise FloatingPointError(f"non-finite loss {float(values[i])} at epoch {epoch + 1}, step {first_step + i + 1} "
+                                 f"(parts: { {k: float(v) for k, v in parts.items()} }); stopping the run")
+    raise FloatingPointError(f"non-finite loss on another process at epoch {epoch + 1}; stopping the run")
+
+
+@torch.no_grad()
+def evaluate(learner: Learner, loader, env: Distributed, amp: bool, with_teacher: bool = True) -> dict:
+    """Top-1 (%) of the SNN (or the ANN for ``ann``), the teacher and every hybrid M_k, over every
+    process's shard of the test set (counts all-reduced; one host sync at the end)."""
+    was = learner.training
+    learner.eval()
+    has_teacher = learner.distiller is not None and with_teacher
+    n_hyb = learner.distiller.num_hybrids if learner.method == "hybrid" else 0
+    counts = torch.zeros(3 + n_hyb, dtype=torch.long, device=env.device)  # n, SNN, teacher, M_0..
+    for x, y in loader:
+        x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
+        with torch.autocast(env.device.type, torch.bfloat16, enabled=amp):
+            y_s, y_m, y_a = learner.predict(x, has_teacher)
+        counts[0] += len(y)
+        counts[1] += (y_s.argmax(-1) == y).sum()
+        if y_a is not None:
+            counts[2] += (y_a.argmax(-1) == y).sum()
+        for k, out in enumerate(y_m):
+            counts[3 + k] += (out.argmax(-1) == y).sum()
+    if env.world > 1:
+        dist.all_reduce(counts)
+    learner.train(was)
+    n, *hits = counts.tolist()
+    pct = lambda h: 100.0 * h / max(n, 1)
+    out = {"top1": pct(hits[0])}
+    if has_teacher:
+        out["teacher_top1"] = pct(hits[1])
+    if n_hyb:
+        out["hybrid_top1"] = [pct(h) for h in hits[2:]]
+    return out
+
+
+# ----------------------------------------------------------------------------- the run
+def train(cfg: TrainConfig, on_epoch_end=None, log=print) -> dict:
+    """Run (or resume) one training run; returns the result dict also saved as ``result.json``."""
+    s, state = setup(cfg, log)
+    env, out = s.env, Path(cfg.out)
+    try:
+        start_epoch, history, train_time = 0, [], 0.0
+        if state is not None:
+            start_epoch, history, train_time = state["epoch"] + 1, state["history"], state["train_time_s"]
+            if env.main:
+                log(f"resuming from {state['path']} (epoch {state['epoch'] + 1} of {cfg.epochs} done)")
+        del state
+        teacher_top1 = None
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            train_loss = train_one_epoch(s, epoch)
+            train_time += time.perf_counter() - t0
+            metrics = evaluate(s.learner, s.test_loader, env, s.amp, with_teacher=teacher_top1 is None)
+            teacher_top1 = metrics.get("teacher_top1", teacher_top1)
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": s.sched.get_last_lr()[0],
+                   "top1": metrics["top1"], "train_time_s": train_time}
+            row.update({f"hybrid_top1_M{k}": acc for k, acc in enumerate(metrics.get("hybrid_top1", []))})
+            history.append(row)
+            if env.main:
+                log(f"epoch {epoch + 1}/{cfg.epochs}: loss {train_loss:.4f}, top1 {row['top1']:.2f}%"
+                    + (f", hybrids {[round(a, 2) for a in metrics['hybrid_top1']]}" if "hybrid_top1" in metrics else ""))
+                _write_metrics(out / "metrics.csv", history)
+                checkpoint.save_epoch(out / "checkpoints", epoch, {
+                    "epoch": epoch, "learner": s.learner.state_dict(), "optimizer": s.opt.state_dict(),
+                    "scheduler": s.sched.state_dict(), "rng": torch.get_rng_state(), "history": history,
+                    "train_time_s": train_time})
+            env.barrier()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+        if s.in_backward is not None:
+            s.in_backward.remove()
+        final = evaluate(s.learner, s.test_loader, env, s.amp, with_teacher=True)
+        result = _result(s, final, history, train_time)
+        if env.main:
+            checkpoint.atomic_save({"arch": s.learner.arch, "model_kw": s.learner.model_kw,
+                                    "num_classes": s.num_classes, "model": s.learner.model.state_dict(),
+                                    **({"aligns": s.learner.distiller.aligns.state_dict()}
+                                       if cfg.method == "hybrid" else {})}, out / "model.pt")
+            results.write_json(out / "result.json", result)
+            log(f"done: top1 {result['top1']:.2f}% -> {out / 'result.json'}")
+        env.barrier()
+        return result
+    finally:
+        if env.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _result(s: Session, final: dict, history: list, train_time: float) -> dict:
+    cfg, dev = s.cfg, s.env.device
+    return {
         **{k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
         "loss_config": cfg.loss_cfg.to_dict(),
         "student": cfg.student if cfg.method != "ann" else None,
@@ -433,18 +589,57 @@ def train(cfg: TrainConfig, on_epoch_end=None, log=print) -> dict:
         "teacher_top1": final.get("teacher_top1", final["top1"] if cfg.method == "ann" else None),
         "hybrid_top1": final.get("hybrid_top1", []),
         "train_time_s": round(train_time, 2),
-        "peak_mem_mb": round(_peak_mem_mb(device), 1),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "world_size": world,
+        "peak_mem_mb": round(_peak_mem_mb(dev), 1),
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "world_size": s.env.world,
+        "batch_size_per_process": cfg.batch_size // s.env.world,
         "git_commit": results.git_commit(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "history": history,
     }
-    if main_proc:
-        checkpoint.atomic_save({"arch": learner.arch, "model_kw": learner.model_kw,
-                                "num_classes": num_classes, "model": learner.model.state_dict(),
-                                **({"aligns": learner.distiller.aligns.state_dict()} if cfg.method == "hybrid" else {})},
-                               out / "model.pt")
-        results.write_json(out / "result.json", result)
-        log(f"done: top1 {result['top1']:.2f}% -> {out / 'result.json'}")
-    return result
+
+
+# ----------------------------------------------------------------------------- launching
+def launch(cfg: TrainConfig, nproc: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None,
+           log=print) -> dict:
+    """Train ``cfg`` in this process (``nproc * nnodes == 1``) or as ``nproc`` processes per machine
+    under ``torchrun`` (``python -m hybridkd_lib train --config ...``); returns the result.
+
+    Several machines: run the same call on each, with ``nnodes`` and the ``rdzv_endpoint``
+    (``host:port`` of one of them). ``batch_size`` stays the global batch."""
+    for name, v in (("nproc", nproc), ("nnodes", nnodes)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}={v!r} not allowed; an integer >= 1")
+    world = nproc * nnodes
+    if world == 1:
+        return train(cfg, log=log)
+    validate(cfg, world)
+    if torch.device(cfg.device).type == "cuda" and nproc > torch.cuda.device_count():
+        raise ValueError(f"nproc={nproc} but {torch.cuda.device_count()} visible GPU(s) here: use at most "
+                         f"{torch.cuda.device_count()} (reproduce --nproc N)")
+    if nnodes > 1 and not rdzv_endpoint:
+        raise ValueError(f"nnodes={nnodes} needs rdzv_endpoint='host:port' of the first machine")
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="hybridkd_cfg_", delete=False) as f:
+        json.dump(asdict(cfg), f)
+    rdzv = (["--standalone"] if nnodes == 1 else
+            ["--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint, "--rdzv-id", Path(cfg.out).name])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--nnodes", str(nnodes),
+           *rdzv, "-m", "hybridkd_lib", "train", "--config", f.name]
+    log(f"launching {nproc * nnodes} processes: torchrun --nproc-per-node {nproc} --nnodes {nnodes} ...")
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
+        tail = []
+        for line in proc.stdout:
+            tail = (tail + [line.rstrip()])[-30:]
+            log(line.rstrip())
+        rc = proc.wait()
+    finally:
+        Path(f.name).unlink(missing_ok=True)
+    if rc != 0:
+        errors = [l for l in tail if l.startswith("error:")]
+        raise RuntimeError(errors[0] if errors else f"torchrun exited with status {rc}: " + " | ".join(tail[-5:]))
+    res = results.read_result(cfg.out)
+    if res is None:
+        raise RuntimeError(f"torchrun finished without writing {Path(cfg.out) / 'result.json'}")
+    return res

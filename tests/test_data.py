@@ -1,40 +1,18 @@
 """The data layer on tiny files written in each dataset's real on-disk format."""
-import pickle
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from hybridkd_lib import data
+from hybridkd_lib import data, tinydata
 
 
 def _write_cifar(root, name, per_class=3):
-    """Pickled batches exactly as the CIFAR python tarballs lay them out."""
+    n = tinydata.write_cifar(root, name, per_class=per_class)
     n_classes = 10 if name == "cifar10" else 100
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(n_classes), per_class).tolist()
-    n = len(labels)
-    images = rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)
-    if name == "cifar10":
-        base = root / "cifar-10-batches-py"
-        base.mkdir(parents=True)
-        for fname in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-            with open(base / fname, "wb") as f:
-                pickle.dump({"data": images, "labels": labels}, f)
-        with open(base / "batches.meta", "wb") as f:
-            pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
-    else:
-        base = root / "cifar-100-python"
-        base.mkdir(parents=True)
-        for fname in ("train", "test"):
-            with open(base / fname, "wb") as f:
-                pickle.dump({"data": images, "fine_labels": labels, "coarse_labels": labels}, f)
-        with open(base / "meta", "wb") as f:
-            pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, f)
-    return n, labels
+    return n, np.repeat(np.arange(n_classes), per_class).tolist()
 
 
 @pytest.fixture(autouse=True)
@@ -62,21 +40,27 @@ def test_cifar_pickled_batches_load(tmp_path, name):
 
 
 def test_cifar_loaders_batch(tmp_path):
-    _write_cifar(tmp_path, "cifar10")
-    train_loader, test_loader = data.get_loaders("cifar10", batch_size=8, root=tmp_path)
-    x, y = next(iter(train_loader))
+    _write_cifar(tmp_path, "cifar10")  # 30 images per file: 150 train (5 batches), 30 test
+    train, test = data.get_datasets("cifar10", root=tmp_path)
+    loader = data.make_loader(train, "cifar10", 8, train=True, num_workers=1)
+    assert loader.persistent_workers and loader.drop_last and len(loader) == 150 // 8
+    x, y = next(iter(loader))
     assert x.shape == (8, 3, 32, 32) and y.shape == (8,)
+    assert len(data.make_loader(test, "cifar10", 8, train=False)) == 4  # evaluation keeps the last batch
+    assert data.default_num_workers("digits") == 0 and data.default_num_workers("cifar10") >= 1
+
+
+def test_cifar_tiny_files_load_without_md5_check_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.undo()  # the real integrity check
+    tinydata.write_cifar(tmp_path, "cifar100", n_images=8)
+    with pytest.raises(RuntimeError, match="corrupted"):
+        data.get_datasets("cifar100", root=tmp_path)
+    train, test = data.get_datasets("cifar100", root=tmp_path, verify_md5=False)
+    assert len(train) == 8 and train[0][0].shape == (3, 32, 32)
 
 
 def test_imagenet_imagefolder(tmp_path):
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for wnid in ("n01440764", "n01443537"):
-            d = tmp_path / "imagenet" / split / wnid
-            d.mkdir(parents=True)
-            for i in range(2):
-                arr = rng.integers(0, 256, size=(300, 260, 3), dtype=np.uint8)
-                Image.fromarray(arr).save(d / f"{wnid}_{i}.JPEG")
+    tinydata.write_imagenet(tmp_path, per_class=2)
     train, val = data.get_datasets("imagenet", root=tmp_path)
     assert len(train) == 4 and len(val) == 4
     assert train[0][0].shape == (3, 224, 224) and val[3][0].shape == (3, 224, 224)
@@ -84,20 +68,7 @@ def test_imagenet_imagefolder(tmp_path):
 
 
 def test_cifar10dvs_events_integrate_to_frames(tmp_path):
-    from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS_CLASS_NAMES
-
-    rng = np.random.default_rng(0)
-    raw = tmp_path / "cifar10dvs" / "events_np"
-    per_class = 10
-    for cname in CIFAR10DVS_CLASS_NAMES:
-        (raw / cname).mkdir(parents=True)
-        for i in range(per_class):
-            n = 400
-            np.savez(raw / cname / f"cifar10_{cname}_{i}.npz",
-                     t=np.sort(rng.integers(0, 10**6, n)).astype(np.int64),
-                     x=rng.integers(0, 128, n).astype(np.uint16),
-                     y=rng.integers(0, 128, n).astype(np.uint16),
-                     p=rng.integers(0, 2, n).astype(np.uint8))
+    tinydata.write_cifar10dvs(tmp_path, per_class=10)
     train, test = data.get_datasets("cifar10dvs", root=tmp_path, T=4)
     assert len(train) == 9 * 10 and len(test) == 1 * 10  # 9:1 per class
     x, y = test[0]
@@ -108,6 +79,22 @@ def test_cifar10dvs_events_integrate_to_frames(tmp_path):
     assert set(train.indices).isdisjoint(test.indices)
     tr2, te2 = data.get_datasets("cifar10dvs", root=tmp_path, T=4)
     assert tr2.indices == train.indices
+    # batches are time-major, as every temporal tensor of the library
+    xb, yb = next(iter(data.make_loader(test, "cifar10dvs", 3, train=False)))
+    assert xb.shape == (4, 3, 2, 48, 48) and yb.shape == (3,)
+    assert torch.equal(xb[:, 1], test[1][0])
+    assert data.ann_view(xb).shape == (3, 2, 48, 48)
+
+
+def test_imagenet_without_val_and_dvs_without_events_named(tmp_path):
+    tinydata.write_imagenet(tmp_path, per_class=1)
+    import shutil
+    shutil.rmtree(tmp_path / "imagenet" / "val")
+    with pytest.raises(data.DatasetNotFoundError, match=r"ImageNet folder .*imagenet has no val/: expected"):
+        data.get_datasets("imagenet", root=tmp_path)
+    (tmp_path / "cifar10dvs" / "events_np" / "airplane").mkdir(parents=True)
+    with pytest.raises(data.DatasetNotFoundError, match=r"events_np holds no event files: expected"):
+        data.get_datasets("cifar10dvs", root=tmp_path)
 
 
 def test_digits_split_deterministic_and_stratified():

@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -86,7 +85,7 @@ def test_each_loss_term_can_be_switched_off(off):
     loss, parts = total_loss("hybrid", LossConfig(**{off: 0.0}), y, y_s, y_a, y_m)
     assert set(all_parts) == {"ce", "kd", "hybrid_ce", "hybrid_kd"}
     assert off not in parts and set(parts) == set(all_parts) - {off}
-    assert float(loss) == pytest.approx(sum(parts.values()), rel=1e-5)
+    assert float(loss) == pytest.approx(float(sum(parts.values())), rel=1e-5)
 
 
 def test_method_terms():
@@ -192,48 +191,6 @@ def test_garbage_teacher_checkpoint_refused(tmp_path):
     p = _cli("--method", "hybrid", "--teacher-ckpt", str(bad), "--out", str(tmp_path / "run"), cwd=tmp_path)
     assert p.returncode != 0 and f"unreadable teacher checkpoint {str(bad)!r}" in p.stderr
     assert not (tmp_path / "run" / "result.json").exists()
-
-
-DDP_SCRIPT = textwrap.dedent("""
-    import os, sys, torch, torch.distributed as dist
-    os.environ["HYBRIDKD_BACKEND"] = "gloo"
-    from hybridkd_lib.trainer import Learner, TrainConfig, average_gradients, dist_env, enable_sync_bn, make_optimizer
-    rank, world = dist_env()
-    assert world == 2
-    torch.manual_seed(100 + rank)  # different init on each rank: the broadcast must align them
-    cfg = TrainConfig(method="ratebp", student_kw={"width": 4}, T=2)
-    learner = Learner(cfg, 10, (1, 8, 8))
-    enable_sync_bn(learner, "ratebp")
-    params = learner.trainable()
-    for p in params:
-        dist.broadcast(p.data, 0)
-    opt = make_optimizer(cfg, params)
-    for step in range(3):
-        g = torch.Generator().manual_seed(step * 10 + rank)  # each rank its own data shard
-        x, y = torch.randn(8, 1, 8, 8, generator=g), torch.randint(10, (8,), generator=g)
-        loss, _, _ = learner.step_loss(x, y)
-        opt.zero_grad(); loss.backward(); average_gradients(params, world); opt.step()
-    flat = torch.cat([p.detach().flatten() for p in params]
-                     + [b.detach().flatten() for n, b in learner.named_buffers() if "running" in n])
-    gathered = [torch.empty_like(flat) for _ in range(world)]
-    dist.all_gather(gathered, flat)
-    if rank == 0:
-        assert torch.equal(gathered[0], gathered[1]), "parameters or BN statistics diverged"
-        open(sys.argv[1], "w").write("identical %d" % flat.numel())
-    dist.destroy_process_group()
-""")
-
-
-def test_two_torchrun_processes_keep_identical_parameters(tmp_path):
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT)
-    marker = tmp_path / "ok.txt"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", "29517", str(script), str(marker)],
-                       capture_output=True, text=True, env=env, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert marker.read_text().startswith("identical")
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
