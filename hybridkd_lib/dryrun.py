@@ -55,7 +55,8 @@ def dry_run_params(run: Run, data_root: Path, checkpoints: dict) -> Run:
     p = {k: (checkpoints.get(v, v) if isinstance(v, str) else v) for k, v in run.params.items()}
     if "teacher_kw" in p:
         p["teacher_kw"] = {k: checkpoints.get(v, v) if isinstance(v, str) else v for k, v in p["teacher_kw"].items()}
-    p["device"] = "cpu"
+    if "device" in p:
+        p["device"] = "cpu"
     nproc = run.nproc
     if run.notebook in ("train_teacher", "train_student"):
         ds = p["dataset"]

@@ -92,11 +92,9 @@ def table_a(profile: str | None = None) -> pd.DataFrame:
                      "student": r["student"],
                      **{f"T={T}": _fmt(r["T"][str(T)], r["teacher_top1"]) for T in (2, 4, 6, 8)}})
     by_pair = {}
-    for run in runs(p):
-        if run.notebook == "train_student" and run.params.get("method") == "hybrid" and \
-                run.params["student"] in ("spiking_resnet18", "spiking_resnet19"):
-            key = (run.params["dataset"], run.params["teacher"], run.params["student"])
-            by_pair.setdefault(key, {})[run.params["T"]] = run.name
+    for run in table_a_runs(p):
+        key = (run.params["dataset"], run.params["teacher"], run.params["student"])
+        by_pair.setdefault(key, {})[run.params["T"]] = run.name
     for (ds, teacher, student), cells in by_pair.items():
         t_res = None
         row_cells = {}
@@ -116,12 +114,43 @@ def table_a(profile: str | None = None) -> pd.DataFrame:
 
 def table_a_provenance(profile: str | None = None) -> pd.DataFrame:
     p = profile or book_profile()
-    rows = []
-    for run in runs(p):
-        if run.notebook == "train_student" and run.params.get("method") == "hybrid" and \
-                run.params["student"] in ("spiking_resnet18", "spiking_resnet19"):
-            rows.append({"run": run.name, "provenance": provenance(result(run.name, p))})
+    rows = [{"run": run.name, "provenance": provenance(result(run.name, p))} for run in table_a_runs(p)]
     return pd.DataFrame(rows).set_index("run")
+
+
+def provenance_table(cell: str, profile: str | None = None) -> pd.DataFrame:
+    """Where each run feeding the book cells named ``cell...`` (e.g. ``"Table B"``) came from."""
+    p = profile or book_profile()
+    return pd.DataFrame([{"run": r.name, "provenance": provenance(result(r.name, p))} for r in runs(p)
+                         if any(c.startswith(cell) for c in r.cells)])
+
+
+def table_a_runs(profile: str | None = None) -> list[Run]:
+    """The runs that feed Table A (the plan's cells say which)."""
+    return [r for r in runs(profile) if any(c.startswith("Table A ") for c in r.cells)]
+
+
+def table_a_plot(profile: str | None = None):
+    """SNN - teacher top-1 against T, one line per dataset and student <- teacher pair (None if nothing ran)."""
+    import matplotlib.pyplot as plt
+
+    p = profile or book_profile()
+    rows = []
+    for run in table_a_runs(p):
+        res, prm = result(run.name, p), run.params
+        if res:
+            rows.append({"pair": f"{NICE.get(prm['dataset'], prm['dataset'])}: {_short(prm['student'])} <- "
+                                 f"{_short(prm['teacher'])}", "T": prm["T"],
+                         "gap to teacher": res["top1"] - res["teacher_top1"]})
+    if not rows:
+        return None
+    df = pd.DataFrame(rows).pivot(index="T", columns="pair", values="gap to teacher")
+    fig, ax = plt.subplots(figsize=(5.5, 3))
+    df.plot(ax=ax, marker="o", title=f"measured ({p}): SNN - teacher top-1")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylabel("percentage points")
+    ax.legend(fontsize=7)
+    return fig
 
 
 # ----------------------------------------------------------------------------- Table B

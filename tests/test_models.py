@@ -119,3 +119,32 @@ def test_spike_pass_equals_spikingjelly_forward(name, channels_last):
     got = ratebp.spike_pass(m, x)
     ratebp.set_mode(m, "bptt")
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "ddp", "timm_train"])
+def test_timm_teacher_loads_every_checkpoint_format(tmp_path, fmt):
+    """safetensors, a DDP ``module.``-prefixed ``state_dict``, timm train.py's dict (EMA preferred)."""
+    from hybridkd_lib.tinydata import write_timm_checkpoint
+
+    path = write_timm_checkpoint("resnet34", tmp_path / f"r34.{'safetensors' if fmt == 'safetensors' else 'pth'}",
+                                 fmt, seed=3)
+    ref = write_timm_checkpoint("resnet34", tmp_path / "ref.safetensors", "safetensors", seed=3)
+    from safetensors.torch import load_file
+    want = load_file(str(ref))
+    model = create_model("resnet34", num_classes=1000, checkpoint_path=str(path))
+    got = model.net.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(ValueError, match=r"fc.weight has shape \[1000, 512\] in the checkpoint, the model expects "
+                                         r"\[10, 512\]"):
+        create_model("resnet34", num_classes=10, checkpoint_path=str(path))
+
+
+def test_vit_fine_tune_starts_from_an_imagenet_checkpoint_with_a_new_head(tmp_path):
+    from hybridkd_lib.tinydata import write_timm_checkpoint
+
+    kw = dict(img_size=32, patch_size=8, depth=4, embed_dim=32, num_heads=2)
+    path = write_timm_checkpoint("vit_small_patch16_224", tmp_path / "vit.pth", "timm_train", **kw)
+    m = create_model("vit_small_patch16_224", num_classes=10, init_checkpoint=str(path), **kw)
+    src = torch.load(path, weights_only=True)["state_dict"]
+    assert torch.equal(m.net.blocks[0].attn.qkv.weight, src["blocks.0.attn.qkv.weight"])
+    assert m.net.head.weight.shape == (10, 32)

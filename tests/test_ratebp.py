@@ -203,3 +203,27 @@ def test_bn_rate_backward_equals_autograd_of_the_defining_formula(affine):
     want = [xr.grad] + ([w.grad, b.grad] if affine else [])
     for a, e in zip(got, want):
         torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
+
+
+def test_lif_state_stays_fp32_under_bf16_autocast_and_spikes_match_spikingjelly_fp32():
+    """bf16 autocast (the CUDA default) must not put the membrane potential or the eligibility in
+    bf16: spikingjelly's CUDA kernel needs fp32 state, and 2^-7 steps at the threshold change spikes."""
+    from spikingjelly.activation_based import neuron, surrogate
+
+    torch.manual_seed(0)
+    x = (torch.randn(6, 4, 32) * 1.5).to(torch.bfloat16)  # a conv output under autocast
+    lif = LIF()
+    seen = []
+    lif.node.register_forward_hook(lambda m, inp, out: seen.append((inp[0].dtype, m.v.dtype)))
+    with torch.autocast("cpu", torch.bfloat16):
+        bptt_spikes = lif(x)
+    assert seen == [(torch.float32, torch.float32)] and bptt_spikes.dtype == torch.bfloat16
+    ref = neuron.LIFNode(tau=lif.cfg.tau, decay_input=False, v_threshold=1.0, v_reset=None, detach_reset=True,
+                         surrogate_function=surrogate.Sigmoid(alpha=4.0), step_mode="m")(x.float())
+    assert torch.equal(bptt_spikes.float(), ref)
+    ratebp.set_mode(lif, "spike")
+    with torch.autocast("cpu", torch.bfloat16), torch.no_grad():
+        spikes = lif(x)
+    assert lif.rate.dtype == torch.float32 and lif.elig.dtype == torch.float32
+    assert torch.equal(spikes.float(), ref)
+    torch.testing.assert_close(lif.rate, ref.mean(0))

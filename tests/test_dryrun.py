@@ -1,0 +1,54 @@
+"""The whole full profile on the CPU: every run of the plan through its papermill notebook, at the real
+network sizes, on tiny data in the real formats, ImageNet as 2 torchrun processes; then the book."""
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from hybridkd_lib.dryrun import dry_run
+from hybridkd_lib.plan import plan
+
+REPORT = Path(os.environ.get("HYBRIDKD_TEST_REPORT", "/tmp/hybridkd_test_report"))
+RESULTS_PAGES = ("table_a", "table_b", "table_c", "fig_a", "fig_4")
+
+
+@pytest.fixture(scope="module")
+def dry(tmp_path_factory):
+    return dry_run("full", out=tmp_path_factory.mktemp("dryrun"), log=lambda *_: None)
+
+
+def test_every_run_of_the_full_plan_executes(dry):
+    assert dry["failed"] == {}
+    names = [r.name for r in plan("full")]
+    assert sorted(dry["ran"]) == sorted(names)
+    root = Path(dry["root"]) / "results" / "full"
+    rows = []
+    for run in plan("full"):
+        res = json.loads((root / run.name / "result.json").read_text())
+        p = run.params
+        rows.append({"run": run.name, "notebook": run.notebook, "dataset": p.get("dataset", "-"),
+                     "student": p.get("student", "-") if run.notebook != "train_teacher" else "-",
+                     "teacher": p.get("teacher", "-"), "method": p.get("method", "ann" if run.notebook ==
+                                                                       "train_teacher" else run.notebook),
+                     "processes": dry["processes"][run.name], "seconds": dry["seconds"][run.name]})
+        if run.notebook.startswith("train"):
+            assert res["device"] == "cpu" and res["world_size"] == dry["processes"][run.name]
+    # the multi-process runs of the plan ran as 2 torchrun processes through the same DDP code
+    imagenet = [r for r in rows if r["dataset"] == "imagenet"]
+    assert len(imagenet) == 3 and all(r["processes"] == 2 for r in imagenet)
+    REPORT.mkdir(parents=True, exist_ok=True)
+    (REPORT / "dryrun_runs.json").write_text(json.dumps({"runs": rows, "book_s": dry["seconds"].get("book")},
+                                                        indent=1))
+
+
+def test_the_book_builds_from_the_dry_run_with_every_results_cell_measured(dry):
+    html = Path(dry["book"])
+    for page in RESULTS_PAGES:
+        text = (html / "book" / f"{page}.html").read_text()
+        assert not re.search(r'class="output (error|traceback|stderr)', text), page
+        assert "not run" not in text, page
+        assert "measured (full)" in text or page in ("table_c", "fig_a", "fig_4"), page
+    assert "<img" in (html / "book" / "fig_a.html").read_text()
+    assert "<img" in (html / "book" / "fig_4.html").read_text()
