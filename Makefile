@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 KERNEL := hybridkd
 PROFILE ?= quick
 
-.PHONY: setup test book clean-book
+.PHONY: setup test book clean-book wheels
 
 # Reinstall only when requirements.txt or pyproject.toml changed (the stamp is older).
 $(STAMP): requirements.txt pyproject.toml
@@ -31,3 +31,14 @@ book: setup
 
 clean-book:
 	rm -rf _build
+
+# Wheels for a GPU machine without network or venv (scripts/gpu_check.sh installs them from .whl/):
+# this project and the pure-Python pins such a machine lacks, for CPython 3.12 on x86-64.
+WHEEL_PINS := spikingjelly timm tqdm
+wheels: setup
+	mkdir -p .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  $$(for n in $(WHEEL_PINS); do grep -E "^$$n==" requirements.txt; done)
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w .whl .
+	ls .whl

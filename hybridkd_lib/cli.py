@@ -16,6 +16,12 @@ def cmd_datasets(args) -> int:
     for r in rows:
         print(f"{r['name']:<11} {r['classes']:>7}  {r['input']:<12} "
               f"{'yes' if r['present'] else 'MISSING':<8} {r['path']}")
+    from hybridkd_lib.plan import CHECKPOINTS
+    from hybridkd_lib.results import REPO_ROOT
+
+    print("\ncheckpoints the full profile reads (timm formats; see data/README.md):")
+    for key, rel in CHECKPOINTS.items():
+        print(f"{key:<13} {'yes' if (REPO_ROOT / rel).is_file() else 'MISSING':<8} {REPO_ROOT / rel}")
     return 0
 
 

@@ -13,6 +13,7 @@ heap pages the step freed returned to the OS (``memory.release_freed_memory``).
 """
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import resource
@@ -104,8 +105,13 @@ def device_name(dev: torch.device) -> str:
 
 
 def bench(methods, Ts, student="spiking_resnet18", teacher="cifar_resnet18", batch_size=32, input_size=32,
-          device="cpu", steps=3, warmup=1, student_kw=None, teacher_kw=None, log=print) -> dict:
-    """Every (method, T) in a fresh process; returns ``{"machine": ..., "records": [...]}``."""
+          device="cpu", steps=3, warmup=1, student_kw=None, teacher_kw=None, log=print,
+          fresh_process: bool | None = None) -> dict:
+    """Every (method, T); returns ``{"machine": ..., "records": [...]}``. ``fresh_process`` (default: on the
+    CPU only, where peak RSS cannot be reset) runs each configuration in its own process; on CUDA the
+    peak is ``max_memory_allocated`` after a reset, so one process serves them all."""
+    if fresh_process is None:
+        fresh_process = torch.device(device).type == "cpu"
     from hybridkd_lib.results import git_commit
 
     for m in methods:
@@ -117,11 +123,17 @@ def bench(methods, Ts, student="spiking_resnet18", teacher="cifar_resnet18", bat
             spec = dict(method=m, T=T, student=student, teacher=teacher, batch_size=batch_size,
                         input_size=input_size, device=device, steps=steps, warmup=warmup,
                         student_kw=student_kw, teacher_kw=teacher_kw)
-            p = subprocess.run([sys.executable, "-m", "hybridkd_lib.efficiency", json.dumps(spec)],
-                               capture_output=True, text=True)
-            if p.returncode != 0:
-                raise RuntimeError(f"bench {m} T={T} failed:\n{p.stderr[-2000:]}")
-            rec = json.loads(p.stdout.strip().splitlines()[-1])
+            if fresh_process:
+                p = subprocess.run([sys.executable, "-m", "hybridkd_lib.efficiency", json.dumps(spec)],
+                                   capture_output=True, text=True)
+                if p.returncode != 0:
+                    raise RuntimeError(f"bench {m} T={T} failed:\n{p.stderr[-2000:]}")
+                rec = json.loads(p.stdout.strip().splitlines()[-1])
+            else:
+                rec = run_one(**spec)
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
             records.append(rec)
             log(f"{m:>12} T={T}: {rec['step_time_s']:.3f} s/step, {rec['peak_mem_mb']:.0f} MB, "
                 f"{rec['images_per_s']:.1f} img/s")
@@ -131,6 +143,71 @@ def bench(methods, Ts, student="spiking_resnet18", teacher="cifar_resnet18", bat
     for r in records:
         r["git_commit"] = machine["git_commit"]
     return {"machine": machine, "records": records}
+
+
+def plan_setups(profile: str = "full") -> list[dict]:
+    """The distinct training set-ups (method, networks, input, T) of the plan's training runs."""
+    from hybridkd_lib.plan import plan
+
+    seen, out = set(), []
+    for run in plan(profile):
+        if not run.notebook.startswith("train"):
+            continue
+        p = run.params
+        spec = dict(method=p.get("method", "ann"), dataset=p["dataset"], T=p.get("T", 4),
+                    student=p.get("student", "spiking_resnet18"), teacher=p.get("teacher"),
+                    student_kw=p.get("student_kw", {}), teacher_kw=p.get("teacher_kw", {}),
+                    teacher_input_size=p.get("teacher_input_size"))
+        key = json.dumps({k: v for k, v in spec.items() if k != "T" or spec["dataset"] == "cifar10dvs"},
+                         sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(dict(spec, name=run.name))
+    return out
+
+
+def two_step_check(spec: dict, device: str, batch_size: int = 8, steps: int = 2) -> dict:
+    """Two training steps of one set-up (``plan_setups``) at full size on random inputs of the dataset's
+    shape, bf16 autocast on CUDA; teachers are randomly initialised (no checkpoint is read)."""
+    from hybridkd_lib.data import dataset_info
+    from hybridkd_lib.trainer import Learner, TrainConfig, make_optimizer
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    info = dataset_info(spec["dataset"])
+    weights = ("checkpoint_path", "init_checkpoint", "pretrained")
+    cfg = TrainConfig(method=spec["method"], dataset=spec["dataset"], student=spec["student"],
+                      teacher=spec["teacher"] or "cifar_resnet18", T=spec["T"], student_kw=spec["student_kw"],
+                      teacher_kw={k: v for k, v in spec["teacher_kw"].items() if k not in weights},
+                      teacher_input_size=spec["teacher_input_size"])
+    shape = tuple(spec["T"] if d == "T" else d for d in info.input_shape)
+    sample_shape = shape[1:] if info.input_shape[0] == "T" else shape
+    learner = Learner(cfg, info.num_classes, sample_shape).to(dev).train()
+    opt = make_optimizer(cfg, learner.trainable())
+    # a frame sequence is time-major [T, B, ...], as the loader batches it
+    x = (torch.randn(shape[0], batch_size, *shape[1:], device=dev) if info.input_shape[0] == "T"
+         else torch.randn(batch_size, *shape, device=dev))
+    y = torch.randint(info.num_classes, (batch_size,), device=dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times, losses = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        with torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda"):
+            loss, _, _ = learner(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        times.append(time.perf_counter() - t0)
+        losses.append(float(loss.detach()))
+    peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {**{k: spec[k] for k in ("name", "method", "dataset", "student", "teacher", "T")},
+            "input": list(x.shape), "batch_size": batch_size, "step_times_s": [round(t, 4) for t in times],
+            "losses": losses, "finite": all(l == l and abs(l) != float("inf") for l in losses),
+            "peak_mem_mb": round(peak, 1), "device": device_name(dev)}
 
 
 if __name__ == "__main__":  # one configuration, JSON on the last stdout line

@@ -198,7 +198,7 @@ def table_c() -> pd.DataFrame:
                      "Tea-Acc (%) reported": rep.get(key, "-"), "Learning Rate": prm["lr"],
                      "Weight Decay": prm["weight_decay"], "Epochs": prm["epochs"], "Scheduler": "Cosine",
                      "Optimizer": {"sgd": "SGDM", "adamw": "AdamW"}[prm["optimizer"]],
-                     "T": prm["T"], "Batch/GPU": prm["batch_size"]})
+                     "T": prm["T"], "Batch (global)": prm["batch_size"], "GPUs": run.nproc})
     return pd.DataFrame(rows)
 
 

@@ -1,32 +1,74 @@
 #!/usr/bin/env bash
-# GPU check: one command on a CUDA machine without internet or datasets.
-#   1. the tests that have CUDA variants,
-#   2. the Fig. 4 bench on synthetic CIFAR-shaped data, spiking_resnet18 <- cifar_resnet18,
-#      T in {1, 2, 4, 8}, every method,
-#   3. a 200-step `hybrid` training throughput run at T=4, batch 128.
-# Results (JSON, with the device name) go to book/data/gpu/ -- commit them: CPU machines cannot redo them.
-# Usage: bash scripts/gpu_check.sh [OUT_DIR]   (set PY to use another interpreter than .venv/bin/python)
+# GPU check: one command on a CUDA machine without internet, datasets or the project's venv.
+#   0. set-up: .venv/bin/python if there is one; else the machine's python3 (torch >= 2.11 with CUDA)
+#      plus the wheels of `make wheels` (.whl/: this project and the pure-Python pins it lacks),
+#      installed into a temporary folder (no network, nothing outside it changed);
+#   1. the tests that have CUDA variants;
+#   2. two bf16 training steps of every distinct training set-up of the full plan, at full size, on
+#      random inputs of each dataset's shape;
+#   3. the Fig. 4 bench on synthetic CIFAR-shaped data, spiking_resnet18 <- cifar_resnet18,
+#      T in {1, 2, 4, 8}, every method, batch 128;
+#   4. a 200-step `hybrid` training throughput run at T=4, batch 128.
+# Results (JSON, with the device name) go to OUT_DIR (default book/data/gpu/) -- commit them: CPU
+# machines cannot redo them. Budget: about 8 minutes on one H200.
+# Usage: bash scripts/gpu_check.sh [OUT_DIR]   (PY=... picks another interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
 OUT=${1:-book/data/gpu}
 mkdir -p "$OUT"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 export PYTHONUNBUFFERED=1
 
-"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
-"$PY" -m pytest -q tests/test_cuda.py tests/test_ratebp.py -k "cuda or single_lif" 2>&1 | tee "$OUT/pytest_cuda_$stamp.log"
+if [ -z "${PY:-}" ]; then
+  if [ -x .venv/bin/python ]; then
+    PY=.venv/bin/python
+  else
+    PY=python3
+    if ! ls .whl/*.whl >/dev/null 2>&1; then
+      echo "no .venv and no wheels in .whl/: run 'make wheels' where the package registry is reachable and carry .whl/" >&2
+      exit 2
+    fi
+    site=$(mktemp -d /tmp/hybridkd_site.XXXX)
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl
+    export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+fi
 
-"$PY" -m hybridkd_lib bench --device cuda --T 1 2 4 8 --batch-size 128 --steps 20 --warmup 5 \
+"$PY" - <<'PYEOF'
+import torch
+major, minor = (int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+assert (major, minor) >= (2, 11), f"torch {torch.__version__}: need >= 2.11"
+assert torch.cuda.is_available(), "no CUDA device"
+print("torch", torch.__version__, "on", torch.cuda.get_device_name(0))
+PYEOF
+
+timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_ratebp.py \
+  -k "cuda or single_lif or fp32" 2>&1 | tee "$OUT/pytest_cuda_$stamp.log"
+
+timeout 150 "$PY" - "$OUT/setups_cuda_$stamp.json" <<'PYEOF'
+import json, sys
+from hybridkd_lib.efficiency import plan_setups, two_step_check
+from hybridkd_lib.results import git_commit, write_json
+records = []
+for spec in plan_setups("full"):
+    rec = two_step_check(spec, "cuda", batch_size=16 if spec["dataset"] == "imagenet" else 32)
+    print(f"{rec['name']:<42} {rec['method']:<7} input {rec['input']} steps {rec['step_times_s']} s, "
+          f"peak {rec['peak_mem_mb']:.0f} MB, finite {rec['finite']}")
+    records.append(rec)
+write_json(sys.argv[1], {"kind": "full_plan_setups", "git_commit": git_commit(), "records": records})
+assert all(r["finite"] for r in records), "a non-finite loss"
+PYEOF
+
+timeout 200 "$PY" -m hybridkd_lib bench --device cuda --T 1 2 4 8 --batch-size 128 --steps 10 --warmup 3 \
   --methods forward_only bptt bptt_ckpt bptt_kd ratebp kd hybrid --out "$OUT/bench_cuda_$stamp.json"
 
-"$PY" - "$OUT/throughput_cuda_$stamp.json" <<'PYEOF'
+timeout 120 "$PY" - "$OUT/throughput_cuda_$stamp.json" <<'PYEOF'
 import json, sys
 from hybridkd_lib.efficiency import run_one
 from hybridkd_lib.results import git_commit, write_json
 rec = run_one("hybrid", 4, "spiking_resnet18", "cifar_resnet18", batch_size=128, input_size=32,
               device="cuda", steps=200, warmup=10)
-rec.update(kind="throughput", steps=200, git_commit=git_commit(),
+rec.update(kind="throughput", steps=200, git_commit=git_commit(), target_images_per_s=2100,
            epoch_s_cifar10=round(50000 / rec["images_per_s"], 1),
            hours_300_epochs=round(300 * 50000 / rec["images_per_s"] / 3600, 2))
 write_json(sys.argv[1], rec)

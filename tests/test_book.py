@@ -1,10 +1,6 @@
 """The plan, papermill notebooks, the report and the Jupyter Book build (smoke profile)."""
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import papermill as pm
 import pytest
@@ -107,23 +103,14 @@ def test_notebooks_are_committed_without_outputs():
             assert sum("parameters" in c["metadata"].get("tags", []) for c in code) == 1, nb.name
 
 
-def test_book_builds_without_error_outputs(smoke, tmp_path):
-    root, _ = smoke
-    env = dict(os.environ, HYBRIDKD_RESULTS=str(root), HYBRIDKD_BOOK_PROFILE="smoke")
-    jb = Path(sys.executable).with_name("jupyter-book")
-    p = subprocess.run([str(jb), "build", str(REPO_ROOT), "--path-output", str(tmp_path)], env=env,
-                       capture_output=True, text=True, timeout=1800)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    html = tmp_path / "_build" / "html"
-    pages = {f.relative_to(html).as_posix(): f.read_text() for f in list(html.glob("book/*.html"))
-             + list(html.glob("notebooks/*.html"))}
-    for name in ("book/table_a.html", "book/table_b.html", "book/table_c.html", "book/fig_a.html",
-                 "book/fig_4.html", "book/runs.html", "notebooks/tutorial_ratebp.html"):
-        assert name in pages, name
-    for name, text in pages.items():
-        assert not re.search(r'class="output (error|traceback|stderr)', text), name
-    assert "reported" in pages["book/table_a.html"] and "measured (smoke)" in pages["book/table_a.html"]
-    assert "<img" in pages["book/fig_a.html"] and "<img" in pages["book/fig_4.html"]
-    # the committed reference CPU run and the efficiency targets as ratios
-    assert "CPU file bench_" in pages["book/fig_4.html"]
-    assert "ratebp / bptt peak memory" in pages["book/fig_4.html"]
+def test_reproduce_nproc_keeps_the_global_batch_and_says_what_changed():
+    from hybridkd_lib.reproduce import with_nproc
+
+    said = []
+    runs = with_nproc(plan("full"), 4, log=said.append)
+    imagenet = [r for r in runs if r.params.get("dataset") == "imagenet"]
+    assert all(r.nproc == 4 and r.params["batch_size"] == 512 for r in imagenet)
+    assert all(r.nproc == 1 for r in runs if r not in imagenet)
+    assert len(said) == 3 and "8 -> 4 processes; global batch 512 kept, per-process batch 64 -> 128" in said[0]
+    with pytest.raises(ValueError, match="global batch 512, which does not divide across 3 processes"):
+        with_nproc(plan("full"), 3)

@@ -154,8 +154,10 @@ def test_unknown_dataset_lists_valid_names():
 def test_cli_datasets(tmp_path):
     out = subprocess.run([sys.executable, "-m", "hybridkd_lib", "datasets", "--data-root", str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout
-    lines = {l.split()[0]: l for l in out.splitlines()[1:]}
+    table, checkpoints = out.split("\n\n")
+    lines = {l.split()[0]: l for l in table.splitlines()[1:]}
     assert set(lines) == set(data.DATASETS)
+    assert "vit_imagenet" in checkpoints and "vit_small_patch16_224_imagenet.pth" in checkpoints
     assert "yes" in lines["digits"]
     for name in ("cifar10", "cifar100", "imagenet", "cifar10dvs"):
         assert "MISSING" in lines[name] and str(tmp_path) in lines[name]

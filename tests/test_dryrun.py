@@ -44,7 +44,20 @@ def test_every_run_of_the_full_plan_executes(dry):
 
 
 def test_the_book_builds_from_the_dry_run_with_every_results_cell_measured(dry):
+    """The one book build of the test suite (jupyter-book, Sphinx): every page, full-profile results."""
     html = Path(dry["book"])
+    pages = {f.relative_to(html).as_posix(): f.read_text() for f in list(html.glob("book/*.html"))
+             + list(html.glob("notebooks/*.html"))}
+    for name in ("book/table_a.html", "book/table_b.html", "book/table_c.html", "book/fig_a.html",
+                 "book/fig_4.html", "book/runs.html", "book/full_scale.html", "book/datasets.html",
+                 "notebooks/tutorial_lif.html", "notebooks/tutorial_ratebp.html", "notebooks/tutorial_hybrid.html"):
+        assert name in pages, name
+    for name, text in pages.items():
+        assert not re.search(r'class="output (error|traceback|stderr)', text), name
+    assert "reported" in pages["book/table_a.html"]
+    # the committed reference CPU run and the efficiency targets as ratios
+    assert "CPU file bench_" in pages["book/fig_4.html"]
+    assert "ratebp / bptt peak memory" in pages["book/fig_4.html"]
     for page in RESULTS_PAGES:
         text = (html / "book" / f"{page}.html").read_text()
         assert not re.search(r'class="output (error|traceback|stderr)', text), page

@@ -8,10 +8,10 @@ from hybridkd_lib.efficiency import BENCH_METHODS, bench
 
 
 def test_bench_records_all_methods(tmp_path):
-    out = bench(list(BENCH_METHODS), [1, 2], student_kw={"width": 4}, teacher_kw={"width": 4},
+    out = bench(list(BENCH_METHODS), [1], student_kw={"width": 4}, teacher_kw={"width": 4},
                 batch_size=2, input_size=16, steps=1, warmup=1, log=lambda *_: None)
-    recs = out["records"]
-    assert [(r["method"], r["T"]) for r in recs] == [(m, T) for T in (1, 2) for m in BENCH_METHODS]
+    recs = out["records"]  # (T=2, every method, at full width: the efficiency run of the dry run)
+    assert [(r["method"], r["T"]) for r in recs] == [(m, 1) for m in BENCH_METHODS]
     for r in recs:
         for key in ("method", "T", "step_time_s", "peak_mem_mb", "images_per_s", "device", "batch_size",
                     "git_commit"):
@@ -58,3 +58,25 @@ def test_bench_claims_compute_every_target_ratio():
     # a run without bptt_kd simply has no hybrid rows
     partial = report.bench_claims([r for r in recs if r["method"] != "bptt_kd"])
     assert not partial["claim"].str.startswith("hybrid").any()
+
+
+def test_bench_in_one_process_gives_the_same_records():
+    """The GPU path of ``bench`` (all configurations in one process) on the CPU."""
+    out = bench(["ratebp", "hybrid"], [2], student_kw={"width": 4}, teacher_kw={"width": 4}, batch_size=2,
+                input_size=16, steps=1, warmup=0, log=lambda *_: None, fresh_process=False)
+    assert [(r["method"], r["T"]) for r in out["records"]] == [("ratebp", 2), ("hybrid", 2)]
+    assert all(r["step_time_s"] > 0 for r in out["records"])
+
+
+def test_plan_setups_cover_every_network_of_the_full_plan_and_two_steps_run_at_full_size():
+    from hybridkd_lib.efficiency import plan_setups, two_step_check
+    from hybridkd_lib.plan import plan
+
+    setups = plan_setups("full")
+    runs = [r.params for r in plan("full") if r.notebook.startswith("train")]
+    assert {s["student"] for s in setups if s["method"] != "ann"} == {p["student"] for p in runs if "student" in p}
+    assert {s["teacher"] for s in setups} == {p["teacher"] for p in runs}
+    assert {s["dataset"] for s in setups} == {"cifar10", "cifar100", "imagenet", "cifar10dvs"}
+    dvs = next(s for s in setups if s["dataset"] == "cifar10dvs" and s["method"] == "hybrid")
+    rec = two_step_check(dict(dvs, T=2), "cpu", batch_size=2)
+    assert rec["input"] == [2, 2, 2, 48, 48] and rec["finite"] and len(rec["step_times_s"]) == 2

@@ -1,6 +1,5 @@
 """Hybrid distillation, the trainer's faults and bad input."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
