@@ -40,5 +40,5 @@ wheels: setup
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
 	  $$(for n in $(WHEEL_PINS); do grep -E "^$$n==" requirements.txt; done)
-	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w .whl .
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w .whl . && rm -rf build
 	ls .whl

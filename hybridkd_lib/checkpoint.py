@@ -34,16 +34,24 @@ def save_epoch(folder: str | Path, epoch: int, state: dict, keep: int = 2) -> Pa
     return path
 
 
+EPOCH_KEYS = ("epoch", "learner", "optimizer", "scheduler", "rng", "history", "train_time_s")
+
+
 def load_latest(folder: str | Path, log=print):
     """The newest readable checkpoint ``(path, state)``, or ``(None, None)``.
 
-    A truncated or corrupt file is reported by name and the previous one is used.
+    A truncated or corrupt file, or one that is no epoch checkpoint of this library, is reported
+    by name and the previous one is used.
     """
     folder = Path(folder)
     for path in sorted(folder.glob("epoch_*.pt"), reverse=True):
         try:
-            return path, load(path)
-        except Exception as exc:  # truncated pickle, bad zip, ...
+            state = load(path)
+            missing = [k for k in EPOCH_KEYS if not isinstance(state, dict) or k not in state]
+            if missing:
+                raise ValueError(f"not an epoch checkpoint of this library (no {', '.join(missing)})")
+            return path, state
+        except Exception as exc:  # truncated pickle, bad zip, another file, ...
             msg = f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); trying the previous one"
             warnings.warn(msg)
             log(msg)

@@ -40,7 +40,8 @@ def cmd_train(args) -> int:
 
     if args.config:  # the whole configuration from a JSON file (what trainer.launch gives torchrun)
         cfg = TrainConfig.from_dict(json.loads(open(args.config).read()))
-        train(cfg)
+        args.out = cfg.out
+        train(cfg, overwrite=args.overwrite)
         return 0
     if not args.method or not args.out:
         raise ValueError("train needs --method and --out (or --config FILE)")
@@ -52,19 +53,17 @@ def cmd_train(args) -> int:
         teacher_kw=args.teacher_kw, data_kw=args.data_kw, loss=args.loss,
         teacher_input_size=args.teacher_input_size, num_workers=args.num_workers,
         max_steps_per_epoch=args.max_steps_per_epoch, progress=not args.no_progress)
-    train(cfg)
+    train(cfg, overwrite=args.overwrite)
     return 0
 
 
 def cmd_bench(args) -> int:
     from hybridkd_lib.efficiency import bench
-    from hybridkd_lib.results import write_json
 
     out = bench(args.methods, args.T, student=args.student, teacher=args.teacher, batch_size=args.batch_size,
                 input_size=args.input_size, device=args.device, steps=args.steps, warmup=args.warmup,
-                student_kw=args.student_kw, teacher_kw=args.teacher_kw)
+                student_kw=args.student_kw, teacher_kw=args.teacher_kw, out=args.out)
     if args.out:
-        write_json(args.out, out)
         print(f"wrote {args.out}")
     print(f"\n{'method':>12} {'T':>3} {'s/step':>8} {'peak MB':>8} {'img/s':>8}")
     for r in out["records"]:
@@ -80,7 +79,8 @@ def cmd_reproduce(args) -> int:
 
         report = dry_run(args.profile, out=args.out, only=args.only or None)
     else:
-        report = reproduce(args.profile, only=args.only or None, results_root=args.results, nproc=args.nproc)
+        report = reproduce(args.profile, only=args.only or None, results_root=args.results, nproc=args.nproc,
+                           dry_plan=args.dry_plan)
     if report["failed"]:
         print("failed runs:", file=sys.stderr)
         for name, reason in report["failed"].items():
@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loader processes per training process (default: 0 for in-memory data, else from the CPUs)")
     t.add_argument("--max-steps-per-epoch", type=int, default=None)
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start over in --out even if it holds a run with other settings (its files are removed)")
     t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("bench", help="time and peak memory per training step vs T (Fig. 4), synthetic data")
@@ -155,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write tiny datasets and checkpoints in the real formats, then execute every distinct run "
                         "of the profile on the CPU (2 steps each) and build the book from them")
     r.add_argument("--out", default=None, help="with --dry-run: its folder (default: a new temporary folder)")
+    r.add_argument("--dry-plan", "--list", dest="dry_plan", action="store_true",
+                   help="print every run and whether it would run, and why (new, settings changed, dependency "
+                        "changed, files missing); run nothing")
     r.set_defaults(func=cmd_reproduce)
     return p
 
@@ -163,6 +168,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        where = getattr(args, "out", None)
+        how = (f"run the same command again to resume {where} from its last checkpoint" if args.command == "train"
+               else "run the same command again: finished runs are kept")
+        print(f"\ninterrupted: {how}", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ frame (``ann_view``).
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,8 +197,6 @@ def _files_only(cls):
             return all((folder / f).is_file() for f, _ in self.train_list + self.test_list)
 
         def _load_meta(self) -> None:
-            import pickle
-
             with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
                 meta = pickle.load(f, encoding="latin1")
             self.classes = meta[self.meta["key"]]
@@ -221,8 +220,26 @@ def cifar_datasets(name: str, root: Path, download: bool = False, verify_md5: bo
     if not is_present(name, root):
         raise _missing(name, root)
     train_tf, test_tf = cifar_transforms(name)
-    return (cls(str(root), train=True, transform=train_tf, download=False),
-            cls(str(root), train=False, transform=test_tf, download=False))
+    try:
+        return (cls(str(root), train=True, transform=train_tf, download=False),
+                cls(str(root), train=False, transform=test_tf, download=False))
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as exc:
+        raise ValueError(f"{name}: {_unreadable_cifar_file(cls, root) or 'a file'} is corrupt or truncated "
+                         f"({type(exc).__name__}: {exc}); replace it from the official tarball") from None
+
+
+def _unreadable_cifar_file(cls, root: Path) -> str | None:
+    """The first CIFAR batch file under ``root`` that does not unpickle as a batch."""
+    folder = Path(root) / cls.base_folder
+    for fname, _ in cls.train_list + cls.test_list:
+        try:
+            with open(folder / fname, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            if "data" not in entry:
+                return str(folder / fname)
+        except Exception:
+            return str(folder / fname)
+    return None
 
 
 # ----------------------------------------------------------------------------- ImageNet
@@ -378,6 +395,43 @@ def make_loader(dataset: Dataset, name: str, batch_size: int, train: bool, num_w
                       num_workers=num_workers, pin_memory=pin_memory, drop_last=train,
                       persistent_workers=num_workers > 0,
                       collate_fn=time_major_collate if is_sequence(name) else None)
+
+
+def _option_functions() -> dict:
+    return {"digits": digits_datasets, "cifar10": cifar_datasets, "cifar100": cifar_datasets,
+            "imagenet": imagenet_datasets, "cifar10dvs": cifar10dvs_datasets, "synthetic": synthetic_datasets}
+
+
+def _same_kind(value, default) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def check_options(name: str, options: dict) -> None:
+    """``data_kw`` of dataset ``name``: known keys of the right types, or an error listing the options."""
+    import inspect
+
+    if not isinstance(options, dict):
+        raise ValueError(f"data_kw={options!r} not allowed: expected a dict (a JSON object)")
+    params = {k: p for k, p in inspect.signature(_option_functions()[dataset_info(name)
+                                                                       .name]).parameters.items()
+              if k not in ("name", "root", "download")}
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise ValueError(f"data_kw key(s) {unknown} are not options of dataset {name!r}; options: "
+                         f"{', '.join(params) or 'none'}")
+    for k, v in options.items():
+        default = params[k].default
+        if default not in (inspect.Parameter.empty, None) and not _same_kind(v, default):
+            raise ValueError(f"data_kw {k}={v!r} not allowed for dataset {name!r}: expected "
+                             f"{type(default).__name__} (default {default!r})")
 
 
 def dataset_table(root: str | Path | None = None) -> list[dict]:

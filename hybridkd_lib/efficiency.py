@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
@@ -104,19 +105,44 @@ def device_name(dev: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def check_bench_args(methods, Ts, steps=1, warmup=0, batch_size=1, input_size=32, out=None) -> None:
+    """Refuse bad bench input before anything is measured (and check ``out`` can be written)."""
+    bad = [m for m in methods if m not in BENCH_METHODS]
+    if bad or not methods:
+        raise ValueError(f"unknown bench method(s) {bad or methods}; valid: {', '.join(BENCH_METHODS)}")
+    for name, values, low in (("T", Ts, 1), ("steps", [steps], 1), ("warmup", [warmup], 0),
+                              ("batch_size", [batch_size], 1), ("input_size", [input_size], 1)):
+        if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values):
+            raise ValueError(f"{name}={values if name == 'T' else values[0]!r} not allowed; "
+                             f"integers >= {low}")
+    if out is not None:
+        from hybridkd_lib.trainer import check_writable_folder
+
+        out = Path(out)
+        if out.is_dir():
+            raise ValueError(f"--out {str(out)!r} is a folder; expected a JSON file path, e.g. {out / 'bench.json'}")
+        check_writable_folder(out.parent, "the folder of --out")
+
+
 def bench(methods, Ts, student="spiking_resnet18", teacher="cifar_resnet18", batch_size=32, input_size=32,
           device="cpu", steps=3, warmup=1, student_kw=None, teacher_kw=None, log=print,
-          fresh_process: bool | None = None) -> dict:
+          fresh_process: bool | None = None, out: str | Path | None = None) -> dict:
     """Every (method, T); returns ``{"machine": ..., "records": [...]}``. ``fresh_process`` (default: on the
     CPU only, where peak RSS cannot be reset) runs each configuration in its own process; on CUDA the
-    peak is ``max_memory_allocated`` after a reset, so one process serves them all."""
+    peak is ``max_memory_allocated`` after a reset, so one process serves them all. ``out``: a JSON
+    file rewritten (atomically) after every configuration, so a later failure keeps the earlier ones."""
     if fresh_process is None:
         fresh_process = torch.device(device).type == "cpu"
-    from hybridkd_lib.results import git_commit
+    check_bench_args(methods, Ts, steps, warmup, batch_size, input_size, out)
+    from hybridkd_lib.models import check_model_kwargs
 
-    for m in methods:
-        if m not in BENCH_METHODS:
-            raise ValueError(f"unknown bench method {m!r}; valid: {', '.join(BENCH_METHODS)}")
+    check_model_kwargs(student, student_kw or {}, "student_kw", also={"T": 1})
+    check_model_kwargs(teacher, teacher_kw or {}, "teacher_kw")
+    from hybridkd_lib.results import git_commit, write_json
+
+    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+               "python": platform.python_version(), "torch": torch.__version__,
+               "git_commit": git_commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     records = []
     for T in Ts:
         for m in methods:
@@ -134,14 +160,12 @@ def bench(methods, Ts, student="spiking_resnet18", teacher="cifar_resnet18", bat
                 gc.collect()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
+            rec["git_commit"] = machine["git_commit"]
             records.append(rec)
+            if out is not None:
+                write_json(out, {"machine": machine, "records": records})
             log(f"{m:>12} T={T}: {rec['step_time_s']:.3f} s/step, {rec['peak_mem_mb']:.0f} MB, "
                 f"{rec['images_per_s']:.1f} img/s")
-    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-               "python": platform.python_version(), "torch": torch.__version__,
-               "git_commit": git_commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    for r in records:
-        r["git_commit"] = machine["git_commit"]
     return {"machine": machine, "records": records}
 
 

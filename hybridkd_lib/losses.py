@@ -41,6 +41,23 @@ class LossConfig:
         return asdict(self)
 
 
+def check_loss_options(loss: dict) -> None:
+    """Loss options (``--loss`` / the ``loss`` parameter): known keys, weights >= 0, temperature > 0."""
+    names = list(LossConfig.__dataclass_fields__)
+    if not isinstance(loss, dict):
+        raise ValueError(f"loss={loss!r} not allowed: expected a dict of {', '.join(names)}")
+    unknown = sorted(set(loss) - set(names))
+    if unknown:
+        raise ValueError(f"unknown loss option(s) {unknown}; valid: {', '.join(names)}")
+    for k, v in loss.items():
+        if k == "ratebp_grad_scale":
+            if not isinstance(v, bool):
+                raise ValueError(f"loss option ratebp_grad_scale={v!r} not allowed: expected true or false")
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (k == "temperature" and v == 0):
+            raise ValueError(f"loss option {k}={v!r} not allowed: expected a number "
+                             + ("> 0" if k == "temperature" else ">= 0 (0 switches the term off)"))
+
+
 def kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
     """``tau^2 * KL(softmax(y_A/tau) || softmax(y_S/tau))``, batch mean."""
     t = temperature

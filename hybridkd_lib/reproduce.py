@@ -1,11 +1,18 @@
 """Run a profile of the plan through papermill, in dependency order, with caching.
 
-Each run executes its notebook from ``notebooks/`` into
-``results/<profile>/<run>/`` (the executed copy is kept, and an HTML rendering
-goes to ``results/_site/runs/<profile>/<run>.html`` for the book's run index).
-A run whose ``result.json`` exists with the same parameters and code version
-(``.run_key``) is skipped: rendering never retrains. A failed run does not stop
-the others; the failures are listed and the exit status is non-zero.
+Each run executes its notebook from ``notebooks/`` into a staging folder
+``results/<profile>/.staging/<run>/`` and, once it finished, replaces
+``results/<profile>/<run>/`` (an old result stays where it was until then;
+an interrupted run resumes in its staging folder). The executed copy is kept,
+and an HTML rendering goes to ``results/_site/runs/<profile>/<run>.html``.
+
+A run is up to date when its recorded key (``.run_key``) equals its key now and
+every file its dependents read is there (``DONE_FILES``). The key hashes the
+run's parameters, its notebook and the library's code, and the keys of the runs
+it reads (a teacher's key is part of its students', a trained model's part of
+the Grad-CAM run's), so a changed teacher re-runs its students. ``status`` says
+for each run why it would run (``reproduce --dry-plan``). A failed run does not
+stop the others (its dependents wait); failures are listed, exit status non-zero.
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from hybridkd_lib.plan import Run, plan
-from hybridkd_lib.results import REPO_ROOT, atomic_write_text
+from hybridkd_lib.results import REPO_ROOT, atomic_write_text, read_result, write_json
 
 KERNEL = os.environ.get("HYBRIDKD_KERNEL", "hybridkd")
 # the code a training result depends on (rendering code is deliberately not part of it)
@@ -28,6 +35,9 @@ CODE_FILES = ("checkpoint.py", "cam.py", "data.py", "efficiency.py", "hybrid.py"
               "memory.py", "neurons.py", "ratebp.py", "trainer.py", "models/resnet.py", "models/spikingformer.py",
               "models/stages.py", "models/timm_teachers.py", "models/zoo.py", "models/registry.py", "results.py")
 TRAIN_NOTEBOOKS = ("train_teacher", "train_student")
+# what a finished run leaves that its dependents (or the book) read
+DONE_FILES = {"train_teacher": ("result.json", "model.pt"), "train_student": ("result.json", "model.pt"),
+              "cam": ("result.json", "cam.png", "cam.npz"), "efficiency": ("result.json", "bench.json")}
 
 
 def default_results_root() -> Path:
@@ -43,10 +53,21 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
-def run_key(run: Run, profile: str) -> str:
-    nb = (REPO_ROOT / "notebooks" / f"{run.notebook}.ipynb").read_bytes()
-    payload = json.dumps({"profile": profile, "notebook": run.notebook, "params": run.params}, sort_keys=True)
-    return hashlib.sha256(payload.encode() + nb + code_version().encode()).hexdigest()[:16]
+def _hash(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def run_keys(runs: list[Run], profile: str) -> dict[str, dict]:
+    """Per run: ``own`` (parameters, notebook, code), ``deps`` (the keys of the runs it reads) and
+    ``key`` (both). ``runs`` in dependency order; a dependency outside ``runs`` counts by its name."""
+    code, keys = code_version(), {}
+    for run in runs:
+        nb = (REPO_ROOT / "notebooks" / f"{run.notebook}.ipynb").read_bytes()
+        own = _hash(json.dumps({"profile": profile, "notebook": run.notebook, "params": run.params}, sort_keys=True),
+                    hashlib.sha256(nb).hexdigest(), code)
+        deps = {d: keys[d]["key"] if d in keys else d for d in run.needs}
+        keys[run.name] = {"own": own, "deps": deps, "key": _hash(own, json.dumps(deps, sort_keys=True))}
+    return keys
 
 
 def resolve(params: dict, profile_dir: Path) -> dict:
@@ -55,10 +76,32 @@ def resolve(params: dict, profile_dir: Path) -> dict:
             for k, v in params.items()}
 
 
-def is_current(run: Run, profile: str, profile_dir: Path) -> bool:
+def _recorded(folder: Path) -> dict:
+    f = folder / ".run_key"
+    if not f.is_file():
+        return {}
+    text = f.read_text().strip()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:  # an older plain key
+        return {"key": text}
+
+
+def status(run: Run, key: dict, profile_dir: Path) -> tuple[str, str]:
+    """``(state, why)``: ``up to date``, ``new``, ``settings changed``, ``dependency changed`` or
+    ``files missing``."""
     d = profile_dir / run.name
-    key = d / ".run_key"
-    return (d / "result.json").is_file() and key.is_file() and key.read_text().strip() == run_key(run, profile)
+    staged = (profile_dir / ".staging" / run.name).is_dir()
+    rec = _recorded(d)
+    if not (d / "result.json").is_file() or not rec:
+        return "new", "interrupted earlier: resumes" if staged else "never finished"
+    if rec.get("key") == key["key"]:
+        missing = [f for f in DONE_FILES[run.notebook] if not (d / f).is_file()]
+        return ("files missing", ", ".join(missing)) if missing else ("up to date", "")
+    if rec.get("own") != key["own"]:
+        return "settings changed", "its parameters, notebook or the library's code"
+    changed = [dep for dep, k in key["deps"].items() if rec.get("deps", {}).get(dep) != k]
+    return "dependency changed", ", ".join(changed)
 
 
 def export_html(executed: Path, target: Path):
@@ -68,29 +111,50 @@ def export_html(executed: Path, target: Path):
     atomic_write_text(target, body)
 
 
-def execute(run: Run, profile: str, profile_dir: Path, site_dir: Path, kernel: str = KERNEL, log=print):
+def ipc_kernel_manager():
+    """A kernel manager whose kernels talk over local IPC sockets instead of TCP ports: no network
+    port is opened (and ipykernel has no reason to warn about unencrypted TCP)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            kw.setdefault("transport", "ipc")
+            super().__init__(**kw)
+
+    return IPCKernelManager
+
+
+def execute(run: Run, key: dict, profile_dir: Path, site_dir: Path, kernel: str = KERNEL, log=print):
+    """Run ``run``'s notebook in its staging folder, then put the finished run in place."""
     import papermill as pm
 
-    out = profile_dir / run.name
-    if out.exists() and not is_current(run, profile, profile_dir):
-        # different parameters or code: never resume another configuration's checkpoints
-        if (out / ".run_key").exists() or (out / "result.json").exists():
-            shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for dep in run.needs:
-        if not (profile_dir / dep / "result.json").is_file():
-            raise RuntimeError(f"needs run {dep!r}, which has no result")
-    params = dict(resolve(run.params, profile_dir), out=str(out))
+    final, stage = profile_dir / run.name, profile_dir / ".staging" / run.name
+    if _recorded(stage).get("key") != key["key"]:  # another configuration's leftovers: never resume them
+        shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stage / ".run_key", json.dumps(key) + "\n")
+    (stage / "result.json").unlink(missing_ok=True)
+    params = dict(resolve(run.params, profile_dir), out=str(stage))
     if run.notebook in TRAIN_NOTEBOOKS:
         params["nproc"] = run.nproc
-    executed = out / f"{run.notebook}.ipynb"
+    executed = stage / f"{run.notebook}.ipynb"
     pm.execute_notebook(str(REPO_ROOT / "notebooks" / f"{run.notebook}.ipynb"), str(executed),
                         parameters=params, kernel_name=kernel, cwd=str(REPO_ROOT), progress_bar=False,
-                        log_output=False)
-    if not (out / "result.json").is_file():
-        raise RuntimeError(f"notebook finished without writing {out / 'result.json'}")
-    atomic_write_text(out / ".run_key", run_key(run, profile) + "\n")
-    export_html(executed, site_dir / "runs" / profile / f"{run.name}.html")
+                        log_output=False, kernel_manager_class=ipc_kernel_manager())
+    missing = [f for f in DONE_FILES[run.notebook] if not (stage / f).is_file()]
+    if missing:
+        raise RuntimeError(f"notebook finished without writing {', '.join(missing)} in {stage}")
+    res = read_result(stage)
+    if "out" in res:  # the folder the result now lives in
+        write_json(stage / "result.json", dict(res, out=str(final)))
+    trash = profile_dir / ".trash" / run.name
+    if final.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        final.rename(trash)
+    stage.rename(final)
+    shutil.rmtree(trash, ignore_errors=True)
+    export_html(final / f"{run.notebook}.ipynb", site_dir / "runs" / profile_dir.name / f"{run.name}.html")
 
 
 def with_nproc(runs: list[Run], nproc: int | None, log=print) -> list[Run]:
@@ -115,11 +179,14 @@ def with_nproc(runs: list[Run], nproc: int | None, log=print) -> list[Run]:
 
 
 def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, log=print,
-              nproc: int | None = None, runs: list[Run] | None = None) -> dict:
+              nproc: int | None = None, runs: list[Run] | None = None, dry_plan: bool = False) -> dict:
     """Execute the profile (or the given ``runs`` of it); returns ``{"ran": [...], "skipped": [...],
-    "failed": {name: reason}, "seconds": {name: wall time}}``."""
+    "failed": {name: reason}, "seconds": {name: wall time}, "plan": [(run, state, why), ...]}``.
+    ``dry_plan``: only say what would run and why."""
     runs = with_nproc(plan(profile) if runs is None else runs, nproc, log)
-    names = [r.name for r in runs]
+    keys = run_keys(runs, profile)
+    by_name = {r.name: r for r in runs}
+    names = list(by_name)
     if only:
         unknown = [n for n in only if n not in names]
         if unknown:
@@ -127,17 +194,29 @@ def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, 
         runs = [r for r in runs if r.name in only]
     root = Path(results_root or default_results_root())
     profile_dir, site_dir = root / profile, root / "_site"
+    report = {"ran": [], "skipped": [], "failed": {}, "seconds": {},
+              "plan": [(r.name, *status(r, keys[r.name], profile_dir)) for r in runs]}
+    if dry_plan:
+        width = max(len(n) for n in names)
+        for name, state, why in report["plan"]:
+            log(f"{name:<{width}}  {state:<18} {why}")
+        return report
     site_dir.mkdir(parents=True, exist_ok=True)
-    report = {"ran": [], "skipped": [], "failed": {}, "seconds": {}}
     bar = tqdm(runs, desc=f"reproduce {profile}", unit="run")
     for run in bar:
         bar.set_postfix_str(run.name)
-        if is_current(run, profile, profile_dir):
+        if status(run, keys[run.name], profile_dir)[0] == "up to date":
             report["skipped"].append(run.name)
+            continue
+        waiting = [d for d in run.needs if d in report["failed"]
+                   or status(by_name[d], keys[d], profile_dir)[0] != "up to date"]
+        if waiting:
+            report["failed"][run.name] = f"needs {', '.join(waiting)}, which is not up to date (kept its old result)"
+            log(f"SKIPPED {run.name}: {report['failed'][run.name]}")
             continue
         t0 = time.perf_counter()
         try:
-            execute(run, profile, profile_dir, site_dir, kernel, log)
+            execute(run, keys[run.name], profile_dir, site_dir, kernel, log)
         except Exception as exc:  # keep going; list it at the end
             reason = str(exc).strip().splitlines()
             report["failed"][run.name] = (reason[-1] if reason else type(exc).__name__)[:500]

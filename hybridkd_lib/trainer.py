@@ -17,14 +17,17 @@ sharded, and rank 0 alone reads checkpoints (and broadcasts them) and writes.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,9 +41,9 @@ from tqdm import tqdm
 from hybridkd_lib import checkpoint, data, ratebp, results
 from hybridkd_lib.hybrid import HybridDistiller, teacher_input
 from hybridkd_lib.layers import convert_sync_batchnorm
-from hybridkd_lib.losses import LossConfig, total_loss
+from hybridkd_lib.losses import LossConfig, check_loss_options, total_loss
 from hybridkd_lib.memory import release_freed_memory
-from hybridkd_lib.models import check_model_name, create_model
+from hybridkd_lib.models import check_model_kwargs, check_model_name, create_model
 from hybridkd_lib.models.timm_teachers import check_state_dict, load_state_dict_file
 
 METHODS = ("ann", "bptt", "bptt_kd", "ratebp", "kd", "hybrid")
@@ -104,30 +107,76 @@ def check_device(device: str) -> None:
         raise ValueError(f"device={device!r} not available here; valid: {', '.join(valid)}")
 
 
-def validate(cfg: TrainConfig, world_size: int = 1) -> None:
-    """Refuse bad input before any training, naming the bad value and the valid ones."""
+def _check_types(cfg: TrainConfig) -> None:
+    """Every field of the type its annotation states (``1`` is a float too; ``True`` is no integer)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(cfg):
+        value, hint = getattr(cfg, f.name), hints[f.name]
+        allowed = typing.get_args(hint) or (hint,)
+        if value is None and type(None) in allowed:
+            continue
+        ok = any((t is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+                 or (t is int and isinstance(value, int) and not isinstance(value, bool))
+                 or (t not in (int, float, type(None)) and isinstance(value, t)) for t in allowed)
+        if not ok:
+            names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+            hint_json = (" (a JSON object, e.g. '{\"width\": 16}'; with papermill pass it as YAML: "
+                         f"-y '{f.name}: {{width: 16}}')" if dict in allowed else "")
+            raise ValueError(f"{f.name}={value!r} not allowed: expected {names}{hint_json}")
+
+
+def _check_positive(cfg: TrainConfig) -> None:
+    for name in ("T", "epochs", "batch_size", "lr", "max_steps_per_epoch", "teacher_input_size"):
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"{name}={value!r} not allowed; {name} must be > 0")
+    for name in ("weight_decay", "momentum", "num_workers"):
+        value = getattr(cfg, name)
+        if value is not None and value < 0:
+            raise ValueError(f"{name}={value!r} not allowed; {name} must be >= 0")
+
+
+def check_writable_folder(path: str | Path, what: str = "out") -> Path:
+    """Create ``path`` if needed and write and remove a probe file in it, or say why not."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what}={str(path)!r} is a file; expected a folder (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".probe_{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"{what}={str(path)!r} cannot be written: {exc.strerror or exc}") from exc
+    return path
+
+
+def validate(cfg: TrainConfig, world_size: int = 1, check_out: bool = False) -> None:
+    """Refuse bad input before any training, naming the bad value and the valid ones.
+    ``check_out``: also create ``cfg.out`` and write a probe file there (the last check)."""
+    _check_types(cfg)
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; valid: {', '.join(METHODS)}")
     data.dataset_info(cfg.dataset)
+    data.check_options(cfg.dataset, cfg.data_kw)
     if cfg.method != "ann":
         check_model_name(cfg.student, "student")
+        check_model_kwargs(cfg.student, cfg.student_kw, "student_kw", also={"T": cfg.T})
     if cfg.method == "ann" or cfg.method in TEACHER_METHODS:
         check_model_name(cfg.teacher, "teacher")
+        check_model_kwargs(cfg.teacher, cfg.teacher_kw, "teacher_kw")
     if not isinstance(cfg.T, int) or cfg.T < 1:
         raise ValueError(f"T={cfg.T!r} not allowed; T must be an integer >= 1")
     if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
         raise ValueError(f"epochs={cfg.epochs!r} not allowed; epochs must be an integer >= 1")
-    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-        raise ValueError(f"batch_size={cfg.batch_size!r} not allowed; batch_size must be an integer >= 1")
+    _check_positive(cfg)
     if world_size > 1 and cfg.batch_size % world_size:
         raise ValueError(f"batch_size={cfg.batch_size} (the global batch) does not divide across {world_size} "
                          f"processes; use a multiple of {world_size}")
     check_device(cfg.device)
     if cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-    unknown = set(cfg.loss) - set(LossConfig.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown loss option(s) {sorted(unknown)}; valid: {', '.join(LossConfig.__dataclass_fields__)}")
+    check_loss_options(cfg.loss)
     if cfg.method in TEACHER_METHODS:
         if not cfg.teacher_ckpt:
             raise ValueError(f"method {cfg.method!r} needs --teacher-ckpt (a teacher run directory or .pt file)")
@@ -136,8 +185,50 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
             load_state_dict_file(path)
         except (FileNotFoundError, ValueError) as exc:
             raise ValueError(f"unreadable teacher checkpoint {cfg.teacher_ckpt!r}: {exc}") from exc
-    if cfg.num_workers is not None and (not isinstance(cfg.num_workers, int) or cfg.num_workers < 0):
-        raise ValueError(f"num_workers={cfg.num_workers!r} not allowed; an integer >= 0, or None for the default")
+    if check_out:
+        check_writable_folder(cfg.out)
+
+
+# ----------------------------------------------------------------------------- a run's folder
+SETTINGS_FILE = "settings.json"
+NOT_SETTINGS = ("out", "progress", "num_workers", "data_root")  # where it runs and is shown, not what
+
+
+def run_settings(cfg: TrainConfig) -> dict:
+    """The settings that define a run's result: every field but where it is written and how shown."""
+    return {k: v for k, v in asdict(cfg).items() if k not in NOT_SETTINGS}
+
+
+def settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_folder_state(cfg: TrainConfig, overwrite: bool = False) -> str:
+    """``"new"``, ``"resume"`` or ``"finished"`` for ``cfg.out``; a folder that holds a run with other
+    settings (or checkpoints with none recorded) is an error naming what differs and the ways forward.
+    ``overwrite`` first removes the run files there (checkpoints, metrics, model, result, settings)."""
+    out = Path(cfg.out)
+    if overwrite:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        for name in ("metrics.csv", "model.pt", "result.json", SETTINGS_FILE):
+            (out / name).unlink(missing_ok=True)
+        return "new"
+    recorded_file = out / SETTINGS_FILE
+    has_run = (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("epoch_*.pt"))
+    if not recorded_file.is_file():
+        if has_run or (out / "result.json").is_file():
+            raise ValueError(f"out={str(out)!r} holds a run whose settings are not recorded; choose another --out, "
+                             f"or pass --overwrite to start over there")
+        return "new"
+    recorded = json.loads(recorded_file.read_text())
+    now = run_settings(cfg)
+    if recorded.get("hash") != settings_hash(now):
+        was = recorded.get("settings", {})
+        diffs = [f"{k}: {was.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(was) | set(now))
+                 if was.get(k) != now.get(k)]
+        raise ValueError(f"out={str(out)!r} holds a run with other settings ({'; '.join(diffs) or 'code changed'}); "
+                         f"choose another --out to keep it, or pass --overwrite to start over there")
+    return "finished" if (out / "result.json").is_file() else "resume"
 
 
 # ----------------------------------------------------------------------------- building
@@ -384,12 +475,9 @@ class Session:
     amp: bool
 
 
-def setup(cfg: TrainConfig, log=print) -> tuple[Session, dict | None]:
-    """Devices and processes, data, model, optimizer; returns the session and the checkpoint
-    to resume from (read by rank 0, broadcast to all), or None."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    validate(cfg, world)
-    env = init_distributed(cfg.device)
+def setup(cfg: TrainConfig, env: Distributed, log=print) -> tuple[Session, dict | None]:
+    """Data, model, optimizer on ``env``'s device; returns the session and the checkpoint to resume
+    from (read by rank 0, broadcast to all), or None."""
     dev = env.device
     torch.manual_seed(cfg.seed)
     data_kw = dict(cfg.data_kw)
@@ -527,55 +615,88 @@ def evaluate(learner: Learner, loader, env: Distributed, amp: bool, with_teacher
 
 
 # ----------------------------------------------------------------------------- the run
-def train(cfg: TrainConfig, on_epoch_end=None, log=print) -> dict:
-    """Run (or resume) one training run; returns the result dict also saved as ``result.json``."""
-    s, state = setup(cfg, log)
-    env, out = s.env, Path(cfg.out)
+def train(cfg: TrainConfig, on_epoch_end=None, log=print, overwrite: bool = False) -> dict:
+    """Run (or resume) one training run; returns the result dict also saved as ``result.json``.
+
+    The run folder is bound to the run's settings (``settings.json``): the same settings resume
+    (or, when finished, return the result untouched), other settings stop before any work unless
+    ``overwrite`` starts over."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    validate(cfg, world, check_out=os.environ.get("RANK", "0") == "0")
+    env = init_distributed(cfg.device)
     try:
-        start_epoch, history, train_time = 0, [], 0.0
-        if state is not None:
-            start_epoch, history, train_time = state["epoch"] + 1, state["history"], state["train_time_s"]
+        folder = _bind_run_folder(cfg, env, overwrite)
+        if folder == "finished":
             if env.main:
-                log(f"resuming from {state['path']} (epoch {state['epoch'] + 1} of {cfg.epochs} done)")
-        del state
-        teacher_top1 = None
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            train_loss = train_one_epoch(s, epoch)
-            train_time += time.perf_counter() - t0
-            metrics = evaluate(s.learner, s.test_loader, env, s.amp, with_teacher=teacher_top1 is None)
-            teacher_top1 = metrics.get("teacher_top1", teacher_top1)
-            row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": s.sched.get_last_lr()[0],
-                   "top1": metrics["top1"], "train_time_s": train_time}
-            row.update({f"hybrid_top1_M{k}": acc for k, acc in enumerate(metrics.get("hybrid_top1", []))})
-            history.append(row)
-            if env.main:
-                log(f"epoch {epoch + 1}/{cfg.epochs}: loss {train_loss:.4f}, top1 {row['top1']:.2f}%"
-                    + (f", hybrids {[round(a, 2) for a in metrics['hybrid_top1']]}" if "hybrid_top1" in metrics else ""))
-                _write_metrics(out / "metrics.csv", history)
-                checkpoint.save_epoch(out / "checkpoints", epoch, {
-                    "epoch": epoch, "learner": s.learner.state_dict(), "optimizer": s.opt.state_dict(),
-                    "scheduler": s.sched.state_dict(), "rng": torch.get_rng_state(), "history": history,
-                    "train_time_s": train_time})
-            env.barrier()
-            if on_epoch_end is not None:
-                on_epoch_end(epoch)
-        if s.in_backward is not None:
-            s.in_backward.remove()
-        final = evaluate(s.learner, s.test_loader, env, s.amp, with_teacher=True)
-        result = _result(s, final, history, train_time)
-        if env.main:
-            checkpoint.atomic_save({"arch": s.learner.arch, "model_kw": s.learner.model_kw,
-                                    "num_classes": s.num_classes, "model": s.learner.model.state_dict(),
-                                    **({"aligns": s.learner.distiller.aligns.state_dict()}
-                                       if cfg.method == "hybrid" else {})}, out / "model.pt")
-            results.write_json(out / "result.json", result)
-            log(f"done: top1 {result['top1']:.2f}% -> {out / 'result.json'}")
-        env.barrier()
-        return result
+                log(f"already finished with these settings: {Path(cfg.out) / 'result.json'} (nothing was changed)")
+            return broadcast_from_main(results.read_result(cfg.out) if env.main else None, env)
+        s, state = setup(cfg, env, log)
+        return _run_epochs(s, state, on_epoch_end, log)
     finally:
         if env.owns_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _bind_run_folder(cfg: TrainConfig, env: Distributed, overwrite: bool) -> str:
+    """Rank 0 checks (and for a new run records) the run folder's settings; every rank gets the verdict."""
+    folder = None
+    if env.main:
+        try:
+            folder = run_folder_state(cfg, overwrite)
+        except ValueError as exc:
+            folder = f"error: {exc}"
+        if folder == "new":
+            settings = run_settings(cfg)
+            results.write_json(Path(cfg.out) / SETTINGS_FILE, {"hash": settings_hash(settings), "settings": settings})
+    folder = broadcast_from_main(folder, env)
+    if folder.startswith("error: "):
+        raise ValueError(folder[len("error: "):])
+    return folder
+
+
+def _run_epochs(s: Session, state: dict | None, on_epoch_end, log) -> dict:
+    """The epoch loop (train, evaluate, checkpoint) from ``state``, then the final model and result."""
+    cfg, env, out = s.cfg, s.env, Path(s.cfg.out)
+    start_epoch, history, train_time = 0, [], 0.0
+    if state is not None:
+        start_epoch, history, train_time = state["epoch"] + 1, state["history"], state["train_time_s"]
+        if env.main:
+            log(f"resuming from {state['path']} (epoch {state['epoch'] + 1} of {cfg.epochs} done)")
+    teacher_top1 = None
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        train_loss = train_one_epoch(s, epoch)
+        train_time += time.perf_counter() - t0
+        metrics = evaluate(s.learner, s.test_loader, env, s.amp, with_teacher=teacher_top1 is None)
+        teacher_top1 = metrics.get("teacher_top1", teacher_top1)
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": s.sched.get_last_lr()[0],
+               "top1": metrics["top1"], "train_time_s": train_time}
+        row.update({f"hybrid_top1_M{k}": acc for k, acc in enumerate(metrics.get("hybrid_top1", []))})
+        history.append(row)
+        if env.main:
+            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {train_loss:.4f}, top1 {row['top1']:.2f}%"
+                + (f", hybrids {[round(a, 2) for a in metrics['hybrid_top1']]}" if "hybrid_top1" in metrics else ""))
+            _write_metrics(out / "metrics.csv", history)
+            checkpoint.save_epoch(out / "checkpoints", epoch, {
+                "epoch": epoch, "learner": s.learner.state_dict(), "optimizer": s.opt.state_dict(),
+                "scheduler": s.sched.state_dict(), "rng": torch.get_rng_state(), "history": history,
+                "train_time_s": train_time})
+        env.barrier()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+    if s.in_backward is not None:
+        s.in_backward.remove()
+    final = evaluate(s.learner, s.test_loader, env, s.amp, with_teacher=True)
+    result = _result(s, final, history, train_time)
+    if env.main:
+        checkpoint.atomic_save({"arch": s.learner.arch, "model_kw": s.learner.model_kw,
+                                "num_classes": s.num_classes, "model": s.learner.model.state_dict(),
+                                **({"aligns": s.learner.distiller.aligns.state_dict()}
+                                   if cfg.method == "hybrid" else {})}, out / "model.pt")
+        results.write_json(out / "result.json", result)
+        log(f"done: top1 {result['top1']:.2f}% -> {out / 'result.json'}")
+    env.barrier()
+    return result
 
 
 def _result(s: Session, final: dict, history: list, train_time: float) -> dict:

@@ -27,8 +27,11 @@ def test_smoke_profile_executes_every_notebook(smoke):
     for run in plan("smoke"):
         d = root / "smoke" / run.name
         executed = json.loads((d / f"{run.notebook}.ipynb").read_text())
-        assert executed["metadata"]["papermill"]["parameters"]["out"] == str(d)
+        # executed in its staging folder, then moved into place once it finished
+        assert executed["metadata"]["papermill"]["parameters"]["out"] == str(root / "smoke" / ".staging" / run.name)
         assert (d / "result.json").is_file() and (d / ".run_key").is_file()
+        if "out" in json.loads((d / "result.json").read_text()):
+            assert json.loads((d / "result.json").read_text())["out"] == str(d)
         assert (root / "_site" / "runs" / "smoke" / f"{run.name}.html").is_file()
         used.add(run.notebook)
     assert used == set(NOTEBOOKS)
@@ -114,3 +117,55 @@ def test_reproduce_nproc_keeps_the_global_batch_and_says_what_changed():
     assert len(said) == 3 and "8 -> 4 processes; global batch 512 kept, per-process batch 64 -> 128" in said[0]
     with pytest.raises(ValueError, match="global batch 512, which does not divide across 3 processes"):
         with_nproc(plan("full"), 3)
+
+
+def _changed(runs, name, **params):
+    import dataclasses
+    return [dataclasses.replace(r, params=dict(r.params, **params)) if r.name == name else r for r in runs]
+
+
+def test_the_cache_follows_dependencies_and_keeps_old_results_until_replaced(smoke, tmp_path, monkeypatch):
+    import shutil
+
+    root = tmp_path / "results"
+    shutil.copytree(smoke[0], root)
+    quiet = lambda *_: None
+    states = lambda rep: {name: (state, why) for name, state, why in rep["plan"]}
+    assert all(s == "up to date" for s, _ in states(reproduce("smoke", results_root=root, dry_plan=True,
+                                                                 log=quiet)).values())
+    # a teacher's settings change: it, its students and the Grad-CAM of a student are stale
+    runs = _changed(plan("smoke"), "teacher_r18", lr=0.02)
+    st = states(reproduce("smoke", results_root=root, runs=runs, dry_plan=True, log=quiet))
+    assert st["teacher_r18"] == ("settings changed", "its parameters, notebook or the library's code")
+    assert st["hybrid_r18_r18_T2"] == ("dependency changed", "teacher_r18")
+    assert st["cam"] == ("dependency changed", "hybrid_r18_r18_T2")
+    assert st["teacher_r34"][0] == st["hybrid_r19_r34_T2"][0] == "up to date"
+    # its replacement fails: the old results stay where they were, the dependents wait
+    before = (root / "smoke" / "teacher_r18" / "result.json").read_bytes()
+    monkeypatch.setattr(pm, "execute_notebook", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    rep = reproduce("smoke", results_root=root, runs=runs, only=["teacher_r18", "hybrid_r18_r18_T2"], log=quiet)
+    assert rep["failed"]["teacher_r18"] == "boom"
+    assert rep["failed"]["hybrid_r18_r18_T2"].startswith("needs teacher_r18, which is not up to date")
+    assert (root / "smoke" / "teacher_r18" / "result.json").read_bytes() == before
+    assert (root / "smoke" / "hybrid_r18_r18_T2" / "model.pt").is_file()
+    monkeypatch.undo()
+    # a run whose model.pt is gone is not done; rerunning it leaves its dependents alone
+    (root / "smoke" / "teacher_r34" / "model.pt").unlink()
+    st = states(reproduce("smoke", results_root=root, dry_plan=True, log=quiet))
+    assert st["teacher_r34"] == ("files missing", "model.pt") and st["hybrid_r19_r34_T2"][0] == "up to date"
+    student = (root / "smoke" / "hybrid_r19_r34_T2" / "result.json").stat().st_mtime_ns
+    rep = reproduce("smoke", results_root=root, log=quiet)
+    assert rep["ran"] == ["teacher_r34"] and rep["failed"] == {}
+    assert (root / "smoke" / "teacher_r34" / "model.pt").is_file()
+    assert (root / "smoke" / "hybrid_r19_r34_T2" / "result.json").stat().st_mtime_ns == student
+
+
+def test_reproduce_dry_plan_cli_lists_every_run(smoke):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "hybridkd_lib", "reproduce", "--profile", "smoke", "--dry-plan",
+                        "--results", str(smoke[0])], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == len(plan("smoke")) and all("up to date" in line for line in lines)

@@ -5,15 +5,40 @@ from typing import Callable
 
 _MODELS: dict[str, Callable] = {}
 _ROLES: dict[str, str] = {}
+_OPTIONS: dict[str, tuple | None] = {}
+WEIGHT_OPTIONS = ("checkpoint_path", "init_checkpoint", "pretrained")
 
 
-def register_model(role: str):
-    """Register ``fn(num_classes=..., **kw)`` under its function name; role: student|teacher."""
+def register_model(role: str, options: tuple | None = None):
+    """Register ``fn(num_classes=..., **kw)`` under its function name; role: student|teacher;
+    ``options``: every keyword it takes (None: also any keyword of ``timm.create_model``)."""
     def deco(fn):
         _MODELS[fn.__name__] = fn
         _ROLES[fn.__name__] = role
+        _OPTIONS[fn.__name__] = options
         return fn
     return deco
+
+
+def check_model_kwargs(name: str, kw: dict, what: str = "model_kw", also: dict | None = None) -> None:
+    """Keyword arguments of model ``name``: known keys (listed when one is not) of values the model
+    accepts, checked by building it on the meta device (no memory, no weights read) with ``kw`` and
+    the keywords ``also`` the caller adds (e.g. the run's ``T``)."""
+    import torch
+
+    check_model_name(name)
+    if not isinstance(kw, dict):
+        raise ValueError(f"{what}={kw!r} not allowed: expected a dict (a JSON object, e.g. '{{\"width\": 16}}')")
+    options = _OPTIONS[name]
+    listed = ", ".join(options) if options is not None else "timm.create_model keywords, e.g. img_size, drop_rate"
+    unknown = sorted(set(kw) - set(options)) if options is not None else []
+    if unknown:
+        raise ValueError(f"{what} key(s) {unknown} are not options of {name}; options: {listed}")
+    try:
+        with torch.device("meta"):
+            create_model(name, **{k: v for k, v in {**kw, **(also or {})}.items() if k not in WEIGHT_OPTIONS})
+    except (TypeError, ValueError, AttributeError, AssertionError) as exc:
+        raise ValueError(f"{what}={kw!r} not accepted by {name}: {exc} (options: {listed})") from None
 
 
 def list_models(role: str | None = None) -> list[str]:
