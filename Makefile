@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 KERNEL := hybridkd
 PROFILE ?= quick
 
-.PHONY: setup test book clean-book wheels
+.PHONY: setup test book clean-book wheels publish
 
 # Reinstall only when requirements.txt or pyproject.toml changed (the stamp is older).
 $(STAMP): requirements.txt pyproject.toml
@@ -31,6 +31,14 @@ book: setup
 
 clean-book:
 	rm -rf _build
+
+# Publish the built book: commit _build/html to the gh-pages branch (ghp-import); push only with PUSH=1.
+# Builds first if there is no build yet.
+publish:
+	test -f _build/html/index.html || $(MAKE) book
+	$(VENV)/bin/ghp-import --no-jekyll -m "Publish the book ($$(git rev-parse --short HEAD))" \
+	  $(if $(PUSH),--push,) _build/html
+	@echo "gh-pages holds _build/html$(if $(PUSH), and was pushed, (not pushed: make publish PUSH=1 pushes))"
 
 # Wheels for a GPU machine without network or venv (scripts/gpu_check.sh installs them from .whl/):
 # this project and the pure-Python pins such a machine lacks, for CPython 3.12 on x86-64.

@@ -90,6 +90,9 @@ def dry_run(profile: str = "full", out: str | Path | None = None, only=None, bui
         jb = Path(sys.executable).with_name("jupyter-book")
         p = subprocess.run([str(jb), "build", str(REPO_ROOT), "--path-output", str(root / "book")], env=env,
                            capture_output=True, text=True)
+        (root / "book_build.log").write_text(p.stdout + p.stderr)
+        report["book_warnings"] = [line for line in (p.stdout + p.stderr).splitlines()
+                                   if "WARNING" in line and "[IPKernelApp]" not in line]
         if p.returncode != 0:
             report["failed"]["book"] = (p.stdout + p.stderr)[-2000:]
         else:

@@ -1,7 +1,8 @@
-"""Losses of the four methods; every term and weight is a parameter.
+"""Losses of the four methods; every term and weight is a parameter::
 
-``L = ce*CE(y_S, y) + hybrid_ce*sum_k CE(y_Mk, y)
-      + tau^2 * [kd*KL(y_A||y_S) + hybrid_kd*sum_k KL(y_A||y_Mk)]``.
+    L = ce*CE(y_S, y) + hybrid_ce*sum_k CE(y_Mk, y)
+        + tau^2 * [kd*KL(y_A||y_S) + hybrid_kd*sum_k KL(y_A||y_Mk)]
+
 Which terms a method uses is fixed by ``METHOD_TERMS``; the weights are the
 paper's form (``w`` about 1, ``tau`` 3-4): the exact values are not public.
 """

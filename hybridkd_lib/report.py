@@ -245,7 +245,15 @@ def bench_table(records: list[dict]) -> pd.DataFrame:
         return pd.DataFrame({"status": [NOT_RUN]})
     df = _frame(records).pivot_table(index=["run", "method"], columns="T",
                                      values=["step_time_s", "peak_mem_mb"], aggfunc="first", sort=False)
-    return df.round(3)
+    return missing_as_dash(df.round(3))
+
+
+MISSING = "—"
+
+
+def missing_as_dash(df: pd.DataFrame) -> pd.DataFrame:
+    """Missing values shown as an em dash (a configuration that was not measured), never ``NaN``."""
+    return df.astype(object).where(df.notna(), MISSING)
 
 
 # the efficiency targets (issue "Efficiency: the Fig. 4 benchmark"): (claim, numerator, denominator, limit)

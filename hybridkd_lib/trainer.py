@@ -621,8 +621,7 @@ def train(cfg: TrainConfig, on_epoch_end=None, log=print, overwrite: bool = Fals
     The run folder is bound to the run's settings (``settings.json``): the same settings resume
     (or, when finished, return the result untouched), other settings stop before any work unless
     ``overwrite`` starts over."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    validate(cfg, world, check_out=os.environ.get("RANK", "0") == "0")
+    validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     env = init_distributed(cfg.device)
     try:
         folder = _bind_run_folder(cfg, env, overwrite)
@@ -638,10 +637,12 @@ def train(cfg: TrainConfig, on_epoch_end=None, log=print, overwrite: bool = Fals
 
 
 def _bind_run_folder(cfg: TrainConfig, env: Distributed, overwrite: bool) -> str:
-    """Rank 0 checks (and for a new run records) the run folder's settings; every rank gets the verdict."""
+    """Rank 0 checks that the run folder can be written and what it holds (and for a new run records
+    its settings); every rank gets the verdict."""
     folder = None
     if env.main:
         try:
+            check_writable_folder(cfg.out)
             folder = run_folder_state(cfg, overwrite)
         except ValueError as exc:
             folder = f"error: {exc}"

@@ -169,3 +169,22 @@ def test_reproduce_dry_plan_cli_lists_every_run(smoke):
     assert p.returncode == 0, p.stderr
     lines = p.stdout.strip().splitlines()
     assert len(lines) == len(plan("smoke")) and all("up to date" in line for line in lines)
+
+
+def test_make_publish_commits_the_built_book_to_gh_pages(tmp_path):
+    import subprocess
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO_ROOT), str(clone)], check=True)
+    (clone / ".venv").symlink_to(REPO_ROOT / ".venv")  # the set-up of this checkout
+    html = clone / "_build" / "html"
+    html.mkdir(parents=True)
+    (html / "index.html").write_text("<html>the book</html>")
+    p = subprocess.run(["make", "-C", str(clone), "publish"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "not pushed: make publish PUSH=1 pushes" in p.stdout
+    shown = subprocess.run(["git", "-C", str(clone), "show", "gh-pages:index.html"], capture_output=True, text=True)
+    assert shown.stdout == "<html>the book</html>"
+    files = subprocess.run(["git", "-C", str(clone), "ls-tree", "--name-only", "gh-pages"], capture_output=True,
+                           text=True).stdout.split()
+    assert sorted(files) == [".nojekyll", "index.html"]

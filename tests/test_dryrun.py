@@ -65,3 +65,14 @@ def test_the_book_builds_from_the_dry_run_with_every_results_cell_measured(dry):
         assert "measured (full)" in text or page in ("table_c", "fig_a", "fig_4"), page
     assert "<img" in (html / "book" / "fig_a.html").read_text()
     assert "<img" in (html / "book" / "fig_4.html").read_text()
+    # math with no network: MathJax referenced from, and shipped in, the book itself
+    tutorial = pages["notebooks/tutorial_ratebp.html"]
+    assert 'src="../_static/mathjax/tex-chtml.js"' in tutorial and "cdn.jsdelivr.net" not in tutorial
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    # citations, the API reference it links to, launch buttons from the one repository setting
+    assert "Efficient ANN-Guided Distillation" in (html / "book" / "references.html").read_text()
+    assert 'href="../book/api.html#hybridkd_lib.ratebp.rate_forward"' in tutorial
+    assert "colab.research.google.com/github/hybridkd/hybridkd-book/blob/main/notebooks/tutorial_ratebp.ipynb" \
+        in tutorial
+    missing_refs = [w for w in dry["book_warnings"] if re.search(r"reference|citation|not found|undefined", w, re.I)]
+    assert missing_refs == []
