@@ -29,7 +29,7 @@ def test_bench_cli_writes_json_and_rejects_unknown_method(tmp_path):
     assert json.loads(f.read_text())["records"][0]["method"] == "ratebp"
     p = subprocess.run([sys.executable, "-m", "hybridkd_lib", "bench", "--methods", "magic"],
                        capture_output=True, text=True)
-    assert p.returncode != 0 and "unknown bench method 'magic'; valid: forward_only" in p.stderr
+    assert p.returncode != 0 and "unknown bench method(s) ['magic']; valid: forward_only" in p.stderr
 
 
 def _rec(method, T, t, mem):
