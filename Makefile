@@ -27,7 +27,7 @@ test: setup
 book: setup
 	$(PY) -m hybridkd_lib reproduce --profile $(PROFILE)
 	mkdir -p results/_site
-	HYBRIDKD_BOOK_PROFILE=$(PROFILE) $(VENV)/bin/jupyter-book build --all .
+	HYBRIDKD_BOOK_PROFILE=$(PROFILE) $(VENV)/bin/jupyter-book build -q --all .
 
 clean-book:
 	rm -rf _build

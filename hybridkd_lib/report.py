@@ -361,4 +361,6 @@ def html_table(df: pd.DataFrame):
     """Render a DataFrame as HTML in a notebook cell (links kept, no index)."""
     from IPython.display import HTML
 
-    return HTML(df.to_html(index=False, escape=False, na_rep=NOT_RUN))
+    # a wide table scrolls sideways on a phone instead of being cut at the screen's edge
+    return HTML('<div style="overflow-x: auto; max-width: 100%">'
+                + df.to_html(index=False, escape=False, na_rep=NOT_RUN) + "</div>")
