@@ -3,10 +3,10 @@
 Every model is wrapped as a module taking ``[B, C, H, W]`` and returning logits;
 the SNN runs over T in inference form (spikingjelly's surrogate still gives
 gradients there) and its temporal activations ``[T, B, C, H, W]`` are averaged
-over T by the ``reshape_transform``. All maps are taken at the same place of
-each model: the input of its last stage (for ``M_k`` that is the teacher's
-second-to-last stage or, for the last hybrid, the alignment module's output),
-which keeps twice the last stage's resolution.
+over T by the ``reshape_transform``. All maps are taken where the seed takes them,
+at the output layer: the output of each model's last stage (``CAM_LAYER``), the
+feature map its head pools. Every ``M_k`` ends with the teacher's last stage, so the
+ANN and every M_k share that layer; the SNN's is its own last stage.
 """
 from __future__ import annotations
 
@@ -59,14 +59,20 @@ def _mean_over_time(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+CAM_LAYER = "the output of the last stage (the feature map the head pools)"
+
+
 def cam_models(learner: Learner) -> dict[str, tuple[nn.Module, nn.Module]]:
-    """name -> (model taking [B, C, H, W], target layer), for ANN, SNN and every M_k."""
+    """name -> (model taking [B, C, H, W], target layer), for ANN, SNN and every M_k; the target
+    is the model's output layer (``CAM_LAYER``)."""
     d = learner.distiller
     s, t = d.student, d.teacher
-    out = {"ANN": (_Logits(lambda x: t(d._teacher_input(x)), t), t.stages[-2]),
-           "SNN": (_Logits(s, s), s.stages[-2])}
+    out = {"ANN": (_Logits(lambda x: t(d._teacher_input(x)), t), t.stages[-1]),
+           "SNN": (_Logits(s, s), s.stages[-1])}
     for k in range(d.num_hybrids):
-        target = d.aligns[k] if d.pairs[k] + 1 == t.num_stages - 1 else t.stages[-2]
+        # M_k runs the teacher from stage pairs[k] + 1 on; when that is past the last stage, the
+        # alignment module's output is what the head pools
+        target = t.stages[-1] if d.pairs[k] < t.num_stages - 1 else d.aligns[k]
         out[f"M_{k}"] = (_Logits(lambda x, k=k: d.hybrid_logits(x, k), s, t, d.aligns), target)
     return out
 

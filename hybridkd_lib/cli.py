@@ -50,8 +50,8 @@ def cmd_train(args) -> int:
         teacher_ckpt=args.teacher_ckpt, T=args.T, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed,
         device=args.device, data_root=args.data_root, out=args.out, student_kw=args.student_kw,
-        teacher_kw=args.teacher_kw, data_kw=args.data_kw, loss=args.loss,
-        teacher_input_size=args.teacher_input_size, num_workers=args.num_workers,
+        teacher_kw=args.teacher_kw, data_kw=args.data_kw, loss=args.loss, neuron=args.neuron,
+        rate_value=args.rate_value, teacher_input_size=args.teacher_input_size, num_workers=args.num_workers,
         max_steps_per_epoch=args.max_steps_per_epoch, progress=not args.no_progress)
     train(cfg, overwrite=args.overwrite)
     return 0
@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--teacher-kw", type=_json, default={}, help="JSON keyword arguments of the teacher")
     t.add_argument("--data-kw", type=_json, default={}, help='JSON, e.g. \'{"image_size": 16}\'')
     t.add_argument("--loss", type=_json, default={}, help='JSON loss weights, e.g. \'{"kd": 1, "temperature": 4}\'')
+    t.add_argument("--neuron", type=_json, default={},
+                   help='JSON LIF settings over the student\'s own, e.g. \'{"tau": 2.0}\' (fields of neurons.NeuronConfig)')
+    t.add_argument("--rate-value", default="rate", help="rate pass after max-pooling of spikes: rate | spike_mean")
     t.add_argument("--teacher-input-size", type=int, default=None)
     t.add_argument("--num-workers", type=int, default=None,
                    help="loader processes per training process (default: 0 for in-memory data, else from the CPUs)")
@@ -148,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     r = sub.add_parser("reproduce", help="execute the plan's runs through papermill (cached, dependency order)")
-    r.add_argument("--profile", default="quick", help="smoke | quick | full")
+    r.add_argument("--profile", default="quick", help="smoke | quick | full | ablation")
     r.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these runs of the plan")
     r.add_argument("--results", default=None, help="results folder (default: $HYBRIDKD_RESULTS or ./results)")
     r.add_argument("--nproc", type=int, default=None,

@@ -176,15 +176,17 @@ def _shift(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- CIFAR
-def cifar_transforms(name: str):
-    """(train, test) torchvision transforms for CIFAR-10/100 (Table C recipe)."""
+def cifar_transforms(name: str, augment: bool = True):
+    """(train, test) torchvision transforms for CIFAR-10/100: the RateBP reference's recipe
+    (random crop + flip, AutoAugment, Cutout 16) for every CIFAR run, Table B's too (the paper
+    states none); ``augment=False``: normalisation only."""
     from torchvision import transforms as T
 
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
     train = T.Compose([
         T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(),
         T.AutoAugment(T.AutoAugmentPolicy.CIFAR10),
-        T.ToTensor(), T.Normalize(mean, std), Cutout(16)])
+        T.ToTensor(), T.Normalize(mean, std), Cutout(16)] if augment else [T.ToTensor(), T.Normalize(mean, std)])
     test = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
     return train, test
 
@@ -204,9 +206,10 @@ def _files_only(cls):
     return Unverified
 
 
-def cifar_datasets(name: str, root: Path, download: bool = False, verify_md5: bool = True):
+def cifar_datasets(name: str, root: Path, download: bool = False, verify_md5: bool = True, augment: bool = True):
     """torchvision CIFAR-10/100; ``verify_md5=False`` accepts files with other bytes than the
-    official release (tiny files in the real format, e.g. the full-profile dry run)."""
+    official release (tiny files in the real format, e.g. the full-profile dry run); ``augment``:
+    see ``cifar_transforms``."""
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
@@ -219,7 +222,7 @@ def cifar_datasets(name: str, root: Path, download: bool = False, verify_md5: bo
             raise _missing(name, root) from exc
     if not is_present(name, root):
         raise _missing(name, root)
-    train_tf, test_tf = cifar_transforms(name)
+    train_tf, test_tf = cifar_transforms(name, augment)
     try:
         return (cls(str(root), train=True, transform=train_tf, download=False),
                 cls(str(root), train=False, transform=test_tf, download=False))
@@ -341,7 +344,7 @@ def get_datasets(name: str, root: str | Path | None = None, download: bool = Fal
     """``(train, test)`` datasets for ``name`` (see ``DATASETS``).
 
     Options: digits: ``image_size``, ``channels``, ``seed``, ``augment``; cifar10/cifar100:
-    ``verify_md5``; cifar10dvs: ``T`` (frames), ``size``; synthetic: ``n_train``, ``n_test``, ``shape``.
+    ``verify_md5``, ``augment``; cifar10dvs: ``T`` (frames), ``size``; synthetic: ``n_train``, ``n_test``, ``shape``.
     """
     dataset_info(name)
     root = Path(root or default_data_root())

@@ -31,6 +31,37 @@ class Temporal(nn.Module):
         return self.module(x)
 
 
+class SpikeMeanValue(Temporal):
+    """A non-linear layer between LIFs (max-pooling of spikes), in the RateBP modes.
+
+    In the rate pass its value ``f(mean_t x_t)`` differs from the time average
+    ``mean_t f(x_t)`` the spiking network computes (max of rates >= mean of maxes).
+    ``value="rate"`` (the reference's construction, the default) keeps ``f(r)``;
+    ``value="spike_mean"`` records ``mean_t f(x_t)`` in the spike pass and uses it as the
+    rate pass's value, with ``f(r)``'s gradient (as a LIF does with its rate).
+    ``mode`` and ``value`` are set by ``ratebp.set_mode``.
+    """
+
+    mode = "bptt"
+    value = "rate"
+    spike_mean: torch.Tensor | None = None   # [B, ...] recorded by the spike pass
+
+    def clear(self):
+        self.spike_mean = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if self.value != "spike_mean" or not self.training:
+            return y
+        if self.mode == "spike" and not torch.is_grad_enabled():   # a static input needs no averaging
+            self.spike_mean = y.mean(0, dtype=torch.float32) if x.dim() == self.batch_ndim + 1 else y
+        elif self.mode == "rate":
+            if self.spike_mean is None or self.spike_mean.shape != y.shape:
+                raise RuntimeError("rate pass without a matching spike pass: run the model in mode 'spike' first")
+            return y + (self.spike_mean.to(y.dtype) - y).detach()
+        return y
+
+
 def on_temporary(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` for an ``x`` that nobody reads again (a fresh conv or BN output).
 

@@ -3,6 +3,8 @@
     L = ce*CE(y_S, y) + hybrid_ce*sum_k CE(y_Mk, y)
         + tau^2 * [kd*KL(y_A||y_S) + hybrid_kd*sum_k KL(y_A||y_Mk)]
 
+(``hybrid_reduction="mean"``: the two sums over k become means.)
+
 Which terms a method uses is fixed by ``METHOD_TERMS``; the weights are the
 paper's form (``w`` about 1, ``tau`` 3-4): the exact values are not public.
 """
@@ -20,6 +22,9 @@ METHOD_TERMS = {
 }
 
 
+HYBRID_REDUCTIONS = ("sum", "mean")
+
+
 @dataclass
 class LossConfig:
     """Weights (0 switches a term off) and the KD temperature.
@@ -28,6 +33,7 @@ class LossConfig:
     ``temperature=4`` (Hinton KD as in the paper's Vanilla KD baseline, tau in 3-4);
     ``hybrid_ce=1`` and ``hybrid_kd=1`` (each hybrid M_k is trained like the SNN itself,
     so the prefix features serve both the SNN and the teacher's suffix).
+    ``hybrid_reduction``: ``"sum"`` (the paper's formula) or ``"mean"`` of the hybrid terms over k.
     ``ratebp_grad_scale``: RateBP reference's 1/T gradient scale of the loss.
     """
 
@@ -36,6 +42,7 @@ class LossConfig:
     hybrid_ce: float = 1.0
     hybrid_kd: float = 1.0
     temperature: float = 4.0
+    hybrid_reduction: str = "sum"
     ratebp_grad_scale: bool = True
 
     def to_dict(self) -> dict:
@@ -51,7 +58,10 @@ def check_loss_options(loss: dict) -> None:
     if unknown:
         raise ValueError(f"unknown loss option(s) {unknown}; valid: {', '.join(names)}")
     for k, v in loss.items():
-        if k == "ratebp_grad_scale":
+        if k == "hybrid_reduction":
+            if v not in HYBRID_REDUCTIONS:
+                raise ValueError(f"loss option hybrid_reduction={v!r} not allowed; valid: {', '.join(HYBRID_REDUCTIONS)}")
+        elif k == "ratebp_grad_scale":
             if not isinstance(v, bool):
                 raise ValueError(f"loss option ratebp_grad_scale={v!r} not allowed: expected true or false")
         elif isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (k == "temperature" and v == 0):
@@ -74,10 +84,11 @@ def total_loss(method: str, cfg: LossConfig, y, y_s, y_a=None, y_m=()) -> tuple[
         parts["ce"] = cfg.ce * F.cross_entropy(y_s.float(), y)
     if "kd" in terms and cfg.kd:
         parts["kd"] = cfg.kd * kd_loss(y_s, y_a, cfg.temperature)
+    per_k = 1.0 / len(y_m) if len(y_m) and cfg.hybrid_reduction == "mean" else 1.0
     if "hybrid_ce" in terms and cfg.hybrid_ce and len(y_m):
-        parts["hybrid_ce"] = cfg.hybrid_ce * sum(F.cross_entropy(m.float(), y) for m in y_m)
+        parts["hybrid_ce"] = cfg.hybrid_ce * per_k * sum(F.cross_entropy(m.float(), y) for m in y_m)
     if "hybrid_kd" in terms and cfg.hybrid_kd and len(y_m):
-        parts["hybrid_kd"] = cfg.hybrid_kd * sum(kd_loss(m, y_a, cfg.temperature) for m in y_m)
+        parts["hybrid_kd"] = cfg.hybrid_kd * per_k * sum(kd_loss(m, y_a, cfg.temperature) for m in y_m)
     if not parts:
         raise ValueError(f"every loss term of method {method!r} is switched off")
     loss = sum(parts.values())

@@ -22,21 +22,38 @@ MODES = ("bptt", "spike", "rate")
 
 @dataclass(frozen=True)
 class NeuronConfig:
-    """Every LIF setting in one place (RateBP reference settings by default).
+    """Every LIF setting in one place; the defaults are the RateBP reference's.
 
-    ``tau`` > 1 gives the leak ``lambda = 1 - 1/tau`` (tau=2 -> 0.5); ``v_reset=None``
-    is the soft reset (subtract threshold), a float the hard reset to that value.
+    The reference (Tab-ct/rate-based-backpropagation, ``--decay 0.2`` through ``warp_decay``
+    and a sigmoid) has the leak ``lambda = 0.2``, i.e. ``tau = 1.25`` (``lambda = 1 - 1/tau``),
+    threshold 1.0, soft reset (``v_reset=None``; a float is the hard reset to that value),
+    detached reset and a sigmoid surrogate with ``alpha = 4``. A model whose own source uses
+    other constants says so (``Spikingformer``: tau 2.0).
     """
 
-    tau: float = 2.0
+    tau: float = 1.25
     v_threshold: float = 1.0
     v_reset: float | None = None
     detach_reset: bool = True
     surrogate_alpha: float = 4.0
+    decay_input: bool = False   # True: charge u = lambda*v + x/tau (spikingjelly's default), as Spikingformer
 
     def __post_init__(self):
-        if not isinstance(self.tau, float) or self.tau <= 1.0:
-            raise ValueError(f"tau={self.tau!r} not allowed; tau must be a float > 1 (leak = 1 - 1/tau)")
+        for name in ("tau", "v_threshold", "surrogate_alpha"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name}={value!r} not allowed; expected a number")
+            object.__setattr__(self, name, float(value))  # an int (tau=2) is the float it names
+        if self.tau <= 1.0:
+            raise ValueError(f"tau={self.tau!r} not allowed; tau must be a number > 1 (leak = 1 - 1/tau)")
+        if self.v_threshold <= 0 or self.surrogate_alpha <= 0:
+            raise ValueError(f"v_threshold={self.v_threshold!r}, surrogate_alpha={self.surrogate_alpha!r} not "
+                             f"allowed; both must be > 0")
+        if self.v_reset is not None and (isinstance(self.v_reset, bool) or not isinstance(self.v_reset, (int, float))):
+            raise ValueError(f"v_reset={self.v_reset!r} not allowed; expected None (soft reset) or a number")
+        for name in ("detach_reset", "decay_input"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} not allowed; expected true or false")
 
     @property
     def leak(self) -> float:
@@ -45,8 +62,21 @@ class NeuronConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def with_overrides(cls, base: "NeuronConfig", overrides: dict | None) -> "NeuronConfig":
+        """``base`` with the fields in ``overrides`` replaced (the ``neuron`` parameter of a run);
+        an unknown key is an error listing the fields."""
+        overrides = overrides or {}
+        if not isinstance(overrides, dict):
+            raise ValueError(f"neuron={overrides!r} not allowed: expected a dict of {', '.join(NEURON_FIELDS)}")
+        unknown = sorted(set(overrides) - set(NEURON_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown neuron setting(s) {unknown}; valid: {', '.join(NEURON_FIELDS)}")
+        return cls(**{**base.to_dict(), **overrides})
+
 
 DEFAULT_NEURON = NeuronConfig()
+NEURON_FIELDS = tuple(DEFAULT_NEURON.to_dict())
 
 
 class LIF(nn.Module):
@@ -57,7 +87,7 @@ class LIF(nn.Module):
         self.cfg = cfg
         self.v_threshold = cfg.v_threshold if v_threshold is None else float(v_threshold)
         self.node = neuron.LIFNode(
-            tau=cfg.tau, decay_input=False, v_threshold=self.v_threshold, v_reset=cfg.v_reset,
+            tau=cfg.tau, decay_input=cfg.decay_input, v_threshold=self.v_threshold, v_reset=cfg.v_reset,
             surrogate_function=surrogate.Sigmoid(alpha=cfg.surrogate_alpha),
             detach_reset=cfg.detach_reset, step_mode="m")
         self.mode = "bptt"
@@ -87,7 +117,7 @@ class LIF(nn.Module):
     def spike_forward(self, x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
         """``[T, B, ...]`` -> spikes; records ``self.rate`` and ``self.elig`` (``[B, ...]``).
 
-        Per step: charge ``u = lambda * v + x_t``; ``sg = surrogate'(u - theta)``;
+        Per step: charge ``u = lambda * v + x_t`` (``x_t / tau`` with ``decay_input``); ``sg = surrogate'(u - theta)``;
         ``e += ef * sg``; spike ``s = u >= theta``; eligibility factor update
         (soft reset, detached: ``ef <- 1 + lambda * ef``); reset. Only ``[B, ...]``
         temporaries are allocated, whatever T; with ``overwrite`` the spikes of step t
@@ -103,8 +133,12 @@ class LIF(nn.Module):
         p = torch.empty_like(v)            # sig * (1 - sig); the surrogate derivative is alpha * p
         bias = torch.full((), -alpha * thr, dtype=v.dtype, device=v.device)  # a fill kernel, no host copy
         ef: float | torch.Tensor = 1.0
+        in_scale = 1.0 / self.cfg.tau if self.cfg.decay_input else 1.0   # du_t/dx_t
         for t in range(T):                 # 7 elementwise passes per step in the common case
-            torch.add(x[t], v, alpha=lam, out=v)           # u_t = lambda * v_{t-1} + x_t
+            if in_scale == 1.0:
+                torch.add(x[t], v, alpha=lam, out=v)       # u_t = lambda * v_{t-1} + x_t
+            else:
+                torch.add(x[t], v, alpha=lam / in_scale, out=v).mul_(in_scale)  # lambda * v + x_t / tau
             torch.add(bias, v, alpha=alpha, out=p).sigmoid_()   # sigmoid(alpha * (u_t - theta))
             p.addcmul_(p, p, value=-1.0)
             s = spikes[t]
@@ -127,7 +161,9 @@ class LIF(nn.Module):
             else:
                 v.mul_(1.0 - s).add_(s, alpha=v_reset)
         self.rate = spikes.mean(0, dtype=torch.float32)
-        self.elig = elig.div_(T)
+        # every path from x into u starts with the factor du/dx = in_scale and the ef recursion is
+        # linear in it, so the eligibility of decay_input is the plain one times 1/tau
+        self.elig = elig.mul_(in_scale / T)
         return spikes
 
     def rate_forward(self, x: torch.Tensor) -> torch.Tensor:

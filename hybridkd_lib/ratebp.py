@@ -3,9 +3,13 @@
 One step: (1) a spike pass over T without an autograd graph, in which every LIF
 records its firing rate and eligibility and every BN its batch statistics (and
 updates its running statistics once); (2) one rate pass with autograd over the
-batch B on the time-averaged input, whose logits equal the time-averaged
-spike-pass logits for a linear head. The graph is one batch-B pass: its memory
-does not grow with T. BPTT is the other mode of the same model (``set_mode``).
+batch B on the time-averaged input. Every LIF's value there is its recorded rate
+and every BN uses the recorded statistics, so between LIFs only non-linear layers
+(max-pooling of spikes) can make the rate pass's value differ from the time-averaged
+spike pass: ``value="rate"`` keeps the reference's construction (pool the rates),
+``value="spike_mean"`` uses the recorded time average there (``layers.SpikeMeanValue``).
+The graph is one batch-B pass: its memory does not grow with T. BPTT is the other
+mode of the same model (``set_mode``).
 """
 from __future__ import annotations
 
@@ -14,18 +18,31 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from hybridkd_lib.layers import _RateBatchNorm
+from hybridkd_lib.layers import SpikeMeanValue, _RateBatchNorm
 from hybridkd_lib.memory import release_freed_memory
 from hybridkd_lib.neurons import LIF, MODES
 
+RATE_VALUES = ("rate", "spike_mean")
 
-def set_mode(model: nn.Module, mode: str) -> nn.Module:
-    """Switch every LIF, rate-aware BN and the spiking model itself to ``mode``."""
+
+def check_rate_value(value: str) -> None:
+    if value not in RATE_VALUES:
+        raise ValueError(f"unknown rate-pass value {value!r}; valid: {', '.join(RATE_VALUES)}")
+
+
+def set_mode(model: nn.Module, mode: str, value: str | None = None) -> nn.Module:
+    """Switch every LIF, rate-aware BN, ``SpikeMeanValue`` and the spiking model itself to
+    ``mode``; ``value`` (``"rate"``/``"spike_mean"``, None: unchanged) sets what the rate pass
+    gives after a non-linear layer between LIFs."""
     if mode not in MODES:
         raise ValueError(f"unknown propagation mode {mode!r}; valid: {', '.join(MODES)}")
+    if value is not None:
+        check_rate_value(value)
     for m in model.modules():
-        if isinstance(m, (LIF, _RateBatchNorm)) or getattr(m, "spiking", False):
+        if isinstance(m, (LIF, _RateBatchNorm, SpikeMeanValue)) or getattr(m, "spiking", False):
             m.mode = mode
+            if value is not None and isinstance(m, SpikeMeanValue):
+                m.value = value
             if mode == "bptt" and hasattr(m, "clear"):
                 m.clear()
     return model
@@ -41,21 +58,22 @@ def propagation(model: nn.Module, mode: str):
         set_mode(model, "bptt")
 
 
-def spike_pass(model: nn.Module, x: torch.Tensor):
+def spike_pass(model: nn.Module, x: torch.Tensor, value: str = "rate"):
     """Graph-free spike pass (records rates/eligibilities); returns the T-averaged logits."""
-    set_mode(model, "spike")
+    set_mode(model, "spike", value)
     with torch.no_grad():
         return model(x)
 
 
-def rate_forward(model: nn.Module, x: torch.Tensor, fn=None):
+def rate_forward(model: nn.Module, x: torch.Tensor, fn=None, value: str = "rate"):
     """Spike pass, then the rate pass with autograd; returns ``fn(model, x)`` in rate mode.
 
     ``fn`` defaults to ``model(x)`` (logits ``[B, classes]``); the hybrid trainer passes
     a function that also runs the teacher suffixes on the student's rate features.
-    The recorded rates are dropped afterwards; the graph keeps what backward needs.
+    ``value``: see the module docstring. The recorded rates are dropped afterwards; the
+    graph keeps what backward needs.
     """
-    spike_pass(model, x)
+    spike_pass(model, x, value)
     release_freed_memory(x.device)  # the spike pass's [T, B, ...] temporaries are gone: give their pages back
     set_mode(model, "rate")
     try:

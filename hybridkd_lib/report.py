@@ -67,6 +67,31 @@ def _fmt(acc, ref=None) -> str:
     return f"{acc:.2f}" + (f" ({acc - ref:+.2f})" if ref is not None else "")
 
 
+ACCURACY = "final-epoch test top-1"   # what every measured accuracy of the book is (the reference logs the best)
+NOT_CONVERGED = "not converged"
+CONVERGENCE_WINDOW, CONVERGENCE_TOLERANCE = 3, 1.0   # epochs, percentage points
+
+
+def last_epochs_spread(res: dict) -> float | None:
+    """How far the test top-1 moved over the run's last ``CONVERGENCE_WINDOW`` epochs (max - min)."""
+    accs = [h["top1"] for h in res.get("history", [])][-CONVERGENCE_WINDOW:]
+    return max(accs) - min(accs) if len(accs) == CONVERGENCE_WINDOW else None
+
+
+def converged(res: dict) -> bool:
+    """False when the test top-1 still moved by more than ``CONVERGENCE_TOLERANCE`` points over the
+    last ``CONVERGENCE_WINDOW`` epochs."""
+    spread = last_epochs_spread(res)
+    return spread is None or spread <= CONVERGENCE_TOLERANCE
+
+
+def _measured(res: dict | None, ref=None) -> str:
+    """A measured cell: the final-epoch top-1 (and gap), marked when the run had not converged."""
+    if res is None:
+        return NOT_RUN
+    return _fmt(res["top1"], ref) + ("" if converged(res) else f" {NOT_CONVERGED}")
+
+
 def profile_note(profile: str | None = None) -> str:
     from hybridkd_lib.plan import SCALE
 
@@ -107,9 +132,20 @@ def table_a(profile: str | None = None) -> pd.DataFrame:
         rows.append({"source": f"measured ({p})", "dataset": NICE.get(ds, ds),
                      "teacher": f"{_short(teacher)} ({_fmt(t_acc) if t_acc is not None else NOT_RUN})",
                      "student": _short(student),
-                     **{f"T={T}": (_fmt(row_cells[T]["top1"], t_acc) if row_cells[T] else NOT_RUN)
-                        for T in (2, 4, 6, 8)}})
+                     **{f"T={T}": _measured(row_cells[T], t_acc) for T in (2, 4, 6, 8)}})
     return pd.DataFrame(rows)
+
+
+def misprint_notes() -> str:
+    """The seed's Table A misprints, as a list (from ``reported.json``)."""
+    return "\n".join(f"- {m['dataset']}, {m['student']} <- {m['teacher']}, T={m['T']}: reported {m['top1']:.2f}, "
+                     f"the seed prints the gap {m['printed_gap']:+.2f}, but {m['note']}; this table shows "
+                     f"{m['top1'] - _teacher_top1(m):+.2f}." for m in reported().get("table_a_misprints", []))
+
+
+def _teacher_top1(m: dict) -> float:
+    return next(r["teacher_top1"] for r in reported()["table_a"]
+                if (r["dataset"], r["teacher"], r["student"]) == (m["dataset"], m["teacher"], m["student"]))
 
 
 def table_a_provenance(profile: str | None = None) -> pd.DataFrame:
@@ -172,7 +208,7 @@ def table_b(profile: str | None = None) -> pd.DataFrame:
             t_acc = res.get("teacher_top1") if res else None
             with_teacher = prm["method"] != "ratebp"
             teacher = (f"ViT-S/16 ({_fmt(t_acc)})" if with_teacher else "-")
-            acc = _fmt(res["top1"], t_acc if with_teacher else None) if res else NOT_RUN
+            acc = _measured(res, t_acc if with_teacher else None)
             rows.append({"source": f"measured ({p})", "dataset": NICE.get(prm["dataset"], prm["dataset"]),
                          "method": METHOD_NAMES[prm["method"]], "teacher": teacher,
                          "student": "Spikingformer-4-256" + (f" (dim {prm['student_kw']['dim']})"
@@ -340,6 +376,134 @@ def fig4_plot(records: list[dict]):
     return fig
 
 
+# ----------------------------------------------------------------------------- what the paper leaves open
+def open_choices() -> pd.DataFrame:
+    """Every choice the paper does not state: the value this library uses (read from the code), why,
+    and the parameter that changes it."""
+    from hybridkd_lib.losses import LossConfig
+    from hybridkd_lib.models.spikingformer import SPIKINGFORMER_NEURON
+    from hybridkd_lib.neurons import DEFAULT_NEURON
+    from hybridkd_lib.plan import SCALE
+
+    loss, n, sf = LossConfig(), DEFAULT_NEURON, SPIKINGFORMER_NEURON
+    neuron = lambda c: (f"tau {c.tau} (leak {c.leak:.2f}), threshold {c.v_threshold}, "
+                        f"{'soft' if c.v_reset is None else f'hard (to {c.v_reset})'} reset"
+                        f"{', detached' if c.detach_reset else ''}, sigmoid surrogate alpha {c.surrogate_alpha}, "
+                        f"decay_input {c.decay_input}")
+    rows = [
+        ("Loss weights", f"ce {loss.ce}, kd {loss.kd}, hybrid_ce {loss.hybrid_ce}, hybrid_kd {loss.hybrid_kd}",
+         "the paper gives the form (w about 1); every term weighted 1, each M_k trained like the SNN itself",
+         '`loss={"ce": .., "kd": .., "hybrid_ce": .., "hybrid_kd": ..}` (0 switches a term off)'),
+        ("Hybrid terms over k", f"{loss.hybrid_reduction}med" if loss.hybrid_reduction == "sum" else "averaged",
+         "the paper's formula writes a sum over k", '`loss={"hybrid_reduction": "mean"}`'),
+        ("KD temperature", f"{loss.temperature}", "the paper states 3-4; Hinton KD's common CIFAR value",
+         '`loss={"temperature": ..}`'),
+        ("RateBP 1/T gradient scale", f"{loss.ratebp_grad_scale} (full profile); "
+         f"{SCALE['quick']['student_loss']['ratebp_grad_scale']} (CPU profiles)",
+         "the RateBP reference scales the loss's gradient by 1/T (CustomEvaluator); the CPU profiles' 10 epochs "
+         "need the unscaled step (measured below)", '`loss={"ratebp_grad_scale": false}`'),
+        ("Alignment module, feature maps", "1x1 conv (no bias) + BN, no activation; resized to the teacher's grid",
+         "the smallest map from the SNN's channels to the teacher's", "code: `hybrid.MapAlign`"),
+        ("Alignment module, ViT tokens", "linear + LayerNorm + bilinear resize of the token grid + a learnable "
+         "class token", "maps Spikingformer's channels-first 8x8 tokens to the ViT's token-major sequence",
+         "code: `hybrid.TokenAlign`"),
+        ("Stage pairing", "student stage k with the last teacher stage of the same spatial size, else "
+         "round((k+1) K_t / K_s) - 1", "the paper pairs blocks of ResNets of equal stage counts",
+         "code: `hybrid.pair_stages`"),
+        ("How the DVS teacher sees event frames", "the mean frame over T", "an ANN has no time axis",
+         "code: `data.ann_view`"),
+        ("Table B augmentation", "the Table C CIFAR recipe (crop + flip, AutoAugment, Cutout 16), not "
+         "Spikingformer's own (RandAugment, mixup, random erasing, label smoothing)",
+         "one recipe for every CIFAR run", '`data_kw={"augment": false}` (normalisation only)'),
+        ("Neuron constants, ResNet students", neuron(n), "the RateBP reference's defaults (`--decay 0.2`)",
+         '`neuron={"tau": .., "v_threshold": .., ...}`'),
+        ("Neuron constants, Spikingformer", neuron(sf) + "; attention LIF threshold 0.5",
+         "Spikingformer's own `MultiStepLIFNode(tau=2.0, detach_reset=True)` with spikingjelly's defaults",
+         '`neuron={...}` (overrides these fields)'),
+        ("Rate-pass value after max-pooling of spikes", "the pooled rates (the reference's construction)",
+         "the value differs from the spiking network's time average (SEW-ResNet-34's stem, Spikingformer's "
+         "tokenizer); see Tutorial 2", '`rate_value="spike_mean"`'),
+        ("Accuracy reported", f"{ACCURACY} (best epoch's recorded too)",
+         "the RateBP reference logs the best epoch; the final one needs no test-set selection", "-"),
+        ("Grad-CAM layer", "the output of the last stage (the map the head pools)",
+         "the seed: \"based on the output layer\"", "code: `cam.cam_models`"),
+    ]
+    df = pd.DataFrame(rows, columns=["choice", "value used", "why", "parameter"])
+    return df.apply(lambda col: col.str.replace(r"`([^`]+)`", r"<code>\1</code>", regex=True))
+
+
+def spikingformer_params() -> pd.DataFrame:
+    """Spikingformer-4-256's parameter count: the paper's (reported) and this library's model (counted)."""
+    import torch
+
+    from hybridkd_lib.models import create_model
+
+    with torch.device("meta"):
+        n = sum(p.numel() for p in create_model("spikingformer_4_256", num_classes=10).parameters())
+    return pd.DataFrame([
+        {"source": "reported (the paper, Table B)", "parameters": f"{reported()['spikingformer_params_m']:.2f} M"},
+        {"source": "measured (this library's spikingformer_4_256, 10 classes, counted)", "parameters": f"{n:,}"}])
+
+
+# ----------------------------------------------------------------------------- ablation of the open choices
+ABLATION_FILE = REPO_ROOT / "book" / "data" / "ablation" / "ablation_quick.json"
+
+
+def ablation_records(results_dir: Path | None = None) -> list[dict]:
+    """One record per finished run of the ``ablation`` profile (variant, seed, accuracies, provenance)."""
+    from hybridkd_lib.plan import ABLATION_SEEDS, ABLATIONS, ablation_run_name
+
+    folder = Path(results_dir or default_results_root() / "ablation")
+    recs = []
+    for variant, (base, loss) in ABLATIONS.items():
+        for seed in ABLATION_SEEDS:
+            res = read_result(folder / ablation_run_name(variant, seed))
+            if res is not None:
+                recs.append({"variant": variant, "varies": base, "loss": res["loss"], "seed": seed,
+                             "top1": res["top1"], "converged": converged(res),
+                             "best_top1": res.get("best_top1"), "hybrid_top1": res["hybrid_top1"],
+                             "teacher_top1": res["teacher_top1"], "epochs": res["epochs"],
+                             "train_time_s": res["train_time_s"], "git_commit": res["git_commit"],
+                             "finished_at": res["finished_at"]})
+    return recs
+
+
+def write_ablation_file(results_dir: Path | None = None, path: Path = ABLATION_FILE) -> Path:
+    """Store the ablation profile's records as the committed file the book shows (atomic)."""
+    from hybridkd_lib.results import write_json
+
+    recs = ablation_records(results_dir)
+    if not recs:
+        raise ValueError("no finished ablation run: python -m hybridkd_lib reproduce --profile ablation first")
+    write_json(path, {"_source": "measured: python -m hybridkd_lib reproduce --profile ablation (CPU, quick scale)",
+                      "records": recs})
+    return path
+
+
+def ablation_table(records: list[dict] | None = None) -> tuple[pd.DataFrame, str]:
+    """Mean and spread (sample std over seeds) of the final-epoch top-1 per variant, and where the
+    records came from: this machine's ``results/ablation`` runs, else the committed file."""
+    source = "measured (results/ablation)"
+    if records is None:
+        records = ablation_records()
+        if not records and ABLATION_FILE.is_file():
+            records = json.loads(ABLATION_FILE.read_text())["records"]
+            source = f"measured (committed file book/data/ablation/{ABLATION_FILE.name})"
+    if not records:
+        return pd.DataFrame({"status": [NOT_RUN]}), NOT_RUN
+    df = pd.DataFrame(records)
+    df["M_k mean"] = df["hybrid_top1"].apply(lambda a: sum(a) / len(a) if a else float("nan"))
+    g = df.groupby("variant", sort=False)
+    out = pd.DataFrame({"run varied": g["varies"].first(),
+                        "loss options": g["loss"].first().apply(lambda d: json.dumps(d, sort_keys=True)),
+                        "seeds": g["seed"].apply(lambda s: ", ".join(map(str, s))),
+                        "SNN top-1 mean": g["top1"].mean().round(2), "SNN top-1 std": g["top1"].std().round(2),
+                        "hybrids' mean top-1": g["M_k mean"].mean().round(2),
+                        "runs not converged": g["converged"].apply(lambda c: int((~c).sum())),
+                        "commit": g["git_commit"].first()}).reset_index()
+    return missing_as_dash(out), source
+
+
 # ----------------------------------------------------------------------------- runs index
 def runs_index(profile: str | None = None) -> pd.DataFrame:
     p = profile or book_profile()
@@ -349,9 +513,15 @@ def runs_index(profile: str | None = None) -> pd.DataFrame:
         html = default_results_root() / "_site" / "runs" / p / f"{run.name}.html"
         link = f'<a href="../runs/{p}/{run.name}.html">{run.notebook}</a>' if html.is_file() else run.notebook
         acc = res.get("top1") if res else None
+        trained = isinstance(acc, (int, float)) and bool(res.get("history"))
+        spread = last_epochs_spread(res) if trained else None
         rows.append({"run": run.name, "notebook": link, "feeds": ", ".join(run.cells),
                      "status": "done" if res else NOT_RUN,
-                     "top-1 (%)": f"{acc:.2f}" if isinstance(acc, (int, float)) else "",
+                     "final top-1 (%)": f"{acc:.2f}" if isinstance(acc, (int, float)) else "",
+                     "best top-1 (%) [epoch]": (f"{res['best_top1']:.2f} [{res['best_epoch']}]"
+                                                if trained and "best_top1" in res else ""),
+                     f"moved over last {CONVERGENCE_WINDOW} epochs": (
+                         "" if spread is None else f"{spread:.2f}" + ("" if converged(res) else f" ({NOT_CONVERGED})")),
                      "provenance": provenance(res) if res and "method" in res else
                      (f"{res.get('device')}, commit {res.get('git_commit')}" if res else NOT_RUN)})
     return pd.DataFrame(rows)

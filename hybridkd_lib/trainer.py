@@ -45,6 +45,7 @@ from hybridkd_lib.losses import LossConfig, check_loss_options, total_loss
 from hybridkd_lib.memory import release_freed_memory
 from hybridkd_lib.models import check_model_kwargs, check_model_name, create_model
 from hybridkd_lib.models.timm_teachers import check_state_dict, load_state_dict_file
+from hybridkd_lib.neurons import DEFAULT_NEURON, NeuronConfig
 
 METHODS = ("ann", "bptt", "bptt_kd", "ratebp", "kd", "hybrid")
 TEACHER_METHODS = ("bptt_kd", "kd", "hybrid")
@@ -76,6 +77,8 @@ class TrainConfig:
     teacher_kw: dict = field(default_factory=dict)
     data_kw: dict = field(default_factory=dict)
     loss: dict = field(default_factory=dict)
+    neuron: dict = field(default_factory=dict)   # LIF settings over the student's own (neurons.NeuronConfig)
+    rate_value: str = "rate"      # rate pass after max-pooling of spikes: "rate" (reference) | "spike_mean"
     teacher_input_size: int | None = None
     num_workers: int | None = None  # loader processes per training process; None: data.default_num_workers
     max_steps_per_epoch: int | None = None
@@ -161,7 +164,11 @@ def validate(cfg: TrainConfig, world_size: int = 1, check_out: bool = False) -> 
     data.check_options(cfg.dataset, cfg.data_kw)
     if cfg.method != "ann":
         check_model_name(cfg.student, "student")
+        NeuronConfig.with_overrides(DEFAULT_NEURON, cfg.neuron)
+        if cfg.neuron and "neuron_cfg" in cfg.student_kw:
+            raise ValueError("neuron and student_kw['neuron_cfg'] both set the LIF settings; use neuron alone")
         check_model_kwargs(cfg.student, cfg.student_kw, "student_kw", also={"T": cfg.T})
+        ratebp.check_rate_value(cfg.rate_value)
     if cfg.method == "ann" or cfg.method in TEACHER_METHODS:
         check_model_name(cfg.teacher, "teacher")
         check_model_kwargs(cfg.teacher, cfg.teacher_kw, "teacher_kw")
@@ -271,7 +278,7 @@ class Learner(nn.Module):
 
     def __init__(self, cfg: TrainConfig, num_classes: int, input_shape: tuple):
         super().__init__()
-        self.method, self.T, self.loss_cfg = cfg.method, cfg.T, cfg.loss_cfg
+        self.method, self.T, self.loss_cfg, self.rate_value = cfg.method, cfg.T, cfg.loss_cfg, cfg.rate_value
         self.teacher_input_size = cfg.teacher_input_size
         in_chans = input_shape[-3]
         self.student = self.teacher = self.distiller = None
@@ -282,6 +289,8 @@ class Learner(nn.Module):
         else:
             skw = dict(cfg.student_kw, T=cfg.T)
             skw.setdefault("in_chans", in_chans)
+            if cfg.neuron:
+                skw["neuron_cfg"] = dict(cfg.neuron)
             self.student = create_model(cfg.student, num_classes=num_classes, **skw)
             self.model, self.arch, self.model_kw = self.student, cfg.student, dict(skw)
             if cfg.method in TEACHER_METHODS:
@@ -310,9 +319,9 @@ class Learner(nn.Module):
         elif m in ("bptt", "bptt_kd"):
             y_s = self.model(x)
         elif m in ("ratebp", "kd"):
-            y_s = ratebp.rate_forward(self.student, x)
+            y_s = ratebp.rate_forward(self.student, x, value=self.rate_value)
         else:
-            y_s, y_m = ratebp.rate_forward(self.student, x, fn=lambda _, xx: self.distiller(xx))
+            y_s, y_m = ratebp.rate_forward(self.student, x, fn=lambda _, xx: self.distiller(xx), value=self.rate_value)
         if m in RATEBP_METHODS and m in TEACHER_METHODS:
             y_a = self.distiller.teacher_logits(x)
         loss, parts = total_loss(m, self.loss_cfg, y, y_s, y_a, y_m)
@@ -701,13 +710,20 @@ def _run_epochs(s: Session, state: dict | None, on_epoch_end, log) -> dict:
 
 
 def _result(s: Session, final: dict, history: list, train_time: float) -> dict:
+    """``top1`` is the final epoch's test accuracy; ``best_top1`` the best epoch's (what the RateBP
+    reference logs), at ``best_epoch``."""
     cfg, dev = s.cfg, s.env.device
+    best = max(history, key=lambda r: r["top1"]) if history else {"top1": final["top1"], "epoch": cfg.epochs}
+    student = s.learner.student
     return {
         **{k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
         "loss_config": cfg.loss_cfg.to_dict(),
         "student": cfg.student if cfg.method != "ann" else None,
         "teacher": cfg.teacher if (cfg.method == "ann" or cfg.method in TEACHER_METHODS) else None,
+        "neuron_config": student.neuron_cfg.to_dict() if student is not None else None,
         "top1": final["top1"],
+        "best_top1": best["top1"],
+        "best_epoch": best["epoch"],
         "teacher_top1": final.get("teacher_top1", final["top1"] if cfg.method == "ann" else None),
         "hybrid_top1": final.get("hybrid_top1", []),
         "train_time_s": round(train_time, 2),

@@ -57,6 +57,8 @@ def test_cifar_tiny_files_load_without_md5_check_only_when_asked(tmp_path, monke
         data.get_datasets("cifar100", root=tmp_path)
     train, test = data.get_datasets("cifar100", root=tmp_path, verify_md5=False)
     assert len(train) == 8 and train[0][0].shape == (3, 32, 32)
+    plain, _ = data.get_datasets("cifar100", root=tmp_path, verify_md5=False, augment=False)
+    assert torch.equal(plain[0][0], plain[0][0]) and torch.equal(plain[0][0], test.transform(plain.data[0]))
 
 
 def test_imagenet_imagefolder(tmp_path):

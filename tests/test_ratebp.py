@@ -52,7 +52,8 @@ def test_single_lif_matches_bptt(T, tau):
 
 @pytest.mark.parametrize("cfg", [NeuronConfig(v_reset=0.0, detach_reset=True),
                                  NeuronConfig(v_reset=0.0, detach_reset=False),
-                                 NeuronConfig(v_reset=None, detach_reset=False)])
+                                 NeuronConfig(v_reset=None, detach_reset=False),
+                                 NeuronConfig(tau=2.0, v_reset=0.0, decay_input=True)])  # Spikingformer's
 def test_other_resets_match_bptt(cfg):
     torch.manual_seed(1)
     net = LinearLIF(cfg, 6)

@@ -87,6 +87,20 @@ def test_each_loss_term_can_be_switched_off(off):
     assert float(loss) == pytest.approx(float(sum(parts.values())), rel=1e-5)
 
 
+def test_hybrid_terms_summed_or_averaged_over_k():
+    y = torch.arange(4)
+    y_s, y_a = torch.randn(4, 10), torch.randn(4, 10)
+    y_m = [torch.randn(4, 10), torch.randn(4, 10), torch.randn(4, 10)]
+    _, summed = total_loss("hybrid", LossConfig(), y, y_s, y_a, y_m)
+    _, mean = total_loss("hybrid", LossConfig(hybrid_reduction="mean"), y, y_s, y_a, y_m)
+    for k in ("hybrid_ce", "hybrid_kd"):
+        assert float(mean[k]) == pytest.approx(float(summed[k]) / 3, rel=1e-6)
+    assert float(mean["ce"]) == float(summed["ce"])
+    from hybridkd_lib.losses import check_loss_options
+    with pytest.raises(ValueError, match="hybrid_reduction='avg' not allowed; valid: sum, mean"):
+        check_loss_options({"hybrid_reduction": "avg"})
+
+
 def test_method_terms():
     y, y_s, y_a = torch.arange(4), torch.randn(4, 10), torch.randn(4, 10)
     assert set(total_loss("ratebp", LossConfig(), y, y_s)[1]) == {"ce"}

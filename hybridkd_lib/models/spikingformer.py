@@ -1,23 +1,44 @@
-"""Spikingformer (Zhou et al. 2023, zhouchenlin2096/Spikingformer), CIFAR variant.
+"""Spikingformer (Zhou et al. 2023), CIFAR variant, as ``cifar10/model.py`` of
+zhouchenlin2096/Spikingformer defines it.
 
 Tokens are channels-first, ``[T, B, D, N]`` (or ``[B, D, N]`` in the rate pass), so
-the 1x1 projections are ``Conv1d`` and the norms ``BatchNorm1d`` as in the original.
-Spike-driven residual learning: the residual stream is real-valued and every
-branch starts with a LIF. Self-attention has no softmax: ``(Q K^T) V * 0.125``,
-computed as ``Q (K^T V)`` (same value, cheaper for N > d), then a LIF with
-threshold 0.5. Each encoder block is one stage of the stage protocol.
+the 1x1 projections are ``Conv1d`` and the norms ``BatchNorm1d`` (the source's
+``Conv2d``/``BatchNorm2d`` on ``[T*B, D, H, W]`` or ``Conv1d``/``BatchNorm1d`` on
+``[T*B, D, N]``: the same weights and statistics). Layer by layer:
+
+- tokenizer: conv3x3-BN (D/8); then LIF-conv3x3-BN to D/4 and D/2; then
+  LIF-maxpool-conv3x3-BN to D twice (32x32 -> 8x8 tokens); convs without bias,
+  no relative-position branch;
+- attention: LIF; q, k, v each conv1x1 (no bias)-BN-LIF; ``(Q K^T) V * 0.125`` (no
+  softmax; computed as ``Q (K^T V)``, the same value); LIF with threshold 0.5;
+  conv1x1 (with bias)-BN;
+- MLP: LIF-conv1x1-BN to 4D, LIF-conv1x1-BN back to D (convs with bias);
+- residual stream real-valued: ``x + attn(x)``, then ``+ mlp``; head: mean over
+  tokens, Linear (truncated-normal init, std 0.02, bias 0), mean over T.
+
+The source's blocks also create two LayerNorms that their forward never calls; they are
+left out (4,096 parameters at D=256: the source module has 4,156,202, the network it
+computes 4,152,106, the paper's 4.15 M).
+
+Neurons: the source's ``MultiStepLIFNode(tau=2.0, detach_reset=True)`` with spikingjelly's
+defaults, i.e. tau 2.0, ``decay_input=True``, hard reset to 0, threshold 1.0 (0.5 for the
+attention LIF), sigmoid surrogate alpha 4: ``SPIKINGFORMER_NEURON``. A run's ``neuron``
+parameter overrides these fields (the attention LIF keeps its 0.5 threshold).
 """
 from __future__ import annotations
 
 from torch import nn
 
-from hybridkd_lib.layers import RateBatchNorm1d, RateBatchNorm2d, Temporal, conv
+from hybridkd_lib.layers import RateBatchNorm1d, RateBatchNorm2d, SpikeMeanValue, conv
+from hybridkd_lib.models.resnet import neuron_config
 from hybridkd_lib.models.stages import SpikingStageModel
-from hybridkd_lib.neurons import DEFAULT_NEURON, LIF, NeuronConfig
+from hybridkd_lib.neurons import LIF, NeuronConfig
+
+SPIKINGFORMER_NEURON = NeuronConfig(tau=2.0, v_reset=0.0, decay_input=True)
 
 
-def _proj(cin, cout):
-    return nn.Sequential(conv(cin, cout, 1, sample_dims=2), RateBatchNorm1d(cout))
+def _proj(cin, cout, bias):
+    return nn.Sequential(conv(cin, cout, 1, sample_dims=2, bias=bias), RateBatchNorm1d(cout))
 
 
 class SpikingSelfAttention(nn.Module):
@@ -25,10 +46,11 @@ class SpikingSelfAttention(nn.Module):
         super().__init__()
         self.heads, self.scale = heads, scale
         self.lif_in = LIF(cfg)
-        self.q, self.k, self.v = _proj(dim, dim), _proj(dim, dim), _proj(dim, dim)
-        self.lif_q, self.lif_k, self.lif_v = LIF(cfg), LIF(cfg), LIF(cfg)
+        self.q, self.lif_q = _proj(dim, dim, False), LIF(cfg)
+        self.k, self.lif_k = _proj(dim, dim, False), LIF(cfg)
+        self.v, self.lif_v = _proj(dim, dim, False), LIF(cfg)
         self.lif_attn = LIF(cfg, v_threshold=0.5)
-        self.proj = _proj(dim, dim)
+        self.proj = _proj(dim, dim, True)
 
     def forward(self, x):  # [..., D, N]
         *lead, D, N = x.shape
@@ -44,8 +66,8 @@ class SpikingSelfAttention(nn.Module):
 class SpikingMLP(nn.Module):
     def __init__(self, dim, ratio, cfg):
         super().__init__()
-        self.lif1, self.fc1 = LIF(cfg), _proj(dim, dim * ratio)
-        self.lif2, self.fc2 = LIF(cfg), _proj(dim * ratio, dim)
+        self.lif1, self.fc1 = LIF(cfg), _proj(dim, dim * ratio, True)
+        self.lif2, self.fc2 = LIF(cfg), _proj(dim * ratio, dim, True)
 
     def forward(self, x):
         return self.fc2(self.lif2(self.fc1(self.lif1(x))))
@@ -69,33 +91,28 @@ class _Tokens(nn.Module):
         return x.flatten(-2)
 
 
-class SPSRest(nn.Module):
-    """Spiking patch splitting after the first conv+BN: LIF-conv-BN to D/4, D/2, then
-    max-pool before the last two convs (D, and the relative-position conv, added back)."""
+class SpikingTokenizer(nn.Module):
+    """The source's tokenizer after its first conv+BN (``block1``..``block4``): LIF-conv-BN to
+    D/4 and D/2, then LIF-maxpool-conv-BN to D twice; ``[..., D/8, H, W]`` -> ``[..., D, H*W/16]``."""
 
     def __init__(self, dim, cfg):
         super().__init__()
-        c = [dim // 8, dim // 4, dim // 2, dim]
-        pool = lambda: Temporal(nn.MaxPool2d(3, 2, 1))
-        self.lif1, self.conv1, self.bn1 = LIF(cfg), conv(c[0], c[1]), RateBatchNorm2d(c[1])
-        self.lif2, self.conv2, self.bn2 = LIF(cfg), conv(c[1], c[2]), RateBatchNorm2d(c[2])
-        self.lif3, self.pool3, self.conv3, self.bn3 = LIF(cfg), pool(), conv(c[2], c[3]), RateBatchNorm2d(c[3])
-        self.pool4 = pool()
-        self.lif4, self.rpe, self.bn4 = LIF(cfg), conv(c[3], c[3]), RateBatchNorm2d(c[3])
+        c = [dim // 8, dim // 4, dim // 2, dim, dim]
+        pool = lambda i: [SpikeMeanValue(nn.MaxPool2d(3, 2, 1))] if i >= 2 else []
+        self.blocks = nn.Sequential(*(nn.Sequential(LIF(cfg), *pool(i), conv(c[i], c[i + 1]), RateBatchNorm2d(c[i + 1]))
+                                      for i in range(4)))
         self.tokens = _Tokens()
 
     def forward(self, x):
-        x = self.bn1(self.conv1(self.lif1(x)))
-        x = self.bn2(self.conv2(self.lif2(x)))
-        x = self.pool4(self.bn3(self.conv3(self.pool3(self.lif3(x)))))
-        x = x + self.bn4(self.rpe(self.lif4(x)))
-        return self.tokens(x)
+        return self.tokens(self.blocks(x))
 
 
 class _TokenHead(nn.Module):
     def __init__(self, dim, num_classes):
         super().__init__()
         self.fc = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.fc.weight, std=0.02)
+        nn.init.zeros_(self.fc.bias)
 
     def forward(self, x):  # [..., D, N] -> [..., classes]
         return self.fc(x.mean(-1))
@@ -105,11 +122,12 @@ class Spikingformer(SpikingStageModel):
     """Spikingformer-L-D: ``depth`` blocks of width ``dim``; input 32x32 -> 8x8 tokens."""
 
     def __init__(self, num_classes=10, dim=256, depth=4, heads=8, mlp_ratio=4, in_chans=3,
-                 neuron_cfg: NeuronConfig = DEFAULT_NEURON, T: int = 4):
+                 neuron_cfg: NeuronConfig | dict | None = None, T: int = 4):
         super().__init__()
         self.T = T
+        self.neuron_cfg = neuron_cfg = neuron_config(neuron_cfg, SPIKINGFORMER_NEURON)
         self.encoder = nn.Sequential(conv(in_chans, dim // 8), RateBatchNorm2d(dim // 8))
-        self.stem = SPSRest(dim, neuron_cfg)
+        self.stem = SpikingTokenizer(dim, neuron_cfg)
         self.stages = nn.ModuleList(SpikingformerBlock(dim, heads, mlp_ratio, neuron_cfg) for _ in range(depth))
         self.feature_info = [{"num_chs": dim, "reduction": 4, "kind": "tokens"} for _ in range(depth)]
         self.head = _TokenHead(dim, num_classes)
