@@ -86,3 +86,26 @@ def scale_gradient(loss: torch.Tensor, T: int) -> torch.Tensor:
     """The reference's 1/T gradient scale: the value of ``loss``, the gradient of ``loss / T``."""
     scaled = loss / T
     return loss.detach() + (scaled - scaled.detach())
+
+
+def rate_pass_gap(model: nn.Module, x: torch.Tensor, value: str = "rate") -> dict:
+    """How far the rate pass's values are from the time-averaged spike pass's, with rate-pass value
+    ``value``: max |difference| of the logits and of the stage outputs (the hybrids' inputs).
+    One training-mode spike pass and rate pass, as a RateBP step makes (BN running statistics
+    are updated once)."""
+    was = model.training
+    model.train()
+    try:
+        with torch.no_grad():
+            set_mode(model, "spike", value)
+            spike_feats = model.forward_features(x)
+            spike_logits = model.forward_head(spike_feats[-1])
+            spike_feats = [f.mean(0) for f in spike_feats]
+            set_mode(model, "rate")
+            rate_feats = model.forward_features(x)
+            rate_logits = model.forward_head(rate_feats[-1])
+    finally:
+        set_mode(model, "bptt")
+        model.train(was)
+    return {"logits": (rate_logits - spike_logits).abs().max().item(),
+            "stage outputs": max((r - s).abs().max().item() for r, s in zip(rate_feats, spike_feats))}

@@ -72,6 +72,18 @@ def test_missing_results_render_not_run(tmp_path, monkeypatch):
     assert (report.runs_index()["status"] == "not run").all()
 
 
+def test_a_run_still_moving_is_marked_not_converged():
+    """Final-epoch accuracy in the cell; "not converged" when it moved > 1 point over the last 3 epochs."""
+    hist = lambda *accs: [{"epoch": i + 1, "top1": a} for i, a in enumerate(accs)]
+    settled = {"top1": 97.0, "history": hist(50.0, 96.4, 97.3, 97.0)}
+    moving = {"top1": 89.1, "history": hist(10.0, 86.0, 88.9, 89.1)}
+    assert report.converged(settled) and report.last_epochs_spread(settled) == pytest.approx(0.9)
+    assert not report.converged(moving)
+    assert report._measured(settled, 98.0) == "97.00 (-1.00)"
+    assert report._measured(moving, 98.0) == "89.10 (-8.90) not converged"
+    assert report._measured(None) == report.NOT_RUN
+
+
 def test_table_c_is_rendered_from_the_full_plan():
     c = report.table_c()
     assert len(c) == 8
