@@ -74,6 +74,19 @@ def cmd_bench(args) -> int:
 def cmd_reproduce(args) -> int:
     from hybridkd_lib.reproduce import reproduce
 
+    if args.status or args.launcher != "local":
+        from hybridkd_lib import cluster
+
+        if args.status:
+            rows = cluster.job_states(args.profile, args.results)
+            cluster.print_states(rows)
+            return 1 if any(r["state"] == "failed" for r in rows) else 0
+        options = cluster.SlurmOptions(partition=args.partition, account=args.account,
+                                       gpus_per_node=args.gpus_per_node, time_h=args.time, qos=args.qos,
+                                       constraint=args.constraint)
+        cluster.submit(args.profile, args.launcher, options, only=args.only or None, results_root=args.results,
+                       nproc=args.nproc)
+        return 0
     if args.dry_run:
         from hybridkd_lib.dryrun import dry_run
 
@@ -163,6 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-plan", "--list", dest="dry_plan", action="store_true",
                    help="print every run and whether it would run, and why (new, settings changed, dependency "
                         "changed, files missing); run nothing")
+    r.add_argument("--launcher", default="local", choices=("local", "local-jobs", "slurm"),
+                   help="local: run here, one run after another (default); slurm: submit every run that is not up "
+                        "to date as a Slurm job through submitit (dependencies: afterok) and return; local-jobs: "
+                        "the same with submitit's local executor (job processes on this machine)")
+    r.add_argument("--status", action="store_true",
+                   help="print each run's job state (queued, running, finished, failed, up to date) from jobs.json")
+    r.add_argument("--partition", default=None, help="Slurm partition")
+    r.add_argument("--account", default=None, help="Slurm account")
+    r.add_argument("--qos", default=None, help="Slurm QOS")
+    r.add_argument("--constraint", default=None, help="Slurm node constraint (e.g. a GPU type)")
+    r.add_argument("--gpus-per-node", type=int, default=8, help="GPUs a node has (no run may ask for more)")
+    r.add_argument("--time", type=float, default=None, metavar="HOURS",
+                   help="wall time of every job (default: each run's from the plan)")
     r.set_defaults(func=cmd_reproduce)
     return p
 

@@ -27,6 +27,12 @@ class Run:
     params: dict
     cells: list[str] = field(default_factory=list)  # book cells this run feeds
     nproc: int = 1   # training processes (GPUs) on one machine; batch_size in params is the global batch
+    time_h: float = 1.0   # wall time a scheduler job of this run asks for (cluster launcher)
+
+    @property
+    def gpus(self) -> bool:
+        """Whether the run trains or measures on GPUs (then it asks the scheduler for ``nproc`` of them)."""
+        return str(self.params.get("device", "cpu")).startswith("cuda")
 
     @property
     def needs(self) -> list[str]:
@@ -95,6 +101,10 @@ def _cpu_plan(profile: str) -> list[Run]:
     return runs
 
 
+# Wall time each kind of full-profile job asks the scheduler for (a request with headroom, not a
+# measurement: the cluster launcher's --time overrides it; a run stopped at the limit resumes when resubmitted).
+JOB_HOURS = {"cifar": 24, "cifar_snn": 48, "vit": 12, "spikingformer": 72, "imagenet": 96}
+
 # Where the full profile expects the weights it starts from (see the Datasets page).
 CHECKPOINTS = {"resnet34": "data/checkpoints/resnet34_timm.pth", "resnet50": "data/checkpoints/resnet50_timm.pth",
                "vit_imagenet": "data/checkpoints/vit_small_patch16_224_imagenet.pth"}
@@ -109,38 +119,41 @@ def _full_plan() -> list[Run]:
     for ds in ("cifar10", "cifar100"):
         for arch in ("cifar_resnet18", "cifar_resnet34"):
             runs.append(Run(f"{ds}_teacher_{arch[6:]}", "train_teacher", dict(cifar, dataset=ds,
-                                                                              teacher=arch), ["Table A"]))
+                                                                              teacher=arch), ["Table A"],
+                            time_h=JOB_HOURS["cifar"]))
         for T in (2, 4, 6, 8):
             for student, teacher in (("spiking_resnet18", "cifar_resnet18"), ("spiking_resnet19", "cifar_resnet34")):
                 tag = "r18_r18" if student.endswith("18") else "r19_r34"
                 runs.append(Run(f"{ds}_hybrid_{tag}_T{T}", "train_student", dict(
                     cifar, dataset=ds, method="hybrid", student=student, teacher=teacher,
-                    teacher_ckpt=f"@{ds}_teacher_{teacher[6:]}", T=T), [f"Table A {ds} {tag} T={T}", "Table C"]))
+                    teacher_ckpt=f"@{ds}_teacher_{teacher[6:]}", T=T), [f"Table A {ds} {tag} T={T}", "Table C"],
+                    time_h=JOB_HOURS["cifar_snn"]))
         runs.append(Run(f"{ds}_teacher_vit", "train_teacher", dict(
             dataset=ds, teacher="vit_small_patch16_224", teacher_kw={"init_checkpoint": CHECKPOINTS["vit_imagenet"]},
             teacher_input_size=224, epochs=20, batch_size=128, lr=0.01, weight_decay=0.0, optimizer="sgd",
-            device="cuda", seed=0), ["Table B"]))
+            device="cuda", seed=0), ["Table B"], time_h=JOB_HOURS["vit"]))
         for method in ("ratebp", "kd", "hybrid"):
             runs.append(Run(f"{ds}_sf_{method}", "train_student", dict(
                 dataset=ds, method=method, student="spikingformer_4_256", teacher="vit_small_patch16_224",
                 teacher_ckpt=f"@{ds}_teacher_vit" if method != "ratebp" else None,
                 teacher_input_size=224, T=4, epochs=400, batch_size=64, lr=5e-4, weight_decay=6e-2,
-                optimizer="adamw", device="cuda", seed=0), [f"Table B {ds} {method}"]))
+                optimizer="adamw", device="cuda", seed=0), [f"Table B {ds} {method}"], time_h=JOB_HOURS["spikingformer"]))
     imagenet = dict(dataset="imagenet", batch_size=512, lr=0.2, weight_decay=2e-5, optimizer="sgd", epochs=100,
                     T=4, device="cuda", seed=0, method="hybrid")
     for student, teacher in (("sew_resnet34", "resnet34"), ("preact_resnet34", "resnet34"),
                              ("preact_resnet34", "resnet50")):
         runs.append(Run(f"imagenet_hybrid_{student}_{teacher}", "train_student", dict(
             imagenet, student=student, teacher=teacher, teacher_ckpt=CHECKPOINTS[teacher]),
-            ["Table C"] + (["Fig. A"] if student == "sew_resnet34" else []), nproc=IMAGENET_NPROC))
+            ["Table C"] + (["Fig. A"] if student == "sew_resnet34" else []), nproc=IMAGENET_NPROC,
+            time_h=JOB_HOURS["imagenet"]))
     runs.append(Run("cifar10dvs_teacher_r19", "train_teacher", dict(
         dataset="cifar10dvs", teacher="cifar_resnet19", teacher_kw={"in_chans": 2}, T=10,
         batch_size=128, lr=0.1, weight_decay=5e-4, optimizer="sgd", epochs=300, device="cuda", seed=0),
-        ["Table C"]))
+        ["Table C"], time_h=JOB_HOURS["cifar"]))
     runs.append(Run("cifar10dvs_hybrid_r19_r19", "train_student", dict(
         dataset="cifar10dvs", method="hybrid", student="spiking_resnet19", teacher="cifar_resnet19",
         teacher_ckpt="@cifar10dvs_teacher_r19", T=10, batch_size=128, lr=0.1, weight_decay=5e-4,
-        optimizer="sgd", epochs=300, device="cuda", seed=0), ["Table C"]))
+        optimizer="sgd", epochs=300, device="cuda", seed=0), ["Table C"], time_h=JOB_HOURS["cifar_snn"]))
     runs.append(Run("cam", "cam", dict(run="@imagenet_hybrid_sew_resnet34_resnet34", n_images=4), ["Fig. A"]))
     runs.append(Run("efficiency", "efficiency", dict(
         student="spiking_resnet18", teacher="cifar_resnet18", student_kw={}, teacher_kw={}, Ts=[1, 2, 4, 8],

@@ -21,7 +21,9 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
+import weakref
 from pathlib import Path
 
 from tqdm import tqdm
@@ -119,7 +121,12 @@ def ipc_kernel_manager():
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kw):
             kw.setdefault("transport", "ipc")
+            # the socket files in a folder of this process's own: concurrent reproduce processes (cluster
+            # jobs on one machine) would otherwise pick the same kernel-ipc-N names in the working directory
+            folder = tempfile.mkdtemp(prefix="hybridkd_kernel_")
+            kw.setdefault("ip", str(Path(folder) / "kernel-ipc"))
             super().__init__(**kw)
+            weakref.finalize(self, shutil.rmtree, folder, True)
 
     return IPCKernelManager
 
