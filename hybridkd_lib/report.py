@@ -480,15 +480,29 @@ def write_ablation_file(results_dir: Path | None = None, path: Path = ABLATION_F
     return path
 
 
+def _ablation_records_or_file() -> tuple[list[dict], str]:
+    records, source = ablation_records(), "measured (results/ablation)"
+    if not records and ABLATION_FILE.is_file():
+        records = json.loads(ABLATION_FILE.read_text())["records"]
+        source = f"measured (committed file book/data/ablation/{ABLATION_FILE.name})"
+    return records, source
+
+
+def hybrid_accuracies_over_seeds(variant: str = "default") -> tuple[pd.DataFrame, str]:
+    """Per seed of the ablation's ``variant`` runs: top-1 of the teacher, every M_k and the SNN."""
+    records, source = _ablation_records_or_file()
+    rows = [{"seed": r["seed"], "ANN teacher": r["teacher_top1"],
+             **{f"M_{k}": a for k, a in enumerate(r["hybrid_top1"])}, "SNN": r["top1"]}
+            for r in records if r["variant"] == variant]
+    return (pd.DataFrame(rows).set_index("seed") if rows else pd.DataFrame()), (source if rows else NOT_RUN)
+
+
 def ablation_table(records: list[dict] | None = None) -> tuple[pd.DataFrame, str]:
     """Mean and spread (sample std over seeds) of the final-epoch top-1 per variant, and where the
     records came from: this machine's ``results/ablation`` runs, else the committed file."""
-    source = "measured (results/ablation)"
+    source = "measured (given records)"
     if records is None:
-        records = ablation_records()
-        if not records and ABLATION_FILE.is_file():
-            records = json.loads(ABLATION_FILE.read_text())["records"]
-            source = f"measured (committed file book/data/ablation/{ABLATION_FILE.name})"
+        records, source = _ablation_records_or_file()
     if not records:
         return pd.DataFrame({"status": [NOT_RUN]}), NOT_RUN
     df = pd.DataFrame(records)

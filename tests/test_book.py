@@ -118,6 +118,29 @@ def test_notebooks_are_committed_without_outputs():
             assert sum("parameters" in c["metadata"].get("tags", []) for c in code) == 1, nb.name
 
 
+# each tutorial through papermill with small settings a student might choose (the book executes the defaults)
+TUTORIAL_RUNS = {
+    "tutorial_lif": ({"taus": [2, 4], "T": 12, "train_steps": 20, "n_neurons": 5}, ["threshold current", "train accuracy"]),
+    "tutorial_ratebp": ({"Ts": [1, 2], "depths": [1, 2], "seeds": [0, 1], "cost_batch": 4, "tau": 2,
+                         "gap_students": ["sew_resnet34"]}, ["time-varying", "spike pass (s)", "max gap, stage outputs"]),
+    "tutorial_hybrid": ({"width": 4, "teacher_width": 8, "T": 2}, ["by hand", "changed by one step", "8 -> 16"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TUTORIAL_RUNS))
+def test_tutorials_run_through_papermill(name, tmp_path):
+    params, expected = TUTORIAL_RUNS[name]
+    out = tmp_path / f"{name}.ipynb"
+    pm.execute_notebook(str(REPO_ROOT / "notebooks" / f"{name}.ipynb"), str(out), parameters=params,
+                        kernel_name="hybridkd", cwd=str(REPO_ROOT), progress_bar=False)
+    cells = json.loads(out.read_text())["cells"]
+    text = "".join("".join(o.get("data", {}).get("text/plain", "")) + "".join(o.get("text", ""))
+                   for c in cells if c["cell_type"] == "code" for o in c["outputs"])
+    images = sum("image/png" in o.get("data", {}) for c in cells if c["cell_type"] == "code" for o in c["outputs"])
+    assert images >= 2 and all(e in text for e in expected), (images, [e for e in expected if e not in text])
+    assert "Error" not in text
+
+
 def test_reproduce_nproc_keeps_the_global_batch_and_says_what_changed():
     from hybridkd_lib.reproduce import with_nproc
 
