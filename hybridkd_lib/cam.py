@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from hybridkd_lib import checkpoint, data
+from hybridkd_lib.methods import METHODS
 from hybridkd_lib.results import read_result
 from hybridkd_lib.trainer import Learner, TrainConfig
 
@@ -27,7 +28,7 @@ def load_hybrid_run(run_dir: str | Path):
     result = read_result(run_dir)
     if result is None:
         raise FileNotFoundError(f"run {str(run_dir)!r} has no result.json (not run yet?)")
-    if result.get("method") != "hybrid":
+    if result.get("method") not in METHODS or not METHODS[result["method"]].hybrids:
         raise ValueError(f"run {str(run_dir)!r} has method {result.get('method')!r}; Grad-CAM of hybrids "
                          f"needs a run with method 'hybrid'")
     cfg = TrainConfig.from_dict(result)

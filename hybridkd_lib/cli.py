@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from hybridkd_lib.methods import BENCH_METHODS, METHODS
+
 
 def cmd_datasets(args) -> int:
     from hybridkd_lib import data
@@ -116,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one run (teacher, baseline or ours); resumes if interrupted")
     t.add_argument("--config", default=None, metavar="FILE",
                    help="a JSON file with the whole configuration (TrainConfig fields); other options are ignored")
-    t.add_argument("--method", default=None, help="ann | bptt | bptt_kd | ratebp | kd | hybrid")
+    t.add_argument("--method", default=None, help=" | ".join(METHODS))
     t.add_argument("--dataset", default="digits")
     t.add_argument("--student", default="spiking_resnet18")
     t.add_argument("--teacher", default="cifar_resnet18", help="teacher architecture (the model trained by --method ann)")
@@ -152,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--student", default="spiking_resnet18")
     b.add_argument("--teacher", default="cifar_resnet18")
     b.add_argument("--T", type=int, nargs="+", default=[1, 2, 4, 8])
-    b.add_argument("--methods", nargs="+", default=["forward_only", "bptt", "bptt_ckpt", "bptt_kd", "ratebp", "kd", "hybrid"])
+    b.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), help=" | ".join(BENCH_METHODS))
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--input-size", type=int, default=32)
     b.add_argument("--device", default="cpu")

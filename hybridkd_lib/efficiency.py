@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
-BENCH_METHODS = ("forward_only", "bptt", "bptt_ckpt", "bptt_kd", "ratebp", "kd", "hybrid")
+from hybridkd_lib.methods import BENCH_METHODS, BENCH_VARIANTS
 
 
 def _bptt_ckpt_logits(student, x):
@@ -49,7 +49,7 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
         raise ValueError(f"unknown bench method {method!r}; valid: {', '.join(BENCH_METHODS)}")
     dev = torch.device(device)
     torch.manual_seed(0)
-    train_method = {"forward_only": "bptt", "bptt_ckpt": "bptt"}.get(method, method)
+    train_method = BENCH_VARIANTS.get(method, method)
     cfg = TrainConfig(method=train_method, student=student, teacher=teacher, T=T,
                       student_kw=student_kw or {}, teacher_kw=teacher_kw or {})
     learner = Learner(cfg, 10, (3, input_size, input_size)).to(dev).train()

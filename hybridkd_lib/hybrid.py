@@ -82,7 +82,7 @@ def _probe_shapes(model: StageModel, x: torch.Tensor) -> list[tuple]:
     was = model.training
     model.eval()
     with torch.no_grad():
-        feats = model.forward_features(x)
+        feats = model.forward_intermediates(x)
         if model.spiking:
             feats = [model.rate_feature(f) for f in feats]
     model.train(was)
@@ -152,12 +152,12 @@ class HybridDistiller(nn.Module):
         r = self.student.rate_feature(feature)
         return self.teacher.forward_from(self.pairs[k] + 1, self.aligns[k](r))
 
-    def forward(self, x, hybrids=True):
-        feats = self.student.forward_features(x)
+    def forward(self, x):
+        feats = self.student.forward_intermediates(x)
         y_s = self.student.forward_head(feats[-1])
-        y_m = [self.hybrid_from_feature(k, feats[k]) for k in range(self.num_hybrids)] if hybrids else []
+        y_m = [self.hybrid_from_feature(k, feats[k]) for k in range(self.num_hybrids)]
         return y_s, y_m
 
     def hybrid_logits(self, x, k: int):
-        feats = self.student.forward_features(x, upto=k + 1)
+        feats = self.student.forward_intermediates(x, upto=k + 1)
         return self.hybrid_from_feature(k, feats[k])

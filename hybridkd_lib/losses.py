@@ -5,7 +5,7 @@
 
 (``hybrid_reduction="mean"``: the two sums over k become means.)
 
-Which terms a method uses is fixed by ``METHOD_TERMS``; the weights are the
+Which terms a method uses is its ``terms`` in ``hybridkd_lib.methods``; the weights are the
 paper's form (``w`` about 1, ``tau`` 3-4): the exact values are not public.
 """
 from __future__ import annotations
@@ -15,11 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-METHOD_TERMS = {
-    "ann": ("ce",), "bptt": ("ce",), "ratebp": ("ce",),
-    "bptt_kd": ("ce", "kd"), "kd": ("ce", "kd"),
-    "hybrid": ("ce", "kd", "hybrid_ce", "hybrid_kd"),
-}
+from hybridkd_lib.methods import get_method
+
 
 
 HYBRID_REDUCTIONS = ("sum", "mean")
@@ -78,7 +75,7 @@ def kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
 
 def total_loss(method: str, cfg: LossConfig, y, y_s, y_a=None, y_m=()) -> tuple[torch.Tensor, dict]:
     """The method's loss and its parts (detached 0-dim tensors: reading them is a host sync)."""
-    terms = METHOD_TERMS[method]
+    terms = get_method(method).terms
     parts: dict[str, torch.Tensor] = {}
     if "ce" in terms and cfg.ce:
         parts["ce"] = cfg.ce * F.cross_entropy(y_s.float(), y)

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hybridkd_lib.methods import BENCH_METHODS, get_method, methods_where
+
 PROFILES = ("smoke", "quick", "full", "ablation")
+# Table B: the RateBP methods on Spikingformer (RateBP alone, Vanilla KD, ours)
+TABLE_B_METHODS = methods_where(trains="student", propagation="rate")
 NOTEBOOKS = ("train_teacher", "train_student", "efficiency", "cam")
 
 
@@ -86,16 +90,16 @@ def _cpu_plan(profile: str) -> list[Run]:
                 common, method="hybrid", student=student, student_kw=w, teacher=teacher, teacher_ckpt=f"@{tw}",
                 loss=dict(s["student_loss"]), T=T, epochs=s["student_epochs"], lr=0.1, weight_decay=5e-4, optimizer="sgd"),
                 [f"Table A {tag} T={T}"] + (["Fig. A"] if (tag == "r18_r18" and T == cam_T) else [])))
-    for method in ("ratebp", "kd", "hybrid"):
+    for method in TABLE_B_METHODS:
         runs.append(Run(f"sf_{method}", "train_student", dict(
             common, method=method, student="spikingformer_4_256", student_kw={"dim": s["sf_dim"]},
             teacher="vit_small_patch16_224", teacher_kw=s["vit"],
-            teacher_ckpt="@teacher_vit" if method != "ratebp" else None, loss=dict(s["student_loss"]), T=4, epochs=s["student_epochs"],
+            teacher_ckpt="@teacher_vit" if get_method(method).teacher else None, loss=dict(s["student_loss"]), T=4, epochs=s["student_epochs"],
             lr=1e-3, weight_decay=0.05, optimizer="adamw"), [f"Table B {method}"]))
     runs.append(Run("cam", "cam", dict(run=f"@hybrid_r18_r18_T{cam_T}", n_images=4), ["Fig. A"]))
     runs.append(Run("efficiency", "efficiency", dict(
         student="spiking_resnet18", teacher="cifar_resnet18", student_kw=w, teacher_kw=w,
-        Ts=list(s["bench_T"]), methods=["forward_only", "bptt", "bptt_ckpt", "bptt_kd", "ratebp", "kd", "hybrid"],
+        Ts=list(s["bench_T"]), methods=list(BENCH_METHODS),
         batch_size=s["bench_batch"], input_size=s["bench_input"], device="cpu", steps=s["bench_steps"]),
         ["Fig. 4"]))
     return runs
@@ -132,10 +136,10 @@ def _full_plan() -> list[Run]:
             dataset=ds, teacher="vit_small_patch16_224", teacher_kw={"init_checkpoint": CHECKPOINTS["vit_imagenet"]},
             teacher_input_size=224, epochs=20, batch_size=128, lr=0.01, weight_decay=0.0, optimizer="sgd",
             device="cuda", seed=0), ["Table B"], time_h=JOB_HOURS["vit"]))
-        for method in ("ratebp", "kd", "hybrid"):
+        for method in TABLE_B_METHODS:
             runs.append(Run(f"{ds}_sf_{method}", "train_student", dict(
                 dataset=ds, method=method, student="spikingformer_4_256", teacher="vit_small_patch16_224",
-                teacher_ckpt=f"@{ds}_teacher_vit" if method != "ratebp" else None,
+                teacher_ckpt=f"@{ds}_teacher_vit" if get_method(method).teacher else None,
                 teacher_input_size=224, T=4, epochs=400, batch_size=64, lr=5e-4, weight_decay=6e-2,
                 optimizer="adamw", device="cuda", seed=0), [f"Table B {ds} {method}"], time_h=JOB_HOURS["spikingformer"]))
     imagenet = dict(dataset="imagenet", batch_size=512, lr=0.2, weight_decay=2e-5, optimizer="sgd", epochs=100,
@@ -157,7 +161,7 @@ def _full_plan() -> list[Run]:
     runs.append(Run("cam", "cam", dict(run="@imagenet_hybrid_sew_resnet34_resnet34", n_images=4), ["Fig. A"]))
     runs.append(Run("efficiency", "efficiency", dict(
         student="spiking_resnet18", teacher="cifar_resnet18", student_kw={}, teacher_kw={}, Ts=[1, 2, 4, 8],
-        methods=["forward_only", "bptt", "bptt_ckpt", "bptt_kd", "ratebp", "kd", "hybrid"], batch_size=128,
+        methods=list(BENCH_METHODS), batch_size=128,
         input_size=32, device="cuda", steps=20), ["Fig. 4"]))
     return runs
 

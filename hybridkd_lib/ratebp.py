@@ -13,8 +13,6 @@ mode of the same model (``set_mode``).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
@@ -46,16 +44,6 @@ def set_mode(model: nn.Module, mode: str, value: str | None = None) -> nn.Module
             if mode == "bptt" and hasattr(m, "clear"):
                 m.clear()
     return model
-
-
-@contextmanager
-def propagation(model: nn.Module, mode: str):
-    """``with propagation(model, "spike"): ...`` then back to ``bptt``."""
-    set_mode(model, mode)
-    try:
-        yield model
-    finally:
-        set_mode(model, "bptt")
 
 
 def spike_pass(model: nn.Module, x: torch.Tensor, value: str = "rate"):
@@ -98,11 +86,11 @@ def rate_pass_gap(model: nn.Module, x: torch.Tensor, value: str = "rate") -> dic
     try:
         with torch.no_grad():
             set_mode(model, "spike", value)
-            spike_feats = model.forward_features(x)
+            spike_feats = model.forward_intermediates(x)
             spike_logits = model.forward_head(spike_feats[-1])
             spike_feats = [f.mean(0) for f in spike_feats]
             set_mode(model, "rate")
-            rate_feats = model.forward_features(x)
+            rate_feats = model.forward_intermediates(x)
             rate_logits = model.forward_head(rate_feats[-1])
     finally:
         set_mode(model, "bptt")

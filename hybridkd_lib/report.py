@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from hybridkd_lib.methods import get_method
 from hybridkd_lib.plan import Run, plan
 from hybridkd_lib.reproduce import default_results_root
 from hybridkd_lib.results import REPO_ROOT, read_result
@@ -190,7 +191,6 @@ def table_a_plot(profile: str | None = None):
 
 
 # ----------------------------------------------------------------------------- Table B
-METHOD_NAMES = {"ratebp": "RateBP", "kd": "Vanilla KD", "hybrid": "Ours"}
 
 
 def table_b(profile: str | None = None) -> pd.DataFrame:
@@ -206,11 +206,11 @@ def table_b(profile: str | None = None) -> pd.DataFrame:
         if run.notebook == "train_student" and prm.get("student") == "spikingformer_4_256":
             res = result(run.name, p)
             t_acc = res.get("teacher_top1") if res else None
-            with_teacher = prm["method"] != "ratebp"
+            with_teacher = get_method(prm["method"]).teacher
             teacher = (f"ViT-S/16 ({_fmt(t_acc)})" if with_teacher else "-")
             acc = _measured(res, t_acc if with_teacher else None)
             rows.append({"source": f"measured ({p})", "dataset": NICE.get(prm["dataset"], prm["dataset"]),
-                         "method": METHOD_NAMES[prm["method"]], "teacher": teacher,
+                         "method": get_method(prm["method"]).title, "teacher": teacher,
                          "student": "Spikingformer-4-256" + (f" (dim {prm['student_kw']['dim']})"
                                                              if prm.get("student_kw", {}).get("dim") else ""),
                          "T": prm["T"], "top-1 (%)": acc})
@@ -224,7 +224,8 @@ def table_c() -> pd.DataFrame:
     rows, seen = [], set()
     for run in plan("full"):
         prm = run.params
-        if run.notebook != "train_student" or prm["method"] != "hybrid" or prm["student"] == "spikingformer_4_256":
+        if run.notebook != "train_student" or not get_method(prm["method"]).hybrids \
+                or prm["student"] == "spikingformer_4_256":
             continue  # Table C lists the ResNet runs; Table B's settings are on its own page
         key = (NICE[prm["dataset"]], NICE[prm["student"]], NICE[prm["teacher"]])
         if key in seen:

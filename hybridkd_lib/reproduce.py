@@ -32,10 +32,7 @@ from hybridkd_lib.plan import Run, plan
 from hybridkd_lib.results import REPO_ROOT, atomic_write_text, read_result, write_json
 
 KERNEL = os.environ.get("HYBRIDKD_KERNEL", "hybridkd")
-# the code a training result depends on (rendering code is deliberately not part of it)
-CODE_FILES = ("checkpoint.py", "cam.py", "data.py", "efficiency.py", "hybrid.py", "layers.py", "losses.py",
-              "memory.py", "neurons.py", "ratebp.py", "trainer.py", "models/resnet.py", "models/spikingformer.py",
-              "models/stages.py", "models/timm_teachers.py", "models/zoo.py", "models/registry.py", "results.py")
+PACKAGE = REPO_ROOT / "hybridkd_lib"
 TRAIN_NOTEBOOKS = ("train_teacher", "train_student")
 # what a finished run leaves that its dependents (or the book) read
 DONE_FILES = {"train_teacher": ("result.json", "model.pt"), "train_student": ("result.json", "model.pt"),
@@ -46,12 +43,17 @@ def default_results_root() -> Path:
     return Path(os.environ.get("HYBRIDKD_RESULTS", REPO_ROOT / "results"))
 
 
+def code_files() -> list[Path]:
+    """Every file of the package (its code and data files): a run's result may depend on any of them."""
+    return sorted(p for p in PACKAGE.rglob("*") if p.is_file() and p.suffix in (".py", ".json")
+                  and "__pycache__" not in p.parts)
+
+
 def code_version() -> str:
     h = hashlib.sha256()
-    lib = REPO_ROOT / "hybridkd_lib"
-    for rel in CODE_FILES:
-        h.update(rel.encode())
-        h.update((lib / rel).read_bytes())
+    for path in code_files():
+        h.update(str(path.relative_to(PACKAGE)).encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 

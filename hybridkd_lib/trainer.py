@@ -43,13 +43,13 @@ from hybridkd_lib.hybrid import HybridDistiller, teacher_input
 from hybridkd_lib.layers import convert_sync_batchnorm
 from hybridkd_lib.losses import LossConfig, check_loss_options, total_loss
 from hybridkd_lib.memory import release_freed_memory
+from hybridkd_lib.methods import METHODS as METHOD_TABLE
+from hybridkd_lib.methods import get_method
 from hybridkd_lib.models import check_model_kwargs, check_model_name, create_model
 from hybridkd_lib.models.timm_teachers import check_state_dict, load_state_dict_file
 from hybridkd_lib.neurons import DEFAULT_NEURON, NeuronConfig
 
-METHODS = ("ann", "bptt", "bptt_kd", "ratebp", "kd", "hybrid")
-TEACHER_METHODS = ("bptt_kd", "kd", "hybrid")
-RATEBP_METHODS = ("ratebp", "kd", "hybrid")
+METHODS = tuple(METHOD_TABLE)   # the names; what each needs and does: hybridkd_lib.methods
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -158,18 +158,17 @@ def validate(cfg: TrainConfig, world_size: int = 1, check_out: bool = False) -> 
     """Refuse bad input before any training, naming the bad value and the valid ones.
     ``check_out``: also create ``cfg.out`` and write a probe file there (the last check)."""
     _check_types(cfg)
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; valid: {', '.join(METHODS)}")
+    method = get_method(cfg.method)
     data.dataset_info(cfg.dataset)
     data.check_options(cfg.dataset, cfg.data_kw)
-    if cfg.method != "ann":
+    if method.trains == "student":
         check_model_name(cfg.student, "student")
         NeuronConfig.with_overrides(DEFAULT_NEURON, cfg.neuron)
         if cfg.neuron and "neuron_cfg" in cfg.student_kw:
             raise ValueError("neuron and student_kw['neuron_cfg'] both set the LIF settings; use neuron alone")
         check_model_kwargs(cfg.student, cfg.student_kw, "student_kw", also={"T": cfg.T})
         ratebp.check_rate_value(cfg.rate_value)
-    if cfg.method == "ann" or cfg.method in TEACHER_METHODS:
+    if method.trains == "teacher" or method.teacher:
         check_model_name(cfg.teacher, "teacher")
         check_model_kwargs(cfg.teacher, cfg.teacher_kw, "teacher_kw")
     if not isinstance(cfg.T, int) or cfg.T < 1:
@@ -184,7 +183,7 @@ def validate(cfg: TrainConfig, world_size: int = 1, check_out: bool = False) -> 
     if cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     check_loss_options(cfg.loss)
-    if cfg.method in TEACHER_METHODS:
+    if method.teacher:
         if not cfg.teacher_ckpt:
             raise ValueError(f"method {cfg.method!r} needs --teacher-ckpt (a teacher run directory or .pt file)")
         path = resolve_teacher_ckpt(cfg.teacher_ckpt)
@@ -248,7 +247,7 @@ def build_teacher(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Modul
     ``state_dict``/``model``/``state_dict_ema`` keys, ``module.`` prefix)."""
     kw = dict(cfg.teacher_kw)
     kw.setdefault("in_chans", in_chans)
-    if not (cfg.teacher_ckpt and cfg.method != "ann"):
+    if not (cfg.teacher_ckpt and get_method(cfg.method).trains == "student"):
         return create_model(cfg.teacher, num_classes=num_classes, **kw)
     path = resolve_teacher_ckpt(cfg.teacher_ckpt)
     state = checkpoint.load(path) if path.suffix != ".safetensors" else None
@@ -279,10 +278,11 @@ class Learner(nn.Module):
     def __init__(self, cfg: TrainConfig, num_classes: int, input_shape: tuple):
         super().__init__()
         self.method, self.T, self.loss_cfg, self.rate_value = cfg.method, cfg.T, cfg.loss_cfg, cfg.rate_value
+        self.spec = spec = get_method(cfg.method)
         self.teacher_input_size = cfg.teacher_input_size
         in_chans = input_shape[-3]
         self.student = self.teacher = self.distiller = None
-        if cfg.method == "ann":
+        if spec.trains == "teacher":
             self.model = build_teacher(cfg, num_classes, in_chans)
             self.model_kw = {"in_chans": in_chans, **cfg.teacher_kw}
             self.arch = cfg.teacher
@@ -293,15 +293,15 @@ class Learner(nn.Module):
                 skw["neuron_cfg"] = dict(cfg.neuron)
             self.student = create_model(cfg.student, num_classes=num_classes, **skw)
             self.model, self.arch, self.model_kw = self.student, cfg.student, dict(skw)
-            if cfg.method in TEACHER_METHODS:
+            if spec.teacher:
                 self.teacher = build_teacher(cfg, num_classes, in_chans)
                 self.distiller = HybridDistiller(self.student, self.teacher, input_shape, cfg.teacher_input_size,
-                                                 hybrids=cfg.method == "hybrid")
+                                                 hybrids=spec.hybrids)
         # the architecture only: a teacher fine-tuned from a file is rebuilt from model.pt alone
         self.model_kw = {k: v for k, v in self.model_kw.items() if k not in _WEIGHT_KW}
 
     def trainable(self) -> list[nn.Parameter]:
-        mods = [self.model] + ([self.distiller.aligns] if self.method == "hybrid" else [])
+        mods = [self.model] + ([self.distiller.aligns] if self.spec.hybrids else [])
         return [p for m in mods for p in m.parameters() if p.requires_grad]
 
     def forward(self, x, y):
@@ -309,31 +309,31 @@ class Learner(nn.Module):
 
     def step_loss(self, x, y):
         """Loss (with the method's graph), its parts (detached tensors) and the SNN/ANN logits."""
-        m = self.method
+        spec = self.spec
         # the teacher's (graph-free) forward runs where it adds least to the peak: before
         # BPTT's graph is built, after RateBP's spike pass (whose [T, B, ...] maps are the peak)
-        y_a = self.distiller.teacher_logits(x) if m == "bptt_kd" else None
+        y_a = self.distiller.teacher_logits(x) if spec.teacher and spec.propagation == "bptt" else None
         y_m = ()
-        if m == "ann":
+        if spec.propagation == "ann":
             y_s = self.model(teacher_input(x, self.teacher_input_size))
-        elif m in ("bptt", "bptt_kd"):
+        elif spec.propagation == "bptt":
             y_s = self.model(x)
-        elif m in ("ratebp", "kd"):
-            y_s = ratebp.rate_forward(self.student, x, value=self.rate_value)
-        else:
+        elif spec.hybrids:
             y_s, y_m = ratebp.rate_forward(self.student, x, fn=lambda _, xx: self.distiller(xx), value=self.rate_value)
-        if m in RATEBP_METHODS and m in TEACHER_METHODS:
+        else:
+            y_s = ratebp.rate_forward(self.student, x, value=self.rate_value)
+        if spec.teacher and spec.propagation == "rate":
             y_a = self.distiller.teacher_logits(x)
-        loss, parts = total_loss(m, self.loss_cfg, y, y_s, y_a, y_m)
-        if m in RATEBP_METHODS and self.loss_cfg.ratebp_grad_scale:
+        loss, parts = total_loss(spec.name, self.loss_cfg, y, y_s, y_a, y_m)
+        if spec.propagation == "rate" and self.loss_cfg.ratebp_grad_scale:
             loss = ratebp.scale_gradient(loss, self.T)
         return loss, parts, y_s
 
     def predict(self, x, with_teacher: bool = True):
         """Inference logits ``(y_S, [y_M0, ...], y_A or None)`` (for ``ann``: the ANN's as ``y_S``)."""
-        if self.method == "ann":
+        if self.spec.trains == "teacher":
             return self.model(teacher_input(x, self.teacher_input_size)), [], None
-        y_s, y_m = self.distiller(x) if self.method == "hybrid" else (self.model(x), [])
+        y_s, y_m = self.distiller(x) if self.spec.hybrids else (self.model(x), [])
         y_a = self.distiller.teacher_logits(x) if self.distiller is not None and with_teacher else None
         return y_s, y_m, y_a
 
@@ -496,7 +496,7 @@ def setup(cfg: TrainConfig, env: Distributed, log=print) -> tuple[Session, dict 
     num_classes = data.dataset_info(cfg.dataset).num_classes
     input_shape = tuple(train_set[0][0].shape[-3:])
     learner = Learner(cfg, num_classes, input_shape).to(dev)
-    if cfg.method != "ann":  # channels_last: oneDNN/cuDNN convs without layout reorders (CPU ~10-20% faster)
+    if get_method(cfg.method).trains == "student":  # channels_last: oneDNN/cuDNN convs without layout reorders (CPU ~10-20% faster)
         learner = learner.to(memory_format=torch.channels_last)
     if env.world > 1:
         learner = convert_sync_batchnorm(learner)
@@ -527,7 +527,7 @@ def setup(cfg: TrainConfig, env: Distributed, log=print) -> tuple[Session, dict 
         torch.set_rng_state(state["rng"])
 
     if env.world > 1:  # gradients averaged by DDP (bucketed, overlapped with backward)
-        hybrid_unused = cfg.method == "hybrid" and not (cfg.loss_cfg.hybrid_ce or cfg.loss_cfg.hybrid_kd)
+        hybrid_unused = learner.spec.hybrids and not (cfg.loss_cfg.hybrid_ce or cfg.loss_cfg.hybrid_kd)
         step_module = DistributedDataParallel(learner, device_ids=[dev.index] if dev.type == "cuda" else None,
                                               broadcast_buffers=False, find_unused_parameters=hybrid_unused)
         in_backward = None
@@ -598,7 +598,7 @@ def evaluate(learner: Learner, loader, env: Distributed, amp: bool, with_teacher
     was = learner.training
     learner.eval()
     has_teacher = learner.distiller is not None and with_teacher
-    n_hyb = learner.distiller.num_hybrids if learner.method == "hybrid" else 0
+    n_hyb = learner.distiller.num_hybrids if learner.spec.hybrids else 0
     counts = torch.zeros(3 + n_hyb, dtype=torch.long, device=env.device)  # n, SNN, teacher, M_0..
     for x, y in loader:
         x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
@@ -702,7 +702,7 @@ def _run_epochs(s: Session, state: dict | None, on_epoch_end, log) -> dict:
         checkpoint.atomic_save({"arch": s.learner.arch, "model_kw": s.learner.model_kw,
                                 "num_classes": s.num_classes, "model": s.learner.model.state_dict(),
                                 **({"aligns": s.learner.distiller.aligns.state_dict()}
-                                   if cfg.method == "hybrid" else {})}, out / "model.pt")
+                                   if s.learner.spec.hybrids else {})}, out / "model.pt")
         results.write_json(out / "result.json", result)
         log(f"done: top1 {result['top1']:.2f}% -> {out / 'result.json'}")
     env.barrier()
@@ -712,19 +712,19 @@ def _run_epochs(s: Session, state: dict | None, on_epoch_end, log) -> dict:
 def _result(s: Session, final: dict, history: list, train_time: float) -> dict:
     """``top1`` is the final epoch's test accuracy; ``best_top1`` the best epoch's (what the RateBP
     reference logs), at ``best_epoch``."""
-    cfg, dev = s.cfg, s.env.device
+    cfg, dev, spec = s.cfg, s.env.device, s.learner.spec
     best = max(history, key=lambda r: r["top1"]) if history else {"top1": final["top1"], "epoch": cfg.epochs}
     student = s.learner.student
     return {
         **{k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
         "loss_config": cfg.loss_cfg.to_dict(),
-        "student": cfg.student if cfg.method != "ann" else None,
-        "teacher": cfg.teacher if (cfg.method == "ann" or cfg.method in TEACHER_METHODS) else None,
+        "student": cfg.student if spec.trains == "student" else None,
+        "teacher": cfg.teacher if (spec.trains == "teacher" or spec.teacher) else None,
         "neuron_config": student.neuron_cfg.to_dict() if student is not None else None,
         "top1": final["top1"],
         "best_top1": best["top1"],
         "best_epoch": best["epoch"],
-        "teacher_top1": final.get("teacher_top1", final["top1"] if cfg.method == "ann" else None),
+        "teacher_top1": final.get("teacher_top1", final["top1"] if spec.trains == "teacher" else None),
         "hybrid_top1": final.get("hybrid_top1", []),
         "train_time_s": round(train_time, 2),
         "peak_mem_mb": round(_peak_mem_mb(dev), 1),

@@ -123,7 +123,7 @@ def test_spikingformer_is_the_sources():
     assert m.neuron_cfg == SPIKINGFORMER_NEURON
     assert (SPIKINGFORMER_NEURON.tau, SPIKINGFORMER_NEURON.v_reset, SPIKINGFORMER_NEURON.decay_input) == (2.0, 0.0, True)
     small = create_model("spikingformer_4_256", num_classes=10, T=2, dim=64)
-    assert small.forward_features(torch.randn(2, 3, 32, 32))[0].shape == (2, 2, 64, 64)  # [T, B, D, 8*8]
+    assert small.forward_intermediates(torch.randn(2, 3, 32, 32))[0].shape == (2, 2, 64, 64)  # [T, B, D, 8*8]
 
 
 def test_reference_neuron_constants_and_the_neuron_parameter():
@@ -170,7 +170,7 @@ def _student_input(name, B=4):
 def test_student_shapes(name, T):
     m = create_model(name, num_classes=10, T=T, **SMALL[name])
     x = _student_input(name)
-    feats = m.forward_features(x)
+    feats = m.forward_intermediates(x)
     assert len(feats) == len(m.feature_info)
     for f, info in zip(feats, m.feature_info):
         assert f.shape[0] == T and f.shape[1] == 4 and f.shape[2] == info["num_chs"]

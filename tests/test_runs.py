@@ -189,3 +189,13 @@ def test_papermill_string_parameters_fail_in_the_validation_cell(tmp_path, param
     validation = next(i for i in range(injected + 1, len(cells)) if cells[i]["cell_type"] == "code")
     assert failed == [validation]
     assert not (tmp_path / "run").exists()
+
+
+def test_the_run_cache_key_covers_every_file_of_the_package():
+    from hybridkd_lib import reproduce
+
+    names = {str(p.relative_to(reproduce.PACKAGE)) for p in reproduce.code_files()}
+    assert {"models/registry.py", "results.py", "report.py", "reported.json", "trainer.py", "cluster.py"} <= names
+    every = {str(p.relative_to(reproduce.PACKAGE)) for p in reproduce.PACKAGE.rglob("*.py")
+             if "__pycache__" not in p.parts}
+    assert every <= names

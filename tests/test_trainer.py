@@ -107,6 +107,35 @@ def test_method_terms():
     assert set(total_loss("kd", LossConfig(), y, y_s, y_a)[1]) == {"ce", "kd"}
 
 
+@pytest.mark.parametrize("name", list(__import__("hybridkd_lib.methods", fromlist=["METHODS"]).METHODS))
+def test_every_method_of_the_table_takes_one_step(name, tmp_path):
+    """One training step of each method in ``methods.METHODS``: its loss has exactly the method's terms,
+    the trained parameters change, and a frozen teacher does not."""
+    from hybridkd_lib.methods import get_method
+    from hybridkd_lib.trainer import Learner, make_optimizer
+
+    spec = get_method(name)
+    torch.manual_seed(0)
+    teacher_file = tmp_path / "teacher.pt"
+    torch.save(create_model("cifar_resnet18", num_classes=10, width=4, in_chans=1).state_dict(), teacher_file)
+    cfg = TrainConfig(method=name, student="spiking_resnet18", student_kw={"width": 4}, teacher="cifar_resnet18",
+                      teacher_kw={"width": 4}, teacher_ckpt=str(teacher_file) if spec.teacher else None, T=2)
+    learner = Learner(cfg, 10, (1, 16, 16)).train()
+    x, y = torch.randn(4, 1, 16, 16), torch.arange(4)
+    loss, parts, logits = learner(x, y)
+    assert set(parts) == set(spec.terms) and logits.shape == (4, 10)
+    assert (learner.distiller is not None) == spec.teacher and (len(learner.trainable()) > 0)
+    before = [p.detach().clone() for p in learner.trainable()]
+    frozen = [t.clone() for t in learner.teacher.state_dict().values()] if spec.teacher else []
+    opt = make_optimizer(cfg, learner.trainable())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, learner.trainable()))
+    if spec.teacher:
+        assert all(torch.equal(a, b) for a, b in zip(frozen, learner.teacher.state_dict().values()))
+
+
 def _weights(run_dir):
     return checkpoint.load(Path(run_dir) / "model.pt")["model"]
 

@@ -1,8 +1,8 @@
 """Model registry: spiking students and ANN teachers on one stage protocol."""
 from hybridkd_lib.models.registry import (check_model_kwargs, check_model_name, create_model, list_models,
-                                          model_role, register_model)
+                                          register_model)
 from hybridkd_lib.models.stages import SpikingStageModel, StageModel
 from hybridkd_lib.models import zoo  # noqa: F401  (registers the models)
 
-__all__ = ["create_model", "list_models", "model_role", "register_model", "check_model_name", "check_model_kwargs",
+__all__ = ["create_model", "list_models", "register_model", "check_model_name", "check_model_kwargs",
            "StageModel", "SpikingStageModel"]

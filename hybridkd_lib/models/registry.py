@@ -45,11 +45,6 @@ def list_models(role: str | None = None) -> list[str]:
     return sorted(n for n in _MODELS if role is None or _ROLES[n] == role)
 
 
-def model_role(name: str) -> str:
-    check_model_name(name)
-    return _ROLES[name]
-
-
 def check_model_name(name: str, role: str | None = None):
     valid = list_models(role)
     if name not in valid:

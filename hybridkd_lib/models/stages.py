@@ -4,7 +4,7 @@ A model is ``encoder -> stem -> stages[0..K-1] -> head``. ``feature_info[k]``
 gives the channels (``num_chs``), spatial reduction and kind (``"map"`` for
 ``[B, C, H, W]`` maps, ``"tokens"`` for ``[B, C, N]`` tokens) of stage k's output.
 Hybrid block-wise replacement needs exactly two things from a model:
-``forward_features(x)`` (the output of every stage) and
+``forward_intermediates(x)`` (the output of every stage, a list, as timm's method of that name) and
 ``forward_from(k, feature)`` (run stages k..K-1 and the head on a feature).
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ class StageModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_stages(self.forward_stem(x)))
 
-    def forward_features(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
+    def forward_intermediates(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
         """Outputs of stages 0..upto-1 (all stages by default)."""
         h, feats = self.forward_stem(x), []
         for stage in self.stages[:upto]:
