@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from hybridkd_lib.methods import get_method
+from hybridkd_lib.models import list_models, model_facts
 from hybridkd_lib.plan import Run, plan
 from hybridkd_lib.reproduce import default_results_root
 from hybridkd_lib.results import REPO_ROOT, read_result
@@ -23,12 +24,9 @@ NOT_RUN = "not run"
 REPORTED_FILE = Path(__file__).with_name("reported.json")
 # committed benchmark files: GPU runs (not reproducible on CPU machines) and the reference CPU run
 BENCH_DATA_DIRS = {"GPU": REPO_ROOT / "book" / "data" / "gpu", "CPU": REPO_ROOT / "book" / "data" / "cpu"}
-NICE = {"spiking_resnet18": "ResNet-18", "spiking_resnet19": "ResNet-19", "sew_resnet34": "SEW-ResNet-34",
-        "preact_resnet34": "PreAct-ResNet-34", "spikingformer_4_256": "Spikingformer-4-256",
-        "cifar_resnet18": "ResNet-18", "cifar_resnet34": "ResNet-34", "cifar_resnet19": "ResNet-19",
-        "resnet34": "ResNet-34", "resnet50": "ResNet-50", "vit_small_patch16_224": "ViT-S/16",
-        "digits": "digits (sklearn)", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet",
-        "cifar10dvs": "CIFAR10-DVS"}
+DATASET_NAMES = {"digits": "digits (sklearn)", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet",
+                 "cifar10dvs": "CIFAR10-DVS"}
+NICE = {**{name: model_facts(name).display for name in list_models()}, **DATASET_NAMES}   # display names
 
 
 def book_profile() -> str:
@@ -104,7 +102,8 @@ def profile_note(profile: str | None = None) -> str:
             f"({s['data_kw'].get('image_size', 8)}x{s['data_kw'].get('image_size', 8)}, 1,347 train / 450 test "
             f"images) instead of CIFAR/ImageNet; ResNet widths {s['width']} instead of 64/128 "
             f"(Spikingformer dim {s['sf_dim']} instead of 256); teachers {s['teacher_epochs']} epochs, students "
-            f"{s['student_epochs']} instead of 300; seeds {list(s['seeds'])}. Absolute accuracies are therefore "
+            f"{s['student_epochs']} instead of 300, without the RateBP reference's 1/T gradient scale, Spikingformer "
+            f"at learning rate {s['sf_lr']:g} instead of 5e-4; seeds {list(s['seeds'])}. Absolute accuracies are therefore "
             f"not comparable with the reported ones; the trends are.")
 
 

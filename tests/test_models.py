@@ -3,17 +3,27 @@ import pytest
 import torch
 
 from hybridkd_lib import ratebp
-from hybridkd_lib.models import create_model, list_models
+from hybridkd_lib.models import create_model, list_models, model_facts
 
-# small variants of the same architectures (the registry's width/size options)
-SMALL = {
-    "spiking_resnet18": dict(width=8), "spiking_resnet19": dict(width=16),
-    "sew_resnet34": dict(width=8), "preact_resnet34": dict(width=8),
-    "spikingformer_4_256": dict(dim=64),
-    "cifar_resnet18": dict(width=8), "cifar_resnet34": dict(width=8), "cifar_resnet19": dict(width=16),
-    "resnet34": {}, "resnet50": {},
-    "vit_small_patch16_224": dict(img_size=32, patch_size=4, depth=4, embed_dim=64, num_heads=2),
-}
+# small variants of the same architectures: the registry's facts
+SMALL = {name: model_facts(name).small for name in list_models()}
+
+
+def test_the_readme_model_table_is_the_registrys():
+    """Every registered model is a row of the README's table with its role, parameter count at its
+    default classes, and the source the registry names."""
+    from hybridkd_lib.results import REPO_ROOT
+
+    rows = {}
+    for line in (REPO_ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].startswith("`") and cells[1] in ("student", "teacher"):
+            rows[cells[0].strip("`")] = cells
+    assert sorted(rows) == list_models()
+    for name, (_, role, params, _, source) in rows.items():
+        facts = model_facts(name)
+        assert role == facts.role and source.replace("`", "") == facts.source.replace("`", ""), name
+        assert params == f"{facts.param_count() / 1e6:.2f} M ({facts.classes})", (name, params)
 
 
 def test_registry_lists_required_models():

@@ -1,23 +1,55 @@
-"""A timm-style model registry: ``@register_model``, ``create_model``, ``list_models``."""
+"""A timm-style model registry: ``@register_model``, ``create_model``, ``list_models``, and each
+model's facts (``model_facts``): its role, display name, source, default classes and a small test size.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable
 
 _MODELS: dict[str, Callable] = {}
 _ROLES: dict[str, str] = {}
 _OPTIONS: dict[str, tuple | None] = {}
+_FACTS: dict[str, "ModelFacts"] = {}
 WEIGHT_OPTIONS = ("checkpoint_path", "init_checkpoint", "pretrained")
 
 
-def register_model(role: str, options: tuple | None = None):
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the book, the README and the tests say about a model, in one place."""
+
+    name: str
+    role: str                  # student | teacher
+    display: str               # as the paper's tables write it, e.g. "ResNet-19"
+    source: str                # the definition it follows
+    classes: int               # its default number of classes (the dataset it is named for)
+    small: dict = field(default_factory=dict)   # keywords of a small variant (tests, tutorials)
+
+    def param_count(self, num_classes: int | None = None) -> int:
+        """Parameters at full size, counted on the meta device (no memory, no weights read)."""
+        import torch
+
+        with torch.device("meta"):
+            model = create_model(self.name, num_classes=num_classes or self.classes)
+        return sum(p.numel() for p in model.parameters())
+
+
+def register_model(role: str, options: tuple | None = None, *, display: str, source: str, classes: int,
+                   small: dict | None = None):
     """Register ``fn(num_classes=..., **kw)`` under its function name; role: student|teacher;
-    ``options``: every keyword it takes (None: also any keyword of ``timm.create_model``)."""
+    ``options``: every keyword it takes (None: also any keyword of ``timm.create_model``); the rest:
+    the model's facts (``ModelFacts``)."""
     def deco(fn):
         _MODELS[fn.__name__] = fn
         _ROLES[fn.__name__] = role
         _OPTIONS[fn.__name__] = options
+        _FACTS[fn.__name__] = ModelFacts(fn.__name__, role, display, source, classes, dict(small or {}))
         return fn
     return deco
+
+
+def model_facts(name: str) -> ModelFacts:
+    check_model_name(name)
+    return _FACTS[name]
 
 
 def check_model_kwargs(name: str, kw: dict, what: str = "model_kw", also: dict | None = None) -> None:
