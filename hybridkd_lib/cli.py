@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from hybridkd_lib.methods import BENCH_METHODS, METHODS
+from hybridkd_lib.methods import BENCH_METHODS
 
 
 def cmd_datasets(args) -> int:
@@ -37,7 +37,37 @@ def _json(text):
     return value
 
 
+def _option_type(annotation):
+    """argparse ``type`` of a ``TrainConfig`` field from its annotation (``X | None`` parses as X)."""
+    import typing
+
+    kinds = [k for k in (typing.get_args(annotation) or (annotation,)) if k is not type(None)]
+    return {dict: _json, int: int, float: float, str: str}[kinds[0]]
+
+
+def add_train_options(parser) -> None:
+    """One ``--option`` per ``TrainConfig`` field, with its type, default and help text from the field
+    (``progress`` as ``--no-progress``); ``--method`` and ``--out`` have no default here."""
+    import typing
+    from dataclasses import MISSING, fields
+
+    from hybridkd_lib.trainer import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        if f.name == "progress":
+            parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+            continue
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if f.name in ("method", "out"):
+            default = None
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_option_type(hints[f.name]),
+                            default=None if default is MISSING else default, help=f.metadata.get("help", ""))
+
+
 def cmd_train(args) -> int:
+    from dataclasses import fields
+
     from hybridkd_lib.trainer import TrainConfig, train
 
     if args.config:  # the whole configuration from a JSON file (what trainer.launch gives torchrun)
@@ -47,14 +77,8 @@ def cmd_train(args) -> int:
         return 0
     if not args.method or not args.out:
         raise ValueError("train needs --method and --out (or --config FILE)")
-    cfg = TrainConfig(
-        method=args.method, dataset=args.dataset, student=args.student, teacher=args.teacher,
-        teacher_ckpt=args.teacher_ckpt, T=args.T, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed,
-        device=args.device, data_root=args.data_root, out=args.out, student_kw=args.student_kw,
-        teacher_kw=args.teacher_kw, data_kw=args.data_kw, loss=args.loss, neuron=args.neuron,
-        rate_value=args.rate_value, teacher_input_size=args.teacher_input_size, num_workers=args.num_workers,
-        max_steps_per_epoch=args.max_steps_per_epoch, progress=not args.no_progress)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "progress"},
+                      progress=not args.no_progress)
     train(cfg, overwrite=args.overwrite)
     return 0
 
@@ -118,34 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one run (teacher, baseline or ours); resumes if interrupted")
     t.add_argument("--config", default=None, metavar="FILE",
                    help="a JSON file with the whole configuration (TrainConfig fields); other options are ignored")
-    t.add_argument("--method", default=None, help=" | ".join(METHODS))
-    t.add_argument("--dataset", default="digits")
-    t.add_argument("--student", default="spiking_resnet18")
-    t.add_argument("--teacher", default="cifar_resnet18", help="teacher architecture (the model trained by --method ann)")
-    t.add_argument("--teacher-ckpt", default=None, help="teacher run directory or .pt file")
-    t.add_argument("--T", type=int, default=4, help="timesteps (frames for DVS)")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--out", default=None, help="run directory")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    t.add_argument("--batch-size", type=int, default=64,
-                   help="global batch: split evenly across the processes of a torchrun launch")
-    t.add_argument("--lr", type=float, default=0.1)
-    t.add_argument("--weight-decay", type=float, default=5e-4)
-    t.add_argument("--optimizer", default="sgd", help="sgd | adamw")
-    t.add_argument("--data-root", default=None)
-    t.add_argument("--student-kw", type=_json, default={}, help='JSON, e.g. \'{"width": 16}\'')
-    t.add_argument("--teacher-kw", type=_json, default={}, help="JSON keyword arguments of the teacher")
-    t.add_argument("--data-kw", type=_json, default={}, help='JSON, e.g. \'{"image_size": 16}\'')
-    t.add_argument("--loss", type=_json, default={}, help='JSON loss weights, e.g. \'{"kd": 1, "temperature": 4}\'')
-    t.add_argument("--neuron", type=_json, default={},
-                   help='JSON LIF settings over the student\'s own, e.g. \'{"tau": 2.0}\' (fields of neurons.NeuronConfig)')
-    t.add_argument("--rate-value", default="rate", help="rate pass after max-pooling of spikes: rate | spike_mean")
-    t.add_argument("--teacher-input-size", type=int, default=None)
-    t.add_argument("--num-workers", type=int, default=None,
-                   help="loader processes per training process (default: 0 for in-memory data, else from the CPUs)")
-    t.add_argument("--max-steps-per-epoch", type=int, default=None)
-    t.add_argument("--no-progress", action="store_true")
+    add_train_options(t)
     t.add_argument("--overwrite", action="store_true",
                    help="start over in --out even if it holds a run with other settings (its files are removed)")
     t.set_defaults(func=cmd_train)

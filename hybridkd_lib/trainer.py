@@ -53,36 +53,49 @@ METHODS = tuple(METHOD_TABLE)   # the names; what each needs and does: hybridkd_
 OPTIMIZERS = ("sgd", "adamw")
 
 
+def _opt(default=None, help: str = "", student_only: bool = False, factory=None):
+    """A ``TrainConfig`` field with its help text (the CLI's and the notebooks', from this one place);
+    ``student_only``: meaningless for a teacher (``ann``) run."""
+    meta = {"help": help, "student_only": student_only}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
-    """Everything a run depends on (recorded in ``result.json``)."""
+    """Everything a run depends on (recorded in ``result.json``). Each field's help text is the
+    ``train`` command's option help (``cli.py`` builds the options from these fields)."""
 
-    method: str
-    dataset: str = "digits"
-    student: str = "spiking_resnet18"
-    teacher: str = "cifar_resnet18"
-    teacher_ckpt: str | None = None
-    T: int = 4
-    epochs: int = 10
-    batch_size: int = 64          # global: split evenly across the processes of a torchrun launch
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    optimizer: str = "sgd"
-    seed: int = 0
-    device: str = "cpu"
-    data_root: str | None = None
-    out: str = "runs/run"
-    student_kw: dict = field(default_factory=dict)
-    teacher_kw: dict = field(default_factory=dict)
-    data_kw: dict = field(default_factory=dict)
-    loss: dict = field(default_factory=dict)
-    neuron: dict = field(default_factory=dict)   # LIF settings over the student's own (neurons.NeuronConfig)
-    rate_value: str = "rate"      # rate pass after max-pooling of spikes: "rate" (reference) | "spike_mean"
-    teacher_input_size: int | None = None
-    num_workers: int | None = None  # loader processes per training process; None: data.default_num_workers
-    max_steps_per_epoch: int | None = None
-    progress: bool = True
+    method: str = field(metadata={"help": " | ".join(METHODS) + " (what each does: hybridkd_lib.methods)",
+                                  "student_only": False})
+    dataset: str = _opt("digits", "digits | cifar10 | cifar100 | imagenet | cifar10dvs | synthetic")
+    student: str = _opt("spiking_resnet18", "student architecture (a registered student model)", True)
+    teacher: str = _opt("cifar_resnet18", "teacher architecture (the model trained by method ann)")
+    teacher_ckpt: str | None = _opt(None, "teacher run directory or .pt file (bptt_kd, kd, hybrid)", True)
+    T: int = _opt(4, "timesteps (frames for cifar10dvs)")
+    epochs: int = _opt(10, "training epochs")
+    batch_size: int = _opt(64, "global batch: split evenly across the processes of a torchrun launch")
+    lr: float = _opt(0.1, "learning rate (cosine schedule over the run)")
+    weight_decay: float = _opt(5e-4, "weight decay (not on BN parameters and biases)")
+    momentum: float = _opt(0.9, "SGD momentum")
+    optimizer: str = _opt("sgd", "sgd | adamw")
+    seed: int = _opt(0, "seed of the model, the data order and the augmentation")
+    device: str = _opt("cpu", "cpu | cuda | cuda:N")
+    data_root: str | None = _opt(None, "data folder (default: $HYBRIDKD_DATA or ./data)")
+    out: str = _opt("runs/run", "run directory: checkpoints/, metrics.csv, model.pt, result.json")
+    student_kw: dict = _opt(help='student keywords, e.g. {"width": 16}', student_only=True, factory=dict)
+    teacher_kw: dict = _opt(help='teacher keywords, e.g. {"width": 16}; {"init_checkpoint": PATH} fine-tunes timm '
+                                 "weights", factory=dict)
+    data_kw: dict = _opt(help='dataset options, e.g. {"image_size": 16} for digits', factory=dict)
+    loss: dict = _opt(help='loss weights, e.g. {"kd": 1.0, "hybrid_ce": 1.0, "temperature": 4.0} '
+                           "(losses.LossConfig)", student_only=True, factory=dict)
+    neuron: dict = _opt(help="LIF settings over the student's own, e.g. {\"tau\": 2.0} (neurons.NeuronConfig)",
+                        student_only=True, factory=dict)
+    rate_value: str = _opt("rate", "rate pass after max-pooling of spikes: rate (the reference) | spike_mean", True)
+    teacher_input_size: int | None = _opt(None, "resize inputs for the teacher (e.g. 224 for ViT-S/16 on CIFAR)")
+    num_workers: int | None = _opt(None, "loader processes per training process (None: 0 for in-memory data, else "
+                                         "from the CPUs)")
+    max_steps_per_epoch: int | None = _opt(None, "cap the steps of an epoch (smoke runs)")
+    progress: bool = _opt(True, "show progress bars")
 
     @property
     def loss_cfg(self) -> LossConfig:

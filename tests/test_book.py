@@ -141,6 +141,33 @@ def test_tutorials_run_through_papermill(name, tmp_path):
     assert "Error" not in text
 
 
+def _parameters(notebook: str) -> set[str]:
+    import ast
+
+    cells = json.loads((REPO_ROOT / "notebooks" / f"{notebook}.ipynb").read_text())["cells"]
+    cell = next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
+    return {t.id for node in ast.parse("".join(cell["source"])).body if isinstance(node, ast.Assign)
+            for t in node.targets if isinstance(t, ast.Name)}
+
+
+def test_every_train_config_field_is_a_cli_option_and_a_notebook_parameter():
+    """One configuration source: a new TrainConfig field that the CLI or a training notebook lacks fails here."""
+    from dataclasses import fields
+
+    from hybridkd_lib.cli import build_parser
+    from hybridkd_lib.trainer import TrainConfig
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    options = {a.dest for a in train._actions}
+    every = [f for f in fields(TrainConfig)]
+    assert {f.name for f in every if f.name != "progress"} <= options and "no_progress" in options
+    assert all(f.metadata.get("help") for f in every)
+    shown = [f.name for f in every if f.name != "progress"]
+    assert set(shown) <= _parameters("train_student"), set(shown) - _parameters("train_student")
+    teacher_fields = {f.name for f in every if not f.metadata["student_only"]} - {"method", "progress"}
+    assert teacher_fields <= _parameters("train_teacher"), teacher_fields - _parameters("train_teacher")
+
+
 def test_reproduce_nproc_keeps_the_global_batch_and_says_what_changed():
     from hybridkd_lib.reproduce import with_nproc
 
