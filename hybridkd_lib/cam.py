@@ -128,3 +128,46 @@ def cam_similarity(maps: dict[str, np.ndarray], reference: str = "ANN") -> dict[
         cs = [np.corrcoef(a, b)[0, 1] if a.std() > 0 and b.std() > 0 else np.nan for a, b in zip(ref, m)]
         out[name] = float(np.nanmean(cs)) if not np.all(np.isnan(cs)) else float("nan")
     return out
+
+
+def check_cam_run(run: str | Path, n_images: int) -> dict:
+    """The run's result if Grad-CAM can draw it (a finished ``hybrid`` run), else a clear error."""
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+        raise ValueError(f"n_images={n_images!r}: must be an integer >= 1")
+    res = read_result(run)
+    if res is None:
+        raise ValueError(f"run={str(run)!r}: no result.json there; allowed: a finished run directory of a method "
+                         f"with hybrids ({', '.join(n for n, m in METHODS.items() if m.hybrids)})")
+    if res.get("method") not in METHODS or not METHODS[res["method"]].hybrids:
+        raise ValueError(f"run={str(run)!r} has method {res.get('method')!r}; allowed: a run of a method with hybrids "
+                         f"({', '.join(n for n, m in METHODS.items() if m.hybrids)})")
+    return res
+
+
+def run_cam(run: str | Path, n_images: int, out: str | Path, seed: int = 0):
+    """Fig. A for one trained run: Grad-CAM of the ANN, the SNN and every M_k on ``n_images`` test images
+    (chosen by ``seed``); writes ``cam.png``, ``cam.npz`` and ``result.json`` into ``out`` (atomically,
+    the result last) and returns ``(result, figure)``."""
+    from datetime import datetime, timezone
+
+    from hybridkd_lib.results import atomic_write, git_commit, write_json
+
+    check_cam_run(run, n_images)
+    learner, test_set, res = load_hybrid_run(run)
+    idx = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(seed))[:n_images].tolist()
+    images = torch.stack([test_set[i][0] for i in idx])
+    labels = torch.tensor([int(test_set[i][1]) for i in idx])
+    maps = compute_cams(learner, images, labels)
+    fig = cam_figure(images, maps)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "cam.png", lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"), binary=True)
+    atomic_write(out / "cam.npz", lambda f: np.savez_compressed(f, images=images.numpy(), labels=labels.numpy(),
+                                                               indices=np.array(idx), **maps), binary=True)
+    result = {"kind": "cam", "run": str(run), "device": "cpu", "git_commit": git_commit(), "indices": idx,
+              "layer": CAM_LAYER, "similarity_to_ANN": cam_similarity(maps), "models": list(maps),
+              "source_result": {k: res.get(k) for k in ("dataset", "student", "teacher", "T", "epochs", "seed", "top1",
+                                                        "teacher_top1", "hybrid_top1", "device", "git_commit")},
+              "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_json(out / "result.json", result)
+    return result, fig

@@ -237,3 +237,16 @@ def two_step_check(spec: dict, device: str, batch_size: int = 8, steps: int = 2)
 if __name__ == "__main__":  # one configuration, JSON on the last stdout line
     spec = json.loads(sys.argv[1])
     print(json.dumps(run_one(**spec)))
+
+
+def run_bench(methods, Ts, out: str | Path, **kw) -> dict:
+    """Fig. 4's run: ``bench`` every (method, T) into ``out/bench.json`` (rewritten after each
+    configuration), then ``out/result.json``; returns ``bench``'s output. ``kw``: ``bench``'s options."""
+    from hybridkd_lib.results import write_json
+
+    out = Path(out)
+    bench_out = bench(methods, Ts, out=out / "bench.json", **kw)
+    write_json(out / "result.json", {"kind": "efficiency", "records": len(bench_out["records"]),
+                                     "device": bench_out["records"][0]["device"], **bench_out["machine"],
+                                     "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    return bench_out

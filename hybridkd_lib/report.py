@@ -518,6 +518,30 @@ def ablation_table(records: list[dict] | None = None) -> tuple[pd.DataFrame, str
     return missing_as_dash(out), source
 
 
+# ----------------------------------------------------------------------------- one run
+RUN_SUMMARY = ("method", "dataset", "T", "epochs", "seed", "top1", "best_top1", "best_epoch", "teacher_top1",
+               "hybrid_top1", "train_time_s", "peak_mem_mb", "device", "git_commit")
+
+
+def training_curves(res: dict):
+    """A run's training loss and test top-1 per epoch (SNN or ANN, and every hybrid M_k), and its summary;
+    the title says whether it converged (``converged``)."""
+    import matplotlib.pyplot as plt
+
+    history = pd.DataFrame(res["history"]).set_index("epoch")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3))
+    history["train_loss"].plot(ax=a, marker="o", title="training loss")
+    acc_cols = [c for c in history.columns if c.startswith(("top1", "hybrid_top1"))]
+    spread = last_epochs_spread(res)
+    state = "" if spread is None else (f"; moved {spread:.2f} over the last {CONVERGENCE_WINDOW} epochs"
+                                       + ("" if converged(res) else f" ({NOT_CONVERGED})"))
+    history[acc_cols].plot(ax=b, marker="o", title=f"test top-1 (%){state}")
+    b.title.set_fontsize(9)
+    fig.tight_layout()
+    summary = pd.Series({k: res.get(k) for k in RUN_SUMMARY}, dtype=object).to_frame("value")
+    return fig, summary
+
+
 # ----------------------------------------------------------------------------- runs index
 def runs_index(profile: str | None = None) -> pd.DataFrame:
     p = profile or book_profile()
