@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
+from hybridkd_lib import speed
 from hybridkd_lib.methods import BENCH_METHODS, BENCH_VARIANTS
 
 
@@ -42,7 +43,7 @@ def _bptt_ckpt_logits(student, x):
 def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, input_size: int,
             device: str, steps: int = 3, warmup: int = 1, student_kw=None, teacher_kw=None) -> dict:
     """Median step time and peak memory of one configuration, in this process."""
-    from hybridkd_lib.memory import release_freed_memory
+    from hybridkd_lib.speed import release_freed_memory
     from hybridkd_lib.trainer import Learner, StepInBackward, TrainConfig, make_optimizer
 
     if method not in BENCH_METHODS:
@@ -56,7 +57,8 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
     amp = dev.type == "cuda"
     learner = learner.to(memory_format=torch.channels_last)  # as the trainer: faster convs on CPU and GPU
     opt = make_optimizer(cfg, learner.trainable())
-    StepInBackward(opt)  # as the trainer: each parameter is updated (and its gradient freed) during backward
+    # as the trainer: each parameter is updated (and its gradient freed) during backward (speed.enabled())
+    in_backward = StepInBackward(opt) if speed.enabled() else None
     x = torch.randn(batch_size, 3, input_size, input_size, device=dev)
     y = torch.randint(10, (batch_size,), device=dev)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -73,6 +75,9 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
             else:
                 loss, _, _ = learner.step_loss(x, y)
         loss.backward()
+        if in_backward is None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         release_freed_memory(dev)
 
     def sync():

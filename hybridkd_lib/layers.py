@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from hybridkd_lib import speed
 from hybridkd_lib.neurons import LIF
 
 
@@ -69,15 +70,15 @@ def on_temporary(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     output over ``x`` instead of allocating (and page-faulting) a new ``[T, B, ...]``
     tensor; everywhere else, and for any other module, it is the plain call.
     """
-    if (isinstance(module, (LIF, _RateBatchNorm)) and module.mode == "spike" and x.device.type == "cpu"
-            and not torch.is_grad_enabled()):
+    if (speed.enabled() and isinstance(module, (LIF, _RateBatchNorm)) and module.mode == "spike"
+            and x.device.type == "cpu" and not torch.is_grad_enabled()):
         return module(x, overwrite=True)
     return module(x)
 
 
 def add_residual(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
     """``out + shortcut``; without autograd, into ``out`` (a temporary block output, not a view)."""
-    if not torch.is_grad_enabled() and out._base is None:
+    if speed.enabled() and not torch.is_grad_enabled() and out._base is None:
         return out.add_(shortcut)
     return out + shortcut
 

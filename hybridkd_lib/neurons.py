@@ -91,6 +91,7 @@ class LIF(nn.Module):
             surrogate_function=surrogate.Sigmoid(alpha=cfg.surrogate_alpha),
             detach_reset=cfg.detach_reset, step_mode="m")
         self.mode = "bptt"
+        self.spike_loop = "fused"   # "plain": the readable charge / fire / reset loop (same records)
         self.rate: torch.Tensor | None = None  # [B, ...] recorded by the spike pass
         self.elig: torch.Tensor | None = None  # [B, ...]
 
@@ -105,7 +106,7 @@ class LIF(nn.Module):
         if self.mode == "rate":
             return self.rate_forward(x)
         if self.mode == "spike" and not torch.is_grad_enabled():
-            return self.spike_forward(x, overwrite)
+            return self.spike_forward(x, overwrite) if self.spike_loop == "fused" else self.spike_forward_plain(x)
         # the membrane potential is fp32 whatever the input (bf16 under autocast): spikingjelly's
         # CUDA kernel runs only for fp32 state, and 2^-7 steps at the threshold would change spikes
         self.node.reset()
@@ -164,6 +165,50 @@ class LIF(nn.Module):
         # every path from x into u starts with the factor du/dx = in_scale and the ef recursion is
         # linear in it, so the eligibility of decay_input is the plain one times 1/tau
         self.elig = elig.mul_(in_scale / T)
+        return spikes
+
+    # ---- the plain spike step: the tutorial's equations, one line each (``spike_loop = "plain"``)
+    def neuronal_charge(self, v: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """``u_t = lambda * v_{t-1} + x_t`` (``x_t / tau`` with ``decay_input``)."""
+        return self.cfg.leak * v + (x_t / self.cfg.tau if self.cfg.decay_input else x_t)
+
+    def neuronal_fire(self, u: torch.Tensor) -> torch.Tensor:
+        """``s_t = H(u_t - theta)``."""
+        return (u >= self.v_threshold).to(u.dtype)
+
+    def neuronal_reset(self, u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Soft: ``v_t = u_t - theta * s_t``; hard: ``v_t = u_t * (1 - s_t) + v_reset * s_t``."""
+        if self.cfg.v_reset is None:
+            return u - self.v_threshold * s
+        return u * (1 - s) + self.cfg.v_reset * s
+
+    def surrogate_grad(self, u: torch.Tensor) -> torch.Tensor:
+        """``sigma'_alpha(u - theta) = alpha * sig * (1 - sig)``, ``sig = sigmoid(alpha * (u - theta))``."""
+        sig = torch.sigmoid(self.cfg.surrogate_alpha * (u - self.v_threshold))
+        return self.cfg.surrogate_alpha * sig * (1 - sig)
+
+    @torch.no_grad()
+    def spike_forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        """``spike_forward`` written plainly: charge, fire, reset per step, and the eligibility
+        ``e = mean_t ef_t * sg_t`` with ``ef_t = du_t/dx`` (the RateBP derivation; Tutorial 2)."""
+        cfg, lam, T = self.cfg, self.cfg.leak, x.shape[0]
+        in_scale = 1.0 / cfg.tau if cfg.decay_input else 1.0
+        v = torch.zeros_like(x[0], dtype=torch.float32)
+        ef, elig, spikes = torch.full_like(v, in_scale), torch.zeros_like(v), []
+        for t in range(T):
+            u = self.neuronal_charge(v, x[t].float())
+            sg = self.surrogate_grad(u)
+            elig += ef * sg
+            s = self.neuronal_fire(u)
+            if cfg.v_reset is None:   # d v_t / d u_t along the kept path (the reset's own term only if not detached)
+                dv = 1.0 if cfg.detach_reset else 1.0 - self.v_threshold * sg
+            else:
+                dv = (1.0 - s) if cfg.detach_reset else (1.0 - s) - (u - cfg.v_reset) * sg
+            ef = in_scale + lam * dv * ef      # d u_{t+1} / dx through v_t
+            v = self.neuronal_reset(u, s)
+            spikes.append(s)
+        spikes = torch.stack(spikes).to(x.dtype)
+        self.rate, self.elig = spikes.mean(0, dtype=torch.float32), elig / T
         return spikes
 
     def rate_forward(self, x: torch.Tensor) -> torch.Tensor:

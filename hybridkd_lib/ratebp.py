@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from hybridkd_lib.layers import SpikeMeanValue, _RateBatchNorm
-from hybridkd_lib.memory import release_freed_memory
+from hybridkd_lib.speed import release_freed_memory
 from hybridkd_lib.neurons import LIF, MODES
 
 RATE_VALUES = ("rate", "spike_mean")

@@ -38,11 +38,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from hybridkd_lib import checkpoint, data, ratebp, results
+from hybridkd_lib import checkpoint, data, ratebp, results, speed
 from hybridkd_lib.hybrid import HybridDistiller, teacher_input
 from hybridkd_lib.layers import convert_sync_batchnorm
 from hybridkd_lib.losses import LossConfig, check_loss_options, total_loss
-from hybridkd_lib.memory import release_freed_memory
+from hybridkd_lib.speed import release_freed_memory
 from hybridkd_lib.methods import METHODS as METHOD_TABLE
 from hybridkd_lib.methods import get_method
 from hybridkd_lib.models import check_model_kwargs, check_model_name, create_model
@@ -545,7 +545,7 @@ def setup(cfg: TrainConfig, env: Distributed, log=print) -> tuple[Session, dict 
                                               broadcast_buffers=False, find_unused_parameters=hybrid_unused)
         in_backward = None
     else:  # one process: each parameter is updated (and its gradient freed) during backward
-        step_module, in_backward = learner, StepInBackward(opt)
+        step_module, in_backward = learner, (StepInBackward(opt) if speed.enabled() else None)
     return Session(cfg, env, learner, step_module, opt, sched, sampler, train_loader, test_loader, steps,
                    num_classes, in_backward, amp=dev.type == "cuda"), state
 

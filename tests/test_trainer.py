@@ -140,6 +140,20 @@ def _weights(run_dir):
     return checkpoint.load(Path(run_dir) / "model.pt")["model"]
 
 
+def test_speed_tricks_off_give_the_same_weights(tmp_path, teacher_run):
+    """The CPU memory tricks (speed.py: temporaries overwritten, freed pages returned, optimizer step in
+    backward) change where memory lives, never a number: one switch turns them off."""
+    from hybridkd_lib import speed
+
+    train(_cfg(tmp_path / "on", "hybrid", teacher_ckpt=str(teacher_run)), log=lambda *_: None)
+    with speed.disabled():
+        assert not speed.enabled()
+        train(_cfg(tmp_path / "off", "hybrid", teacher_ckpt=str(teacher_run)), log=lambda *_: None)
+    assert speed.enabled()
+    on, off = _weights(tmp_path / "on" / "hybrid"), _weights(tmp_path / "off" / "hybrid")
+    assert all(torch.equal(on[k], off[k]) for k in on)
+
+
 def test_resume_gives_identical_weights(tmp_path, teacher_run):
     straight = _cfg(tmp_path / "a", "hybrid", teacher_ckpt=str(teacher_run), epochs=3)
     train(straight, log=lambda *_: None)
