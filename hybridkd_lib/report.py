@@ -511,6 +511,7 @@ def ablation_table(records: list[dict] | None = None) -> tuple[pd.DataFrame, str
     out = pd.DataFrame({"run varied": g["varies"].first(),
                         "loss options": g["loss"].first().apply(lambda d: json.dumps(d, sort_keys=True)),
                         "seeds": g["seed"].apply(lambda s: ", ".join(map(str, s))),
+                        "epochs": g["epochs"].first(),
                         "SNN top-1 mean": g["top1"].mean().round(2), "SNN top-1 std": g["top1"].std().round(2),
                         "hybrids' mean top-1": g["M_k mean"].mean().round(2),
                         "runs not converged": g["converged"].apply(lambda c: int((~c).sum())),
