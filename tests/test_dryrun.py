@@ -50,6 +50,7 @@ def test_the_book_builds_from_the_dry_run_with_every_results_cell_measured(dry):
              + list(html.glob("notebooks/*.html"))}
     for name in ("book/table_a.html", "book/table_b.html", "book/table_c.html", "book/fig_a.html",
                  "book/fig_4.html", "book/runs.html", "book/full_scale.html", "book/datasets.html",
+                 "book/open_choices.html",
                  "notebooks/tutorial_lif.html", "notebooks/tutorial_ratebp.html", "notebooks/tutorial_hybrid.html"):
         assert name in pages, name
     for name, text in pages.items():
