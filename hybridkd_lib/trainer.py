@@ -91,6 +91,8 @@ class TrainConfig:
     neuron: dict = _opt(help="LIF settings over the student's own, e.g. {\"tau\": 2.0} (neurons.NeuronConfig)",
                         student_only=True, factory=dict)
     rate_value: str = _opt("rate", "rate pass after max-pooling of spikes: rate (the reference) | spike_mean", True)
+    precise_bn: int = _opt(0, "before each evaluation, recompute the trained model's BN running statistics from "
+                              "this many fixed training batches (weights unchanged); 0: keep the running averages")
     teacher_input_size: int | None = _opt(None, "resize inputs for the teacher (e.g. 224 for ViT-S/16 on CIFAR)")
     num_workers: int | None = _opt(None, "loader processes per training process (None: 0 for in-memory data, else "
                                          "from the CPUs)")
@@ -146,6 +148,8 @@ def _check_positive(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value <= 0:
             raise ValueError(f"{name}={value!r} not allowed; {name} must be > 0")
+    if cfg.precise_bn < 0:
+        raise ValueError(f"precise_bn={cfg.precise_bn!r} not allowed; an integer >= 0 (0: off)")
     for name in ("weight_decay", "momentum", "num_workers"):
         value = getattr(cfg, name)
         if value is not None and value < 0:
@@ -495,6 +499,7 @@ class Session:
     num_classes: int
     in_backward: StepInBackward | None
     amp: bool
+    bn_batches: list = field(default_factory=list)   # fixed training batches for ``recompute_bn_stats``
 
 
 def setup(cfg: TrainConfig, env: Distributed, log=print) -> tuple[Session, dict | None]:
@@ -547,7 +552,46 @@ def setup(cfg: TrainConfig, env: Distributed, log=print) -> tuple[Session, dict 
     else:  # one process: each parameter is updated (and its gradient freed) during backward
         step_module, in_backward = learner, (StepInBackward(opt) if speed.enabled() else None)
     return Session(cfg, env, learner, step_module, opt, sched, sampler, train_loader, test_loader, steps,
-                   num_classes, in_backward, amp=dev.type == "cuda"), state
+                   num_classes, in_backward, amp=dev.type == "cuda",
+                   bn_batches=_fixed_batches(train_set, cfg, env, per_rank)), state
+
+
+def _fixed_batches(train_set, cfg: TrainConfig, env: Distributed, per_rank: int) -> list:
+    """``cfg.precise_bn`` batches of this process's share of a fixed (seeded) set of training samples."""
+    if not cfg.precise_bn:
+        return []
+    n = min(len(train_set), cfg.precise_bn * per_rank * env.world)
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))[:n].tolist()
+    shard = torch.utils.data.Subset(train_set, order[env.rank::env.world])
+    return list(data.make_loader(shard, cfg.dataset, per_rank, False, 0, False))
+
+
+@torch.no_grad()
+def recompute_bn_stats(learner: "Learner", batches: list, device, amp: bool) -> None:
+    """Replace the BN running statistics of the trained model (and the alignment modules) by their
+    average over ``batches``, each passed as in a training step (weights unchanged): the statistics
+    evaluation uses then no longer drift with the last few batches' sampling noise, which spiking
+    thresholds turn into flipped spikes (precise BN, as in pycls/detectron2)."""
+    if not batches:
+        return
+    mods = [learner.model] + ([learner.distiller.aligns] if learner.spec.hybrids else [])
+    bns = [m for mod in mods for m in mod.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    kept = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+    was = learner.training
+    learner.train()
+    try:
+        for k, (x, y) in enumerate(batches):
+            for m in bns:
+                m.momentum = 1.0 / (k + 1)      # a cumulative average over the batches
+            with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+                learner.step_loss(x.to(device), y.to(device))
+    finally:
+        for m, momentum in zip(bns, kept):
+            m.momentum = momentum
+        learner.train(was)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -690,6 +734,7 @@ def _run_epochs(s: Session, state: dict | None, on_epoch_end, log) -> dict:
         t0 = time.perf_counter()
         train_loss = train_one_epoch(s, epoch)
         train_time += time.perf_counter() - t0
+        recompute_bn_stats(s.learner, s.bn_batches, env.device, s.amp)
         metrics = evaluate(s.learner, s.test_loader, env, s.amp, with_teacher=teacher_top1 is None)
         teacher_top1 = metrics.get("teacher_top1", teacher_top1)
         row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": s.sched.get_last_lr()[0],

@@ -154,6 +154,26 @@ def test_speed_tricks_off_give_the_same_weights(tmp_path, teacher_run):
     assert all(torch.equal(on[k], off[k]) for k in on)
 
 
+def test_precise_bn_recomputes_the_same_statistics_from_the_same_batches(teacher_run):
+    """BN statistics from fixed batches: two recomputations with the weights unchanged agree exactly,
+    and differ from the running averages they replace."""
+    from hybridkd_lib.trainer import Distributed, Learner, _fixed_batches, recompute_bn_stats
+    from hybridkd_lib import data
+
+    cfg = _cfg(Path("/nonexistent"), "hybrid", teacher_ckpt=str(teacher_run), precise_bn=2)
+    train_set, _ = data.get_datasets(cfg.dataset, None, **cfg.data_kw)
+    learner = Learner(cfg, 10, tuple(train_set[0][0].shape[-3:]))
+    batches = _fixed_batches(train_set, cfg, Distributed(), cfg.batch_size)
+    assert len(batches) == 2
+    bn = next(m for m in learner.student.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    before = bn.running_mean.clone()
+    recompute_bn_stats(learner, batches, torch.device("cpu"), False)
+    first = bn.running_mean.clone()
+    recompute_bn_stats(learner, batches, torch.device("cpu"), False)
+    assert torch.equal(first, bn.running_mean) and not torch.equal(first, before)
+    assert bn.momentum == 0.1 and all(p.grad is None for p in learner.trainable())
+
+
 def test_resume_gives_identical_weights(tmp_path, teacher_run):
     straight = _cfg(tmp_path / "a", "hybrid", teacher_ckpt=str(teacher_run), epochs=3)
     train(straight, log=lambda *_: None)
