@@ -78,7 +78,7 @@ def scale_gradient(loss: torch.Tensor, T: int) -> torch.Tensor:
 
 def rate_pass_gap(model: nn.Module, x: torch.Tensor, value: str = "rate") -> dict:
     """How far the rate pass's values are from the time-averaged spike pass's, with rate-pass value
-    ``value``: max |difference| of the logits and of the stage outputs (the hybrids' inputs).
+    ``value``: the largest absolute difference of the logits and of the stage outputs (the hybrids' inputs).
     One training-mode spike pass and rate pass, as a RateBP step makes (BN running statistics
     are updated once)."""
     was = model.training

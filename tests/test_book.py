@@ -139,6 +139,8 @@ def test_tutorials_run_through_papermill(name, tmp_path):
     images = sum("image/png" in o.get("data", {}) for c in cells if c["cell_type"] == "code" for o in c["outputs"])
     assert images >= 2 and all(e in text for e in expected), (images, [e for e in expected if e not in text])
     assert "Error" not in text
+    stderr = [o.get("text") for c in cells if c["cell_type"] == "code" for o in c["outputs"] if o.get("name") == "stderr"]
+    assert not stderr, stderr   # the book shows no warnings to students
 
 
 def _parameters(notebook: str) -> set[str]:
