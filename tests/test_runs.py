@@ -135,10 +135,17 @@ def test_truncated_cifar_batch_is_named(tmp_path):
         data.get_datasets("cifar10", root=tmp_path, verify_md5=False)
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
 def test_ctrl_c_says_how_to_resume(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "hybridkd_lib", "train", "--method", "ratebp", "--epochs", "500",
-                             "--out", str(out), *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--out", str(out), *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a terminal's Ctrl-C, whatever SIGINT disposition the test process has inherited
+                            preexec_fn=_default_sigint)
     deadline = time.time() + 120
     # any checkpoint: only the last two are kept, so a fixed epoch's file can come and go between two looks
     while not list((out / "checkpoints").glob("epoch_*.pt")) and time.time() < deadline:
