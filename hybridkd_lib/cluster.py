@@ -184,9 +184,9 @@ def submit(profile: str, launcher: str = "slurm", options: SlurmOptions | None =
     folder = profile_dir / JOB_DIR / "%j"
     for run in todo:
         old = jobs.get(run.name)
-        if old and _job_state(profile_dir, run.name, old)["state"] in ("queued", "running"):
-            log(f"{run.name}: job {old['job_id']} is still {_job_state(profile_dir, run.name, old)['state']}; "
-                f"not resubmitted")
+        old_state = _job_state(profile_dir, run.name, old)["state"]
+        if old_state in ("queued", "running"):
+            log(f"{run.name}: job {old['job_id']} is still {old_state}; not resubmitted")
             continue
         deps = [jobs[d]["job_id"] for d in run.needs
                 if d in jobs and _job_state(profile_dir, d, jobs[d])["state"] in ("queued", "running")]
