@@ -7,9 +7,9 @@ are synthetic CIFAR-shaped tensors: these are speed/memory figures, never accura
 Methods: ``forward_only`` (graph-free forward over T, no training: the floor's
 first part), ``bptt``, ``bptt_ckpt`` (BPTT with per-stage gradient
 checkpointing), ``bptt_kd``, ``ratebp``, ``kd``, ``hybrid`` (ours). Every
-method's step is a trainer step: channels_last tensors, the optimizer update of
-each parameter inside backward (``trainer.StepInBackward``) and, on the CPU, the
-heap pages the step freed returned to the OS (``memory.release_freed_memory``).
+method's step is a trainer step: channels_last tensors and the CPU memory tricks
+the trainer installs (``speed.apply``: the optimizer update of each parameter inside
+backward, block temporaries overwritten, freed heap pages returned to the OS).
 """
 from __future__ import annotations
 
@@ -43,8 +43,7 @@ def _bptt_ckpt_logits(student, x):
 def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, input_size: int,
             device: str, steps: int = 3, warmup: int = 1, student_kw=None, teacher_kw=None) -> dict:
     """Median step time and peak memory of one configuration, in this process."""
-    from hybridkd_lib.speed import release_freed_memory
-    from hybridkd_lib.trainer import Learner, StepInBackward, TrainConfig, make_optimizer
+    from hybridkd_lib.trainer import Learner, TrainConfig, make_optimizer
 
     if method not in BENCH_METHODS:
         raise ValueError(f"unknown bench method {method!r}; valid: {', '.join(BENCH_METHODS)}")
@@ -57,8 +56,7 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
     amp = dev.type == "cuda"
     learner = learner.to(memory_format=torch.channels_last)  # as the trainer: faster convs on CPU and GPU
     opt = make_optimizer(cfg, learner.trainable())
-    # as the trainer: each parameter is updated (and its gradient freed) during backward (speed.enabled())
-    in_backward = StepInBackward(opt) if speed.enabled() else None
+    tricks = speed.apply(learner, opt)   # as the trainer: the CPU memory tricks (speed.enabled())
     x = torch.randn(batch_size, 3, input_size, input_size, device=dev)
     y = torch.randint(10, (batch_size,), device=dev)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -68,17 +66,17 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
             if method == "forward_only":
                 with torch.no_grad():
                     learner.student(x)
-                release_freed_memory(dev)
+                tricks.after_step()
                 return
             if method == "bptt_ckpt":
                 loss = torch.nn.functional.cross_entropy(_bptt_ckpt_logits(learner.student, x).float(), y)
             else:
                 loss, _, _ = learner.step_loss(x, y)
         loss.backward()
-        if in_backward is None:
+        if tricks.in_backward is None:
             opt.step()
             opt.zero_grad(set_to_none=True)
-        release_freed_memory(dev)
+        tricks.after_step()
 
     def sync():
         if dev.type == "cuda":

@@ -12,7 +12,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hybridkd_lib import speed
 from hybridkd_lib.neurons import LIF
 
 
@@ -63,26 +62,6 @@ class SpikeMeanValue(Temporal):
         return y
 
 
-def on_temporary(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)`` for an ``x`` that nobody reads again (a fresh conv or BN output).
-
-    In the graph-free spike pass on the CPU a LIF or rate-aware BN then writes its
-    output over ``x`` instead of allocating (and page-faulting) a new ``[T, B, ...]``
-    tensor; everywhere else, and for any other module, it is the plain call.
-    """
-    if (speed.enabled() and isinstance(module, (LIF, _RateBatchNorm)) and module.mode == "spike"
-            and x.device.type == "cpu" and not torch.is_grad_enabled()):
-        return module(x, overwrite=True)
-    return module(x)
-
-
-def add_residual(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-    """``out + shortcut``; without autograd, into ``out`` (a temporary block output, not a view)."""
-    if speed.enabled() and not torch.is_grad_enabled() and out._base is None:
-        return out.add_(shortcut)
-    return out + shortcut
-
-
 def conv(cin, cout, k=3, stride=1, padding=None, sample_dims=3, bias=False):
     """Bias-free conv (2-D by default, 1-D with ``sample_dims=2``) usable on temporal inputs."""
     cls = nn.Conv2d if sample_dims == 3 else nn.Conv1d
@@ -111,6 +90,7 @@ class _RateBatchNorm:
 
     mode = "bptt"
     sync_stats = False
+    writes_over_input = False   # spike pass: normalise in place (set by speed.apply on block temporaries)
     spk_mean: torch.Tensor | None = None
     spk_var: torch.Tensor | None = None
     _sample_dims = 3
@@ -122,8 +102,7 @@ class _RateBatchNorm:
     def _synced(self) -> bool:
         return self.sync_stats and dist.is_available() and dist.is_initialized()
 
-    def forward(self, x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
-        """``overwrite``: the spike pass may normalise ``x`` in place (see ``on_temporary``)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         temporal = x.dim() == self._sample_dims + 2
         if temporal:
             T, B = x.shape[:2]
@@ -136,7 +115,7 @@ class _RateBatchNorm:
             mean, var = self._batch_stats(x)
             y = _RateBN.apply(x, self.weight, self.bias, mean, var, self.eps, True)
         elif self.mode == "spike":
-            y = self._spike_forward(x, overwrite)
+            y = self._spike_forward(x, in_place=self.writes_over_input and not torch.is_grad_enabled())
         else:
             y = self._rate_forward(x)
         return y.unflatten(0, (T, B)) if temporal else y
@@ -167,16 +146,16 @@ class _RateBatchNorm:
         return mean, var
 
     @torch.no_grad()
-    def _spike_forward(self, x, overwrite=False):
+    def _spike_forward(self, x, in_place=False):
         if self._synced:  # statistics over every process's shard
             mean, var = self._batch_stats(x)
             self.spk_mean, self.spk_var = mean, var
-            return _normalise(x, mean, var, self.eps, self.weight, self.bias, out=x if overwrite else None)
+            return _normalise(x, mean, var, self.eps, self.weight, self.bias, out=x if in_place else None)
         m = self.momentum if self.momentum is not None else 0.1
         # one native fused kernel: batch statistics, running-stat update, normalisation
         args = (x, self.weight, self.bias, self.running_mean if self.track_running_stats else None,
                 self.running_var if self.track_running_stats else None, True, m, self.eps)
-        if overwrite:  # normalise in place: no new [T*B, ...] tensor
+        if in_place:  # normalise in place: no new [T*B, ...] tensor
             mean, invstd = x.new_empty(x.shape[1]), x.new_empty(x.shape[1])
             out, mean, invstd = torch.ops.aten.native_batch_norm.out(*args, out=x, save_mean=mean,
                                                                      save_invstd=invstd)

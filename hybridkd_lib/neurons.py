@@ -92,6 +92,7 @@ class LIF(nn.Module):
             detach_reset=cfg.detach_reset, step_mode="m")
         self.mode = "bptt"
         self.spike_loop = "fused"   # "plain": the readable charge / fire / reset loop (same records)
+        self.writes_over_input = False   # spike pass: spikes over the input (set by speed.apply)
         self.rate: torch.Tensor | None = None  # [B, ...] recorded by the spike pass
         self.elig: torch.Tensor | None = None  # [B, ...]
 
@@ -101,12 +102,11 @@ class LIF(nn.Module):
     def clear(self):
         self.rate = self.elig = None
 
-    def forward(self, x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
-        """``overwrite``: the spike pass may write the spikes over ``x`` (see ``layers.on_temporary``)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "rate":
             return self.rate_forward(x)
         if self.mode == "spike" and not torch.is_grad_enabled():
-            return self.spike_forward(x, overwrite) if self.spike_loop == "fused" else self.spike_forward_plain(x)
+            return self.spike_forward(x) if self.spike_loop == "fused" else self.spike_forward_plain(x)
         # the membrane potential is fp32 whatever the input (bf16 under autocast): spikingjelly's
         # CUDA kernel runs only for fp32 state, and 2^-7 steps at the threshold would change spikes
         self.node.reset()
@@ -115,19 +115,19 @@ class LIF(nn.Module):
         return out.to(x.dtype)  # spikes are 0/1: exact in bf16
 
     @torch.no_grad()
-    def spike_forward(self, x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+    def spike_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[T, B, ...]`` -> spikes; records ``self.rate`` and ``self.elig`` (``[B, ...]``).
 
         Per step: charge ``u = lambda * v + x_t`` (``x_t / tau`` with ``decay_input``); ``sg = surrogate'(u - theta)``;
         ``e += ef * sg``; spike ``s = u >= theta``; eligibility factor update
         (soft reset, detached: ``ef <- 1 + lambda * ef``); reset. Only ``[B, ...]``
-        temporaries are allocated, whatever T; with ``overwrite`` the spikes of step t
-        go into ``x[t]`` (read once, before), so not even the output is new memory.
+        temporaries are allocated, whatever T; with ``writes_over_input`` (set by ``speed.apply``)
+        the spikes of step t go into ``x[t]`` (read once, before), so not even the output is new memory.
         """
         T = x.shape[0]
         lam, thr, alpha = self.cfg.leak, self.v_threshold, self.cfg.surrogate_alpha
         v_reset, detach_reset = self.cfg.v_reset, self.cfg.detach_reset
-        spikes = x if overwrite else torch.empty_like(x)
+        spikes = x if self.writes_over_input else torch.empty_like(x)
         # state in fp32 whatever x is (bf16 under autocast); no device tensor made from a Python float
         v = torch.zeros_like(x[0], dtype=torch.float32)
         elig = torch.zeros_like(v)

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from hybridkd_lib.layers import SpikeMeanValue, _RateBatchNorm
-from hybridkd_lib.speed import release_freed_memory
 from hybridkd_lib.neurons import LIF, MODES
 
 RATE_VALUES = ("rate", "spike_mean")
@@ -53,16 +52,18 @@ def spike_pass(model: nn.Module, x: torch.Tensor, value: str = "rate"):
         return model(x)
 
 
-def rate_forward(model: nn.Module, x: torch.Tensor, fn=None, value: str = "rate"):
+def rate_forward(model: nn.Module, x: torch.Tensor, fn=None, value: str = "rate", between_passes=None):
     """Spike pass, then the rate pass with autograd; returns ``fn(model, x)`` in rate mode.
 
     ``fn`` defaults to ``model(x)`` (logits ``[B, classes]``); the hybrid trainer passes
     a function that also runs the teacher suffixes on the student's rate features.
-    ``value``: see the module docstring. The recorded rates are dropped afterwards; the
-    graph keeps what backward needs.
+    ``value``: see the module docstring. ``between_passes``: called after the spike pass
+    (``speed.apply`` returns its freed memory there). The recorded rates are dropped afterwards;
+    the graph keeps what backward needs.
     """
     spike_pass(model, x, value)
-    release_freed_memory(x.device)  # the spike pass's [T, B, ...] temporaries are gone: give their pages back
+    if between_passes is not None:
+        between_passes()
     set_mode(model, "rate")
     try:
         return model(x) if fn is None else fn(model, x)

@@ -1,22 +1,33 @@
-"""The CPU memory tricks of a training step, in one place, behind one switch.
+"""The CPU memory tricks of a training step, applied from one place, behind one switch.
 
-None of them changes a number; each only changes where memory lives:
+None of them changes a number; each only changes where memory lives. ``apply`` installs them on a
+learner; the trainer and the benchmark both call it, and nothing in the algorithm modules
+(``neurons``, ``layers``, ``ratebp``, ``hybrid``) calls a trick:
 
-- writing over block temporaries: in the graph-free spike pass a LIF or BN writes its output over
-  its input when nobody reads that input again (``layers.on_temporary``, ``layers.add_residual``);
-- returning freed heap pages to the OS between the phases of a step (``release_freed_memory``:
-  glibc ``malloc_trim``, see ``memory``);
+- writing over block temporaries: a block names the children whose input nobody else reads
+  (``temporary_inputs``, e.g. ``("bn1", "act1", "bn2", "act2")``); in the graph-free spike pass on
+  the CPU those LIFs and BNs write their output over their input (``writes_over_input``) instead
+  of allocating and page-faulting a new ``[T, B, ...]`` tensor;
+- returning freed heap pages to the OS (glibc ``malloc_trim``, see ``memory``) after every step
+  and between RateBP's spike and rate passes (the learner's ``between_passes`` hook);
 - stepping the optimizer inside backward, so a step never holds every gradient at once
-  (``trainer.StepInBackward``; one process only).
+  (``StepInBackward``; one process only).
 
-``enabled()`` is on by default; ``set_enabled(False)`` (or ``with disabled(): ...``) turns all of
-them off, which ``tests/test_trainer.py`` uses to show that a run's weights do not change.
+The frozen teacher's BN runs as one affine map ``x * s + t`` (autograd keeps no copy of ``x``) in
+every configuration: that is the library BN's inference definition (``layers._RateBatchNorm``,
+students' evaluation included), not a switch, so turning it off would move the last bits.
+
+``enabled()`` is on by default; ``set_enabled(False)`` (or ``with disabled(): ...``) makes ``apply``
+install nothing, which ``tests/test_trainer.py`` uses to show that a run's weights do not change.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 
 import torch
+from torch import nn
 
 from hybridkd_lib import memory
 
@@ -42,7 +53,84 @@ def disabled():
         set_enabled(was)
 
 
-def release_freed_memory(device: torch.device) -> None:
-    """Give the heap pages freed so far back to the OS (CPU, glibc), when the tricks are on."""
-    if _ENABLED:
-        memory.release_freed_memory(device)
+class StepInBackward:
+    """Run ``opt``'s update of each parameter inside ``loss.backward()``, as soon as that
+    parameter's gradient is complete, then free the gradient, so a step never holds every
+    gradient at once (PyTorch's "optimizer step in backward" recipe, using
+    ``Tensor.register_post_accumulate_grad_hook``). The update is ``opt.step()`` itself,
+    called with only that parameter in its group: same arithmetic, same optimizer state
+    (so ``opt.state_dict()``, the LR scheduler and checkpoints are unchanged). With it,
+    a training step is ``loss.backward()`` alone; ``remove()`` detaches the hooks.
+    Not for data parallel runs, whose gradients must be averaged before any update.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer):
+        self.opt = opt
+        self._group_of = {p: i for i, g in enumerate(opt.param_groups) for p in g["params"]}
+        self._handles = [p.register_post_accumulate_grad_hook(self._update) for p in self._group_of]
+
+    def _update(self, p: torch.Tensor) -> None:
+        groups = self.opt.param_groups
+        kept = [g["params"] for g in groups]
+        try:
+            for i, g in enumerate(groups):
+                g["params"] = [p] if i == self._group_of[p] else []
+            self.opt.step()
+        finally:
+            for g, params in zip(groups, kept):
+                g["params"] = params
+        p.grad = None
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+@dataclass
+class Tricks:
+    """What ``apply`` installed on one learner. A step is ``loss.backward()``, then
+    ``opt.step()`` unless ``in_backward`` already stepped, then ``after_step()``."""
+
+    device: torch.device
+    in_backward: StepInBackward | None = None
+    on: bool = False
+
+    def after_step(self) -> None:
+        if self.on:
+            memory.release_freed_memory(self.device)
+
+    def remove(self) -> None:
+        if self.in_backward is not None:
+            self.in_backward.remove()
+            self.in_backward = None
+
+
+def write_over_temporaries(model: nn.Module, on: bool = True) -> int:
+    """Let every child a block names in ``temporary_inputs`` write over its input in the spike
+    pass; returns how many modules were switched."""
+    switched = 0
+    for block in model.modules():
+        for name in getattr(block, "temporary_inputs", ()):
+            child = getattr(block, name)
+            if hasattr(child, "writes_over_input"):
+                child.writes_over_input = on
+                switched += 1
+    return switched
+
+
+def apply(learner: nn.Module, opt: torch.optim.Optimizer | None = None, data_parallel: bool = False) -> Tricks:
+    """Install the tricks on ``learner`` (already on its device) when ``enabled()``: temporaries
+    overwritten (CPU), freed pages returned (CPU), the optimizer stepped in backward (``opt``
+    given, one process). Returns the ``Tricks`` the step calls; nothing is installed when off."""
+    device = next(learner.parameters()).device
+    if not _ENABLED:
+        return Tricks(device)
+    if device.type == "cpu":
+        student = getattr(learner, "student", learner)   # a learner's spiking model (None: it trains an ANN)
+        if student is not None:
+            write_over_temporaries(student)
+        if hasattr(learner, "between_passes"):
+            learner.between_passes = partial(memory.release_freed_memory, device)
+    in_backward = StepInBackward(opt) if opt is not None and not data_parallel else None
+    return Tricks(device, in_backward, on=True)

@@ -42,7 +42,6 @@ from hybridkd_lib import checkpoint, data, ratebp, results, speed
 from hybridkd_lib.hybrid import HybridDistiller, teacher_input
 from hybridkd_lib.layers import convert_sync_batchnorm
 from hybridkd_lib.losses import LossConfig, check_loss_options, total_loss
-from hybridkd_lib.speed import release_freed_memory
 from hybridkd_lib.methods import METHODS as METHOD_TABLE
 from hybridkd_lib.methods import get_method
 from hybridkd_lib.models import check_model_kwargs, check_model_name, create_model
@@ -297,6 +296,7 @@ class Learner(nn.Module):
         self.method, self.T, self.loss_cfg, self.rate_value = cfg.method, cfg.T, cfg.loss_cfg, cfg.rate_value
         self.spec = spec = get_method(cfg.method)
         self.teacher_input_size = cfg.teacher_input_size
+        self.between_passes = None   # called between RateBP's spike and rate pass (set by speed.apply)
         in_chans = input_shape[-3]
         self.student = self.teacher = self.distiller = None
         if spec.trains == "teacher":
@@ -336,9 +336,10 @@ class Learner(nn.Module):
         elif spec.propagation == "bptt":
             y_s = self.model(x)
         elif spec.hybrids:
-            y_s, y_m = ratebp.rate_forward(self.student, x, fn=lambda _, xx: self.distiller(xx), value=self.rate_value)
+            y_s, y_m = ratebp.rate_forward(self.student, x, fn=lambda _, xx: self.distiller(xx), value=self.rate_value,
+                                           between_passes=self.between_passes)
         else:
-            y_s = ratebp.rate_forward(self.student, x, value=self.rate_value)
+            y_s = ratebp.rate_forward(self.student, x, value=self.rate_value, between_passes=self.between_passes)
         if spec.teacher and spec.propagation == "rate":
             y_a = self.distiller.teacher_logits(x)
         loss, parts = total_loss(spec.name, self.loss_cfg, y, y_s, y_a, y_m)
@@ -373,40 +374,6 @@ def make_optimizer(cfg: TrainConfig, params):
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-
-
-class StepInBackward:
-    """Run ``opt``'s update of each parameter inside ``loss.backward()``, as soon as that
-    parameter's gradient is complete, then free the gradient, so a step never holds every
-    gradient at once (PyTorch's "optimizer step in backward" recipe, using
-    ``Tensor.register_post_accumulate_grad_hook``). The update is ``opt.step()`` itself,
-    called with only that parameter in its group: same arithmetic, same optimizer state
-    (so ``opt.state_dict()``, the LR scheduler and checkpoints are unchanged). With it,
-    a training step is ``loss.backward()`` alone; ``remove()`` detaches the hooks.
-    Not for data parallel runs, whose gradients must be averaged before any update.
-    """
-
-    def __init__(self, opt: torch.optim.Optimizer):
-        self.opt = opt
-        self._group_of = {p: i for i, g in enumerate(opt.param_groups) for p in g["params"]}
-        self._handles = [p.register_post_accumulate_grad_hook(self._update) for p in self._group_of]
-
-    def _update(self, p: torch.Tensor) -> None:
-        groups = self.opt.param_groups
-        kept = [g["params"] for g in groups]
-        try:
-            for i, g in enumerate(groups):
-                g["params"] = [p] if i == self._group_of[p] else []
-            self.opt.step()
-        finally:
-            for g, params in zip(groups, kept):
-                g["params"] = params
-        p.grad = None
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -497,7 +464,7 @@ class Session:
     test_loader: torch.utils.data.DataLoader
     steps_per_epoch: int
     num_classes: int
-    in_backward: StepInBackward | None
+    tricks: speed.Tricks            # the CPU memory tricks installed on this run (speed.apply)
     amp: bool
     bn_batches: list = field(default_factory=list)   # fixed training batches for ``recompute_bn_stats``
 
@@ -548,11 +515,12 @@ def setup(cfg: TrainConfig, env: Distributed, log=print) -> tuple[Session, dict 
         hybrid_unused = learner.spec.hybrids and not (cfg.loss_cfg.hybrid_ce or cfg.loss_cfg.hybrid_kd)
         step_module = DistributedDataParallel(learner, device_ids=[dev.index] if dev.type == "cuda" else None,
                                               broadcast_buffers=False, find_unused_parameters=hybrid_unused)
-        in_backward = None
-    else:  # one process: each parameter is updated (and its gradient freed) during backward
-        step_module, in_backward = learner, (StepInBackward(opt) if speed.enabled() else None)
+    else:
+        step_module = learner
+    # one process: each parameter is updated (and its gradient freed) during backward; CPU memory tricks
+    tricks = speed.apply(learner, opt, data_parallel=env.world > 1)
     return Session(cfg, env, learner, step_module, opt, sched, sampler, train_loader, test_loader, steps,
-                   num_classes, in_backward, amp=dev.type == "cuda",
+                   num_classes, tricks, amp=dev.type == "cuda",
                    bn_batches=_fixed_batches(train_set, cfg, env, per_rank)), state
 
 
@@ -611,14 +579,14 @@ def train_one_epoch(s: Session, epoch: int, check_every: int | None = None) -> f
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         with torch.autocast(dev.type, torch.bfloat16, enabled=s.amp):
             loss, parts, _ = s.step_module(x, y)
-        if s.in_backward is None:
+        if s.tricks.in_backward is None:
             s.opt.zero_grad(set_to_none=True)
             loss.backward()
             s.opt.step()
         else:
             loss.backward()  # every parameter is updated as its gradient completes
         s.sched.step()
-        release_freed_memory(dev)
+        s.tricks.after_step()
         loss_sum += loss.detach() * len(y)
         n_seen += len(y)
         pending.append(loss.detach())
@@ -752,8 +720,7 @@ def _run_epochs(s: Session, state: dict | None, on_epoch_end, log) -> dict:
         env.barrier()
         if on_epoch_end is not None:
             on_epoch_end(epoch)
-    if s.in_backward is not None:
-        s.in_backward.remove()
+    s.tricks.remove()
     final = evaluate(s.learner, s.test_loader, env, s.amp, with_teacher=True)
     result = _result(s, final, history, train_time)
     if env.main:

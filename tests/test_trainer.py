@@ -144,6 +144,20 @@ def test_speed_tricks_off_give_the_same_weights(tmp_path, teacher_run):
     """The CPU memory tricks (speed.py: temporaries overwritten, freed pages returned, optimizer step in
     backward) change where memory lives, never a number: one switch turns them off."""
     from hybridkd_lib import speed
+    from hybridkd_lib.trainer import Learner, make_optimizer
+
+    cfg = _cfg(tmp_path / "probe", "hybrid", teacher_ckpt=str(teacher_run))
+    learner = Learner(cfg, 10, (1, 8, 8))
+    opt = make_optimizer(cfg, learner.trainable())
+    with speed.disabled():
+        off = speed.apply(learner, opt)
+        assert off.in_backward is None and learner.between_passes is None
+        assert not any(getattr(m, "writes_over_input", False) for m in learner.modules())
+    on = speed.apply(learner, opt)
+    assert on.in_backward is not None and learner.between_passes is not None
+    assert sum(getattr(m, "writes_over_input", False) for m in learner.student.modules()) > 0
+    assert not any(getattr(m, "writes_over_input", False) for m in learner.teacher.modules())
+    on.remove()
 
     train(_cfg(tmp_path / "on", "hybrid", teacher_ckpt=str(teacher_run)), log=lambda *_: None)
     with speed.disabled():
@@ -273,7 +287,8 @@ def test_garbage_teacher_checkpoint_refused(tmp_path):
 def test_step_in_backward_equals_optimizer_step(optimizer):
     """Updating each parameter inside backward gives the very parameters and optimizer state of
     ``zero_grad(); backward(); step()``, frees every gradient, and stops after ``remove()``."""
-    from hybridkd_lib.trainer import Learner, StepInBackward, TrainConfig, make_optimizer
+    from hybridkd_lib.speed import StepInBackward
+    from hybridkd_lib.trainer import Learner, TrainConfig, make_optimizer
 
     cfg = TrainConfig(method="ratebp", student="spiking_resnet18", student_kw={"width": 4}, T=2,
                       optimizer=optimizer, lr=0.05, weight_decay=0.01)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from hybridkd_lib.layers import GlobalAvgPool, RateBatchNorm2d, SpikeMeanValue, add_residual, conv, on_temporary
+from hybridkd_lib.layers import GlobalAvgPool, RateBatchNorm2d, SpikeMeanValue, conv
 from hybridkd_lib.models.stages import SpikingStageModel, StageModel
 from hybridkd_lib.neurons import DEFAULT_NEURON, LIF, NeuronConfig
 
@@ -28,6 +28,8 @@ def neuron_config(neuron_cfg: NeuronConfig | dict | None, default: NeuronConfig 
 class BasicBlock(nn.Module):
     """conv-BN-act-conv-BN + shortcut (identity or 1x1 conv + BN), act after the add."""
 
+    temporary_inputs = ("bn1", "act1", "bn2", "act2")   # their input is read by nobody else (see speed.py)
+
     def __init__(self, cin, cout, stride, spiking, cfg, bias=False):
         super().__init__()
         self.conv1, self.bn1 = conv(cin, cout, 3, stride, bias=bias), RateBatchNorm2d(cout)
@@ -38,13 +40,14 @@ class BasicBlock(nn.Module):
         self.act2 = _act(spiking, cfg)
 
     def forward(self, x):
-        h = on_temporary(self.act1, on_temporary(self.bn1, self.conv1(x)))
-        out = add_residual(on_temporary(self.bn2, self.conv2(h)), self.shortcut(x))
-        return on_temporary(self.act2, out)
+        h = self.act1(self.bn1(self.conv1(x)))
+        return self.act2(self.bn2(self.conv2(h)) + self.shortcut(x))
 
 
 class SEWBlock(nn.Module):
     """SEW-ResNet block: (conv-BN-LIF) x 2, ADD identity / downsample (conv1x1-BN-LIF)."""
+
+    temporary_inputs = ("bn1", "act1", "bn2", "act2")
 
     def __init__(self, cin, cout, stride, spiking, cfg, bias=True):
         super().__init__()
@@ -56,13 +59,14 @@ class SEWBlock(nn.Module):
                          if stride != 1 or cin != cout else nn.Identity())
 
     def forward(self, x):
-        h = on_temporary(self.act1, on_temporary(self.bn1, self.conv1(x)))
-        out = on_temporary(self.act2, on_temporary(self.bn2, self.conv2(h)))
-        return add_residual(out, self.shortcut(x))
+        h = self.act1(self.bn1(self.conv1(x)))
+        return self.act2(self.bn2(self.conv2(h))) + self.shortcut(x)
 
 
 class PreActBlock(nn.Module):
     """Pre-activation block: LIF-conv-BN-LIF-conv-BN with a real-valued identity path."""
+
+    temporary_inputs = ("bn1", "act2", "bn2")   # act1 reads x, which the shortcut reads too
 
     def __init__(self, cin, cout, stride, spiking, cfg, bias=True):
         super().__init__()
@@ -73,8 +77,8 @@ class PreActBlock(nn.Module):
                          if stride != 1 or cin != cout else nn.Identity())
 
     def forward(self, x):
-        h = on_temporary(self.act2, on_temporary(self.bn1, self.conv1(self.act1(x))))
-        return add_residual(on_temporary(self.bn2, self.conv2(h)), self.shortcut(x))
+        h = self.act2(self.bn1(self.conv1(self.act1(x))))
+        return self.bn2(self.conv2(h)) + self.shortcut(x)
 
 
 BLOCKS = {"basic": BasicBlock, "sew": SEWBlock, "preact": PreActBlock}
