@@ -19,7 +19,8 @@ from torch import nn
 from hybridkd_lib import checkpoint, data
 from hybridkd_lib.methods import METHODS
 from hybridkd_lib.results import read_result
-from hybridkd_lib.trainer import Learner, TrainConfig
+from hybridkd_lib.config import TrainConfig
+from hybridkd_lib.learner import Learner
 
 
 def load_hybrid_run(run_dir: str | Path):

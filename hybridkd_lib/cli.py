@@ -51,7 +51,7 @@ def add_train_options(parser) -> None:
     import typing
     from dataclasses import MISSING, fields
 
-    from hybridkd_lib.trainer import TrainConfig
+    from hybridkd_lib.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
@@ -68,7 +68,8 @@ def add_train_options(parser) -> None:
 def cmd_train(args) -> int:
     from dataclasses import fields
 
-    from hybridkd_lib.trainer import TrainConfig, train
+    from hybridkd_lib.config import TrainConfig
+    from hybridkd_lib.trainer import train
 
     if args.config:  # the whole configuration from a JSON file (what trainer.launch gives torchrun)
         cfg = TrainConfig.from_dict(json.loads(open(args.config).read()))

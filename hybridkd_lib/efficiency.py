@@ -43,7 +43,8 @@ def _bptt_ckpt_logits(student, x):
 def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, input_size: int,
             device: str, steps: int = 3, warmup: int = 1, student_kw=None, teacher_kw=None) -> dict:
     """Median step time and peak memory of one configuration, in this process."""
-    from hybridkd_lib.trainer import Learner, TrainConfig, make_optimizer
+    from hybridkd_lib.config import TrainConfig
+    from hybridkd_lib.learner import Learner, make_optimizer
 
     if method not in BENCH_METHODS:
         raise ValueError(f"unknown bench method {method!r}; valid: {', '.join(BENCH_METHODS)}")
@@ -72,11 +73,7 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
                 loss = torch.nn.functional.cross_entropy(_bptt_ckpt_logits(learner.student, x).float(), y)
             else:
                 loss, _, _ = learner.step_loss(x, y)
-        loss.backward()
-        if tricks.in_backward is None:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        tricks.after_step()
+        tricks.backward_and_step(loss, opt)
 
     def sync():
         if dev.type == "cuda":
@@ -119,7 +116,7 @@ def check_bench_args(methods, Ts, steps=1, warmup=0, batch_size=1, input_size=32
             raise ValueError(f"{name}={values if name == 'T' else values[0]!r} not allowed; "
                              f"integers >= {low}")
     if out is not None:
-        from hybridkd_lib.trainer import check_writable_folder
+        from hybridkd_lib.config import check_writable_folder
 
         out = Path(out)
         if out.is_dir():
@@ -197,7 +194,8 @@ def two_step_check(spec: dict, device: str, batch_size: int = 8, steps: int = 2)
     """Two training steps of one set-up (``plan_setups``) at full size on random inputs of the dataset's
     shape, bf16 autocast on CUDA; teachers are randomly initialised (no checkpoint is read)."""
     from hybridkd_lib.data import dataset_info
-    from hybridkd_lib.trainer import Learner, TrainConfig, make_optimizer
+    from hybridkd_lib.config import TrainConfig
+    from hybridkd_lib.learner import Learner, make_optimizer
 
     dev = torch.device(device)
     torch.manual_seed(0)

@@ -12,7 +12,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hybridkd_lib.neurons import LIF
 
 
 class Temporal(nn.Module):

@@ -89,12 +89,21 @@ class StepInBackward:
 
 @dataclass
 class Tricks:
-    """What ``apply`` installed on one learner. A step is ``loss.backward()``, then
-    ``opt.step()`` unless ``in_backward`` already stepped, then ``after_step()``."""
+    """What ``apply`` installed on one learner; a training step ends with ``backward_and_step``."""
 
     device: torch.device
     in_backward: StepInBackward | None = None
     on: bool = False
+
+    def backward_and_step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+        """``loss.backward()`` and the optimizer's update (inside backward when installed)."""
+        if self.in_backward is None:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        else:
+            loss.backward()   # every parameter is updated as its gradient completes
+        self.after_step()
 
     def after_step(self) -> None:
         if self.on:

@@ -7,6 +7,10 @@ the very end, ``result.json``. Data order, augmentation RNG and scheduler are
 functions of (seed, epoch) and part of the checkpoint, so a killed and resumed
 CPU run ends with exactly the weights of an uninterrupted one.
 
+The run's configuration and its checks live in ``config``, what it trains (``Learner``) in
+``learner``, where each process trains in ``distributed``; this module is the run itself:
+set-up, ``train_one_epoch``, ``evaluate``, the result.
+
 Several processes (``torchrun``, one per GPU, one or several machines): PyTorch
 ``DistributedDataParallel`` averages the gradients (NCCL on CUDA, gloo on CPU),
 every training BN is synchronised (``layers.convert_sync_batchnorm``),
@@ -27,189 +31,21 @@ import subprocess
 import sys
 import tempfile
 import time
-import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from hybridkd_lib import checkpoint, data, ratebp, results, speed
-from hybridkd_lib.hybrid import HybridDistiller, teacher_input
+from hybridkd_lib import checkpoint, data, results, speed
+from hybridkd_lib.config import TrainConfig, check_writable_folder, validate
+from hybridkd_lib.distributed import Distributed, broadcast_from_main, init_distributed
 from hybridkd_lib.layers import convert_sync_batchnorm
-from hybridkd_lib.losses import LossConfig, check_loss_options, total_loss
-from hybridkd_lib.methods import METHODS as METHOD_TABLE
+from hybridkd_lib.learner import Learner, make_optimizer
 from hybridkd_lib.methods import get_method
-from hybridkd_lib.models import check_model_kwargs, check_model_name, create_model
-from hybridkd_lib.models.timm_teachers import check_state_dict, load_state_dict_file
-from hybridkd_lib.neurons import DEFAULT_NEURON, NeuronConfig
-
-METHODS = tuple(METHOD_TABLE)   # the names; what each needs and does: hybridkd_lib.methods
-OPTIMIZERS = ("sgd", "adamw")
-
-
-def _opt(default=None, help: str = "", student_only: bool = False, factory=None):
-    """A ``TrainConfig`` field with its help text (the CLI's and the notebooks', from this one place);
-    ``student_only``: meaningless for a teacher (``ann``) run."""
-    meta = {"help": help, "student_only": student_only}
-    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on (recorded in ``result.json``). Each field's help text is the
-    ``train`` command's option help (``cli.py`` builds the options from these fields)."""
-
-    method: str = field(metadata={"help": " | ".join(METHODS) + " (what each does: hybridkd_lib.methods)",
-                                  "student_only": False})
-    dataset: str = _opt("digits", "digits | cifar10 | cifar100 | imagenet | cifar10dvs | synthetic")
-    student: str = _opt("spiking_resnet18", "student architecture (a registered student model)", True)
-    teacher: str = _opt("cifar_resnet18", "teacher architecture (the model trained by method ann)")
-    teacher_ckpt: str | None = _opt(None, "teacher run directory or .pt file (bptt_kd, kd, hybrid)", True)
-    T: int = _opt(4, "timesteps (frames for cifar10dvs)")
-    epochs: int = _opt(10, "training epochs")
-    batch_size: int = _opt(64, "global batch: split evenly across the processes of a torchrun launch")
-    lr: float = _opt(0.1, "learning rate (cosine schedule over the run)")
-    weight_decay: float = _opt(5e-4, "weight decay (not on BN parameters and biases)")
-    momentum: float = _opt(0.9, "SGD momentum")
-    optimizer: str = _opt("sgd", "sgd | adamw")
-    seed: int = _opt(0, "seed of the model, the data order and the augmentation")
-    device: str = _opt("cpu", "cpu | cuda | cuda:N")
-    data_root: str | None = _opt(None, "data folder (default: $HYBRIDKD_DATA or ./data)")
-    out: str = _opt("runs/run", "run directory: checkpoints/, metrics.csv, model.pt, result.json")
-    student_kw: dict = _opt(help='student keywords, e.g. {"width": 16}', student_only=True, factory=dict)
-    teacher_kw: dict = _opt(help='teacher keywords, e.g. {"width": 16}; {"init_checkpoint": PATH} fine-tunes timm '
-                                 "weights", factory=dict)
-    data_kw: dict = _opt(help='dataset options, e.g. {"image_size": 16} for digits', factory=dict)
-    loss: dict = _opt(help='loss weights, e.g. {"kd": 1.0, "hybrid_ce": 1.0, "temperature": 4.0} '
-                           "(losses.LossConfig)", student_only=True, factory=dict)
-    neuron: dict = _opt(help="LIF settings over the student's own, e.g. {\"tau\": 2.0} (neurons.NeuronConfig)",
-                        student_only=True, factory=dict)
-    rate_value: str = _opt("rate", "rate pass after max-pooling of spikes: rate (the reference) | spike_mean", True)
-    precise_bn: int = _opt(0, "before each evaluation, recompute the trained model's BN running statistics from "
-                              "this many fixed training batches (weights unchanged); 0: keep the running averages")
-    teacher_input_size: int | None = _opt(None, "resize inputs for the teacher (e.g. 224 for ViT-S/16 on CIFAR)")
-    num_workers: int | None = _opt(None, "loader processes per training process (None: 0 for in-memory data, else "
-                                         "from the CPUs)")
-    max_steps_per_epoch: int | None = _opt(None, "cap the steps of an epoch (smoke runs)")
-    progress: bool = _opt(True, "show progress bars")
-
-    @property
-    def loss_cfg(self) -> LossConfig:
-        return LossConfig(**self.loss)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        """The configuration from a dict holding (at least) its fields, e.g. a ``result.json``."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-# ----------------------------------------------------------------------------- validation
-def resolve_teacher_ckpt(path: str) -> Path:
-    """A run directory (its ``model.pt``) or a ``.pt`` file."""
-    p = Path(path)
-    return p / "model.pt" if p.is_dir() else p
-
-
-def check_device(device: str) -> None:
-    """``cpu``, or ``cuda``/``cuda:N`` where CUDA is available."""
-    valid = ["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-                       if torch.cuda.is_available() else [])
-    if device not in valid:
-        raise ValueError(f"device={device!r} not available here; valid: {', '.join(valid)}")
-
-
-def _check_types(cfg: TrainConfig) -> None:
-    """Every field of the type its annotation states (``1`` is a float too; ``True`` is no integer)."""
-    hints = typing.get_type_hints(TrainConfig)
-    for f in fields(cfg):
-        value, hint = getattr(cfg, f.name), hints[f.name]
-        allowed = typing.get_args(hint) or (hint,)
-        if value is None and type(None) in allowed:
-            continue
-        ok = any((t is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-                 or (t is int and isinstance(value, int) and not isinstance(value, bool))
-                 or (t not in (int, float, type(None)) and isinstance(value, t)) for t in allowed)
-        if not ok:
-            names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
-            hint_json = (" (a JSON object, e.g. '{\"width\": 16}'; with papermill pass it as YAML: "
-                         f"-y '{f.name}: {{width: 16}}')" if dict in allowed else "")
-            raise ValueError(f"{f.name}={value!r} not allowed: expected {names}{hint_json}")
-
-
-def _check_positive(cfg: TrainConfig) -> None:
-    for name in ("T", "epochs", "batch_size", "lr", "max_steps_per_epoch", "teacher_input_size"):
-        value = getattr(cfg, name)
-        if value is not None and value <= 0:
-            raise ValueError(f"{name}={value!r} not allowed; {name} must be > 0")
-    if cfg.precise_bn < 0:
-        raise ValueError(f"precise_bn={cfg.precise_bn!r} not allowed; an integer >= 0 (0: off)")
-    for name in ("weight_decay", "momentum", "num_workers"):
-        value = getattr(cfg, name)
-        if value is not None and value < 0:
-            raise ValueError(f"{name}={value!r} not allowed; {name} must be >= 0")
-
-
-def check_writable_folder(path: str | Path, what: str = "out") -> Path:
-    """Create ``path`` if needed and write and remove a probe file in it, or say why not."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{what}={str(path)!r} is a file; expected a folder (it is created if missing)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".probe_{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ValueError(f"{what}={str(path)!r} cannot be written: {exc.strerror or exc}") from exc
-    return path
-
-
-def validate(cfg: TrainConfig, world_size: int = 1, check_out: bool = False) -> None:
-    """Refuse bad input before any training, naming the bad value and the valid ones.
-    ``check_out``: also create ``cfg.out`` and write a probe file there (the last check)."""
-    _check_types(cfg)
-    method = get_method(cfg.method)
-    data.dataset_info(cfg.dataset)
-    data.check_options(cfg.dataset, cfg.data_kw)
-    if method.trains == "student":
-        check_model_name(cfg.student, "student")
-        NeuronConfig.with_overrides(DEFAULT_NEURON, cfg.neuron)
-        if cfg.neuron and "neuron_cfg" in cfg.student_kw:
-            raise ValueError("neuron and student_kw['neuron_cfg'] both set the LIF settings; use neuron alone")
-        check_model_kwargs(cfg.student, cfg.student_kw, "student_kw", also={"T": cfg.T})
-        ratebp.check_rate_value(cfg.rate_value)
-    if method.trains == "teacher" or method.teacher:
-        check_model_name(cfg.teacher, "teacher")
-        check_model_kwargs(cfg.teacher, cfg.teacher_kw, "teacher_kw")
-    if not isinstance(cfg.T, int) or cfg.T < 1:
-        raise ValueError(f"T={cfg.T!r} not allowed; T must be an integer >= 1")
-    if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
-        raise ValueError(f"epochs={cfg.epochs!r} not allowed; epochs must be an integer >= 1")
-    _check_positive(cfg)
-    if world_size > 1 and cfg.batch_size % world_size:
-        raise ValueError(f"batch_size={cfg.batch_size} (the global batch) does not divide across {world_size} "
-                         f"processes; use a multiple of {world_size}")
-    check_device(cfg.device)
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-    check_loss_options(cfg.loss)
-    if method.teacher:
-        if not cfg.teacher_ckpt:
-            raise ValueError(f"method {cfg.method!r} needs --teacher-ckpt (a teacher run directory or .pt file)")
-        path = resolve_teacher_ckpt(cfg.teacher_ckpt)
-        try:
-            load_state_dict_file(path)
-        except (FileNotFoundError, ValueError) as exc:
-            raise ValueError(f"unreadable teacher checkpoint {cfg.teacher_ckpt!r}: {exc}") from exc
-    if check_out:
-        check_writable_folder(cfg.out)
-
 
 # ----------------------------------------------------------------------------- a run's folder
 SETTINGS_FILE = "settings.json"
@@ -253,184 +89,6 @@ def run_folder_state(cfg: TrainConfig, overwrite: bool = False) -> str:
     return "finished" if (out / "result.json").is_file() else "resume"
 
 
-# ----------------------------------------------------------------------------- building
-_WEIGHT_KW = ("checkpoint_path", "init_checkpoint", "pretrained")  # where weights came from, not the architecture
-
-
-def build_teacher(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
-    """The teacher architecture, with trained weights if ``teacher_ckpt`` is given: a run
-    directory or ``model.pt`` of this library, or any checkpoint timm loads (safetensors,
-    ``state_dict``/``model``/``state_dict_ema`` keys, ``module.`` prefix)."""
-    kw = dict(cfg.teacher_kw)
-    kw.setdefault("in_chans", in_chans)
-    if not (cfg.teacher_ckpt and get_method(cfg.method).trains == "student"):
-        return create_model(cfg.teacher, num_classes=num_classes, **kw)
-    path = resolve_teacher_ckpt(cfg.teacher_ckpt)
-    state = checkpoint.load(path) if path.suffix != ".safetensors" else None
-    if isinstance(state, dict) and "model" in state and "arch" in state:  # a run of this library
-        if state["arch"] != cfg.teacher:
-            raise ValueError(f"teacher checkpoint {str(path)!r} holds {state['arch']!r}, not --teacher {cfg.teacher!r}")
-        kw = {**state.get("model_kw", {}), **{k: v for k, v in cfg.teacher_kw.items() if k not in _WEIGHT_KW}}
-        model = create_model(cfg.teacher, num_classes=num_classes, **kw)
-        check_state_dict(model, state["model"], str(path))
-        model.load_state_dict(state["model"])
-        return model
-    if cfg.teacher.startswith("cifar_"):
-        model = create_model(cfg.teacher, num_classes=num_classes, **kw)
-        weights = load_state_dict_file(path)
-        check_state_dict(model, weights, str(path))
-        model.load_state_dict(weights)
-        return model
-    return create_model(cfg.teacher, num_classes=num_classes, checkpoint_path=str(path), **kw)
-
-
-class Learner(nn.Module):
-    """The trainable part of a run and its training step (shared with the benchmark).
-
-    ``forward(x, y)`` is the training step's loss, so that ``DistributedDataParallel`` can
-    wrap the learner; ``x`` is ``[B, C, H, W]`` or a frame sequence ``[T, B, C, H, W]``.
-    """
-
-    def __init__(self, cfg: TrainConfig, num_classes: int, input_shape: tuple):
-        super().__init__()
-        self.method, self.T, self.loss_cfg, self.rate_value = cfg.method, cfg.T, cfg.loss_cfg, cfg.rate_value
-        self.spec = spec = get_method(cfg.method)
-        self.teacher_input_size = cfg.teacher_input_size
-        self.between_passes = None   # called between RateBP's spike and rate pass (set by speed.apply)
-        in_chans = input_shape[-3]
-        self.student = self.teacher = self.distiller = None
-        if spec.trains == "teacher":
-            self.model = build_teacher(cfg, num_classes, in_chans)
-            self.model_kw = {"in_chans": in_chans, **cfg.teacher_kw}
-            self.arch = cfg.teacher
-        else:
-            skw = dict(cfg.student_kw, T=cfg.T)
-            skw.setdefault("in_chans", in_chans)
-            if cfg.neuron:
-                skw["neuron_cfg"] = dict(cfg.neuron)
-            self.student = create_model(cfg.student, num_classes=num_classes, **skw)
-            self.model, self.arch, self.model_kw = self.student, cfg.student, dict(skw)
-            if spec.teacher:
-                self.teacher = build_teacher(cfg, num_classes, in_chans)
-                self.distiller = HybridDistiller(self.student, self.teacher, input_shape, cfg.teacher_input_size,
-                                                 hybrids=spec.hybrids)
-        # the architecture only: a teacher fine-tuned from a file is rebuilt from model.pt alone
-        self.model_kw = {k: v for k, v in self.model_kw.items() if k not in _WEIGHT_KW}
-
-    def trainable(self) -> list[nn.Parameter]:
-        mods = [self.model] + ([self.distiller.aligns] if self.spec.hybrids else [])
-        return [p for m in mods for p in m.parameters() if p.requires_grad]
-
-    def forward(self, x, y):
-        return self.step_loss(x, y)
-
-    def step_loss(self, x, y):
-        """Loss (with the method's graph), its parts (detached tensors) and the SNN/ANN logits."""
-        spec = self.spec
-        # the teacher's (graph-free) forward runs where it adds least to the peak: before
-        # BPTT's graph is built, after RateBP's spike pass (whose [T, B, ...] maps are the peak)
-        y_a = self.distiller.teacher_logits(x) if spec.teacher and spec.propagation == "bptt" else None
-        y_m = ()
-        if spec.propagation == "ann":
-            y_s = self.model(teacher_input(x, self.teacher_input_size))
-        elif spec.propagation == "bptt":
-            y_s = self.model(x)
-        elif spec.hybrids:
-            y_s, y_m = ratebp.rate_forward(self.student, x, fn=lambda _, xx: self.distiller(xx), value=self.rate_value,
-                                           between_passes=self.between_passes)
-        else:
-            y_s = ratebp.rate_forward(self.student, x, value=self.rate_value, between_passes=self.between_passes)
-        if spec.teacher and spec.propagation == "rate":
-            y_a = self.distiller.teacher_logits(x)
-        loss, parts = total_loss(spec.name, self.loss_cfg, y, y_s, y_a, y_m)
-        if spec.propagation == "rate" and self.loss_cfg.ratebp_grad_scale:
-            loss = ratebp.scale_gradient(loss, self.T)
-        return loss, parts, y_s
-
-    def predict(self, x, with_teacher: bool = True):
-        """Inference logits ``(y_S, [y_M0, ...], y_A or None)`` (for ``ann``: the ANN's as ``y_S``)."""
-        if self.spec.trains == "teacher":
-            return self.model(teacher_input(x, self.teacher_input_size)), [], None
-        y_s, y_m = self.distiller(x) if self.spec.hybrids else (self.model(x), [])
-        y_a = self.distiller.teacher_logits(x) if self.distiller is not None and with_teacher else None
-        return y_s, y_m, y_a
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()
-        return self
-
-
-def param_groups(params: list[nn.Parameter], weight_decay: float):
-    """No weight decay on BN parameters and biases (1-D tensors)."""
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def make_optimizer(cfg: TrainConfig, params):
-    groups = param_groups(params, cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-
-
-# ----------------------------------------------------------------------------- distributed
-@dataclass
-class Distributed:
-    """Where this process trains: ``rank`` of ``world`` processes, on ``device``."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    owns_group: bool = False  # this run initialised the process group (and destroys it)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self):
-        if self.world > 1:
-            dist.barrier()
-
-
-def init_distributed(device: str) -> Distributed:
-    """One process per device under torchrun (``WORLD_SIZE``/``RANK``/``LOCAL_RANK``): ``LOCAL_RANK``
-    picks the GPU; NCCL on CUDA, gloo on CPU. A single process needs nothing."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    dev = torch.device(device)
-    if world == 1:
-        return Distributed(device=dev)
-    if "LOCAL_RANK" not in os.environ:
-        raise ValueError(f"WORLD_SIZE={world} but LOCAL_RANK is not set: start several processes with torchrun "
-                         f"(torchrun --nproc_per_node N -m hybridkd_lib train ...), which sets both")
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if dev.type == "cuda":
-        visible = torch.cuda.device_count()
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        if local_world > visible:
-            raise ValueError(f"{local_world} processes on this machine but {visible} visible GPU(s): "
-                             f"--nproc_per_node must be at most {visible}")
-        dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-    owns = not dist.is_initialized()
-    if owns:
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
-                                device_id=dev if dev.type == "cuda" else None)
-    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank, dev, owns)
-
-
-def broadcast_from_main(obj, env: Distributed):
-    """``obj`` as rank 0 has it, on every rank (rank 0 alone reads checkpoints)."""
-    if env.world == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0, device=env.device if env.device.type == "cuda" else None)
-    return box[0]
-
-
 def _peak_mem_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -465,7 +123,7 @@ class Session:
     steps_per_epoch: int
     num_classes: int
     tricks: speed.Tricks            # the CPU memory tricks installed on this run (speed.apply)
-    amp: bool
+    check_every: int                # steps between two checks for a non-finite loss (each one a host sync)
     bn_batches: list = field(default_factory=list)   # fixed training batches for ``recompute_bn_stats``
 
 
@@ -520,7 +178,7 @@ def setup(cfg: TrainConfig, env: Distributed, log=print) -> tuple[Session, dict 
     # one process: each parameter is updated (and its gradient freed) during backward; CPU memory tricks
     tricks = speed.apply(learner, opt, data_parallel=env.world > 1)
     return Session(cfg, env, learner, step_module, opt, sched, sampler, train_loader, test_loader, steps,
-                   num_classes, tricks, amp=dev.type == "cuda",
+                   num_classes, tricks, check_every=1 if dev.type == "cpu" else 50,
                    bn_batches=_fixed_batches(train_set, cfg, env, per_rank)), state
 
 
@@ -535,7 +193,7 @@ def _fixed_batches(train_set, cfg: TrainConfig, env: Distributed, per_rank: int)
 
 
 @torch.no_grad()
-def recompute_bn_stats(learner: "Learner", batches: list, device, amp: bool) -> None:
+def recompute_bn_stats(learner: Learner, batches: list, env: Distributed) -> None:
     """Replace the BN running statistics of the trained model (and the alignment modules) by their
     average over ``batches``, each passed as in a training step (weights unchanged): the statistics
     evaluation uses then no longer drift with the last few batches' sampling noise, which spiking
@@ -554,8 +212,8 @@ def recompute_bn_stats(learner: "Learner", batches: list, device, amp: bool) -> 
         for k, (x, y) in enumerate(batches):
             for m in bns:
                 m.momentum = 1.0 / (k + 1)      # a cumulative average over the batches
-            with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                learner.step_loss(x.to(device), y.to(device))
+            with env.autocast():
+                learner.step_loss(*env.put(x, y))
     finally:
         for m, momentum in zip(bns, kept):
             m.momentum = momentum
@@ -563,49 +221,38 @@ def recompute_bn_stats(learner: "Learner", batches: list, device, amp: bool) -> 
 
 
 # ----------------------------------------------------------------------------- the loop
-def train_one_epoch(s: Session, epoch: int, check_every: int | None = None) -> float:
+def train_one_epoch(s: Session, epoch: int) -> float:
     """One epoch of training steps; returns the mean training loss (over every process)."""
-    cfg, env, dev = s.cfg, s.env, s.env.device
+    cfg, env = s.cfg, s.env
     s.sampler.set_epoch(epoch)                                      # data order: f(seed, epoch)
     torch.manual_seed(cfg.seed * 100_003 + epoch + 1 + 1_000_003 * env.rank)  # augmentation, dropout
-    check_every = check_every or (1 if dev.type == "cpu" else 50)  # a host sync every N steps on GPUs
     s.learner.train()
     bar = tqdm(s.train_loader, total=s.steps_per_epoch, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
                disable=not (cfg.progress and env.main), leave=False)
-    loss_sum, n_seen, pending, parts = torch.zeros((), device=dev), 0, [], {}
+    loss_sum, n_seen, pending, parts = torch.zeros((), device=env.device), 0, [], {}
     for step, (x, y) in enumerate(bar):
         if step >= s.steps_per_epoch:
             break
-        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        with torch.autocast(dev.type, torch.bfloat16, enabled=s.amp):
+        x, y = env.put(x, y)
+        with env.autocast():
             loss, parts, _ = s.step_module(x, y)
-        if s.tricks.in_backward is None:
-            s.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            s.opt.step()
-        else:
-            loss.backward()  # every parameter is updated as its gradient completes
+        s.tricks.backward_and_step(loss, s.opt)
         s.sched.step()
-        s.tricks.after_step()
         loss_sum += loss.detach() * len(y)
         n_seen += len(y)
         pending.append(loss.detach())
-        if len(pending) == check_every or step + 1 == s.steps_per_epoch:
+        if len(pending) == s.check_every or step + 1 == s.steps_per_epoch:
             _check_finite(pending, step + 1 - len(pending), epoch, parts, env)
             pending = []
             bar.set_postfix(loss=f"{float(loss_sum) / n_seen:.3f}")
-    totals = torch.stack([loss_sum.float(), torch.tensor(float(n_seen), device=dev)])
-    if env.world > 1:
-        dist.all_reduce(totals)
+    totals = env.all_reduce(torch.stack([loss_sum.float(), torch.tensor(float(n_seen), device=env.device)]))
     return float(totals[0] / totals[1].clamp_min(1))
 
 
 def _check_finite(losses: list, first_step: int, epoch: int, parts: dict, env: Distributed):
     """Stop the run (on every process alike) at a non-finite loss, naming the first such step."""
     values = torch.stack(losses)
-    finite = torch.isfinite(values).all().to(torch.int32)
-    if env.world > 1:
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    finite = env.all_reduce(torch.isfinite(values).all().to(torch.int32), op="min")
     if int(finite):
         return
     bad = (~torch.isfinite(values)).nonzero()
@@ -617,7 +264,7 @@ def _check_finite(losses: list, first_step: int, epoch: int, parts: dict, env: D
 
 
 @torch.no_grad()
-def evaluate(learner: Learner, loader, env: Distributed, amp: bool, with_teacher: bool = True) -> dict:
+def evaluate(learner: Learner, loader, env: Distributed, with_teacher: bool = True) -> dict:
     """Top-1 (%) of the SNN (or the ANN for ``ann``), the teacher and every hybrid M_k, over every
     process's shard of the test set (counts all-reduced; one host sync at the end)."""
     was = learner.training
@@ -626,8 +273,8 @@ def evaluate(learner: Learner, loader, env: Distributed, amp: bool, with_teacher
     n_hyb = learner.distiller.num_hybrids if learner.spec.hybrids else 0
     counts = torch.zeros(3 + n_hyb, dtype=torch.long, device=env.device)  # n, SNN, teacher, M_0..
     for x, y in loader:
-        x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
-        with torch.autocast(env.device.type, torch.bfloat16, enabled=amp):
+        x, y = env.put(x, y)
+        with env.autocast():
             y_s, y_m, y_a = learner.predict(x, has_teacher)
         counts[0] += len(y)
         counts[1] += (y_s.argmax(-1) == y).sum()
@@ -635,8 +282,7 @@ def evaluate(learner: Learner, loader, env: Distributed, amp: bool, with_teacher
             counts[2] += (y_a.argmax(-1) == y).sum()
         for k, out in enumerate(y_m):
             counts[3 + k] += (out.argmax(-1) == y).sum()
-    if env.world > 1:
-        dist.all_reduce(counts)
+    env.all_reduce(counts)
     learner.train(was)
     n, *hits = counts.tolist()
     pct = lambda h: 100.0 * h / max(n, 1)
@@ -666,8 +312,7 @@ def train(cfg: TrainConfig, on_epoch_end=None, log=print, overwrite: bool = Fals
         s, state = setup(cfg, env, log)
         return _run_epochs(s, state, on_epoch_end, log)
     finally:
-        if env.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+        env.close()
 
 
 def _bind_run_folder(cfg: TrainConfig, env: Distributed, overwrite: bool) -> str:
@@ -702,8 +347,8 @@ def _run_epochs(s: Session, state: dict | None, on_epoch_end, log) -> dict:
         t0 = time.perf_counter()
         train_loss = train_one_epoch(s, epoch)
         train_time += time.perf_counter() - t0
-        recompute_bn_stats(s.learner, s.bn_batches, env.device, s.amp)
-        metrics = evaluate(s.learner, s.test_loader, env, s.amp, with_teacher=teacher_top1 is None)
+        recompute_bn_stats(s.learner, s.bn_batches, env)
+        metrics = evaluate(s.learner, s.test_loader, env, with_teacher=teacher_top1 is None)
         teacher_top1 = metrics.get("teacher_top1", teacher_top1)
         row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": s.sched.get_last_lr()[0],
                "top1": metrics["top1"], "train_time_s": train_time}
@@ -721,7 +366,7 @@ def _run_epochs(s: Session, state: dict | None, on_epoch_end, log) -> dict:
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     s.tricks.remove()
-    final = evaluate(s.learner, s.test_loader, env, s.amp, with_teacher=True)
+    final = evaluate(s.learner, s.test_loader, env, with_teacher=True)
     result = _result(s, final, history, train_time)
     if env.main:
         checkpoint.atomic_save({"arch": s.learner.arch, "model_kw": s.learner.model_kw,

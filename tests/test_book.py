@@ -157,7 +157,7 @@ def test_every_train_config_field_is_a_cli_option_and_a_notebook_parameter():
     from dataclasses import fields
 
     from hybridkd_lib.cli import build_parser
-    from hybridkd_lib.trainer import TrainConfig
+    from hybridkd_lib.config import TrainConfig
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     options = {a.dest for a in train._actions}

@@ -4,7 +4,8 @@ import torch
 
 from hybridkd_lib import ratebp
 from hybridkd_lib.models import create_model
-from hybridkd_lib.trainer import Learner, TrainConfig, check_device
+from hybridkd_lib.config import TrainConfig, check_device
+from hybridkd_lib.learner import Learner
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from hybridkd_lib import checkpoint
-from hybridkd_lib.trainer import TrainConfig, launch, train
+from hybridkd_lib.config import TrainConfig
+from hybridkd_lib.trainer import launch, train
 
 REPORT = Path(os.environ.get("HYBRIDKD_TEST_REPORT", "/tmp/hybridkd_test_report"))
 

@@ -1,6 +1,5 @@
 """A result always belongs to its settings, and every bad input stops with one sentence before work starts."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -58,7 +57,8 @@ def test_rerun_with_other_settings_stops_naming_them(finished, change, message):
 
 
 def test_interrupted_run_with_other_settings_stops_and_overwrite_starts_over(tmp_path):
-    from hybridkd_lib.trainer import TrainConfig, train
+    from hybridkd_lib.config import TrainConfig
+    from hybridkd_lib.trainer import train
 
     class Killed(Exception):
         pass

@@ -11,7 +11,8 @@ from hybridkd_lib import checkpoint, ratebp
 from hybridkd_lib.hybrid import HybridDistiller
 from hybridkd_lib.losses import LossConfig, total_loss
 from hybridkd_lib.models import create_model
-from hybridkd_lib.trainer import TrainConfig, train
+from hybridkd_lib.config import TrainConfig
+from hybridkd_lib.trainer import train
 
 TINY = dict(dataset="digits", data_kw={"image_size": 8}, batch_size=32, max_steps_per_epoch=3,
             T=2, progress=False)
@@ -112,7 +113,7 @@ def test_every_method_of_the_table_takes_one_step(name, tmp_path):
     """One training step of each method in ``methods.METHODS``: its loss has exactly the method's terms,
     the trained parameters change, and a frozen teacher does not."""
     from hybridkd_lib.methods import get_method
-    from hybridkd_lib.trainer import Learner, make_optimizer
+    from hybridkd_lib.learner import Learner, make_optimizer
 
     spec = get_method(name)
     torch.manual_seed(0)
@@ -144,7 +145,7 @@ def test_speed_tricks_off_give_the_same_weights(tmp_path, teacher_run):
     """The CPU memory tricks (speed.py: temporaries overwritten, freed pages returned, optimizer step in
     backward) change where memory lives, never a number: one switch turns them off."""
     from hybridkd_lib import speed
-    from hybridkd_lib.trainer import Learner, make_optimizer
+    from hybridkd_lib.learner import Learner, make_optimizer
 
     cfg = _cfg(tmp_path / "probe", "hybrid", teacher_ckpt=str(teacher_run))
     learner = Learner(cfg, 10, (1, 8, 8))
@@ -171,7 +172,9 @@ def test_speed_tricks_off_give_the_same_weights(tmp_path, teacher_run):
 def test_precise_bn_recomputes_the_same_statistics_from_the_same_batches(teacher_run):
     """BN statistics from fixed batches: two recomputations with the weights unchanged agree exactly,
     and differ from the running averages they replace."""
-    from hybridkd_lib.trainer import Distributed, Learner, _fixed_batches, recompute_bn_stats
+    from hybridkd_lib.distributed import Distributed
+    from hybridkd_lib.learner import Learner
+    from hybridkd_lib.trainer import _fixed_batches, recompute_bn_stats
     from hybridkd_lib import data
 
     cfg = _cfg(Path("/nonexistent"), "hybrid", teacher_ckpt=str(teacher_run), precise_bn=2)
@@ -181,9 +184,9 @@ def test_precise_bn_recomputes_the_same_statistics_from_the_same_batches(teacher
     assert len(batches) == 2
     bn = next(m for m in learner.student.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
     before = bn.running_mean.clone()
-    recompute_bn_stats(learner, batches, torch.device("cpu"), False)
+    recompute_bn_stats(learner, batches, Distributed())
     first = bn.running_mean.clone()
-    recompute_bn_stats(learner, batches, torch.device("cpu"), False)
+    recompute_bn_stats(learner, batches, Distributed())
     assert torch.equal(first, bn.running_mean) and not torch.equal(first, before)
     assert bn.momentum == 0.1 and all(p.grad is None for p in learner.trainable())
 
@@ -242,7 +245,7 @@ def test_result_json_fields(tmp_path, teacher_run):
 
 
 def test_nan_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
-    import hybridkd_lib.trainer as tr
+    import hybridkd_lib.learner as tr
 
     def nan_loss(*a, **k):
         loss, parts = total_loss(*a, **k)
@@ -288,7 +291,7 @@ def test_step_in_backward_equals_optimizer_step(optimizer):
     """Updating each parameter inside backward gives the very parameters and optimizer state of
     ``zero_grad(); backward(); step()``, frees every gradient, and stops after ``remove()``."""
     from hybridkd_lib.speed import StepInBackward
-    from hybridkd_lib.trainer import Learner, TrainConfig, make_optimizer
+    from hybridkd_lib.learner import Learner, make_optimizer
 
     cfg = TrainConfig(method="ratebp", student="spiking_resnet18", student_kw={"width": 4}, T=2,
                       optimizer=optimizer, lr=0.05, weight_decay=0.01)

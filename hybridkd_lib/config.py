@@ -1,0 +1,185 @@
+"""A run's configuration (``TrainConfig``) and its validation.
+
+``TrainConfig`` is the one place a run's settings are written: the ``train`` command's options
+(``cli.add_train_options``) and the training notebooks' parameters are built from or checked
+against its fields and help texts. ``validate`` refuses bad input before any work, naming the
+bad value and the valid ones.
+"""
+from __future__ import annotations
+
+import os
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from hybridkd_lib import data, ratebp
+from hybridkd_lib.losses import LossConfig, check_loss_options
+from hybridkd_lib.methods import METHODS as METHOD_TABLE
+from hybridkd_lib.methods import get_method
+from hybridkd_lib.models import check_model_kwargs, check_model_name
+from hybridkd_lib.models.timm_teachers import load_state_dict_file
+from hybridkd_lib.neurons import DEFAULT_NEURON, NeuronConfig
+
+METHODS = tuple(METHOD_TABLE)   # the names; what each needs and does: hybridkd_lib.methods
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def _opt(default=None, help: str = "", student_only: bool = False, factory=None):
+    """A ``TrainConfig`` field with its help text (the CLI's and the notebooks', from this one place);
+    ``student_only``: meaningless for a teacher (``ann``) run."""
+    meta = {"help": help, "student_only": student_only}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on (recorded in ``result.json``). Each field's help text is the
+    ``train`` command's option help (``cli.py`` builds the options from these fields)."""
+
+    method: str = field(metadata={"help": " | ".join(METHODS) + " (what each does: hybridkd_lib.methods)",
+                                  "student_only": False})
+    dataset: str = _opt("digits", "digits | cifar10 | cifar100 | imagenet | cifar10dvs | synthetic")
+    student: str = _opt("spiking_resnet18", "student architecture (a registered student model)", True)
+    teacher: str = _opt("cifar_resnet18", "teacher architecture (the model trained by method ann)")
+    teacher_ckpt: str | None = _opt(None, "teacher run directory or .pt file (bptt_kd, kd, hybrid)", True)
+    T: int = _opt(4, "timesteps (frames for cifar10dvs)")
+    epochs: int = _opt(10, "training epochs")
+    batch_size: int = _opt(64, "global batch: split evenly across the processes of a torchrun launch")
+    lr: float = _opt(0.1, "learning rate (cosine schedule over the run)")
+    weight_decay: float = _opt(5e-4, "weight decay (not on BN parameters and biases)")
+    momentum: float = _opt(0.9, "SGD momentum")
+    optimizer: str = _opt("sgd", "sgd | adamw")
+    seed: int = _opt(0, "seed of the model, the data order and the augmentation")
+    device: str = _opt("cpu", "cpu | cuda | cuda:N")
+    data_root: str | None = _opt(None, "data folder (default: $HYBRIDKD_DATA or ./data)")
+    out: str = _opt("runs/run", "run directory: checkpoints/, metrics.csv, model.pt, result.json")
+    student_kw: dict = _opt(help='student keywords, e.g. {"width": 16}', student_only=True, factory=dict)
+    teacher_kw: dict = _opt(help='teacher keywords, e.g. {"width": 16}; {"init_checkpoint": PATH} fine-tunes timm '
+                                 "weights", factory=dict)
+    data_kw: dict = _opt(help='dataset options, e.g. {"image_size": 16} for digits', factory=dict)
+    loss: dict = _opt(help='loss weights, e.g. {"kd": 1.0, "hybrid_ce": 1.0, "temperature": 4.0} '
+                           "(losses.LossConfig)", student_only=True, factory=dict)
+    neuron: dict = _opt(help="LIF settings over the student's own, e.g. {\"tau\": 2.0} (neurons.NeuronConfig)",
+                        student_only=True, factory=dict)
+    rate_value: str = _opt("rate", "rate pass after max-pooling of spikes: rate (the reference) | spike_mean", True)
+    precise_bn: int = _opt(0, "before each evaluation, recompute the trained model's BN running statistics from "
+                              "this many fixed training batches (weights unchanged); 0: keep the running averages")
+    teacher_input_size: int | None = _opt(None, "resize inputs for the teacher (e.g. 224 for ViT-S/16 on CIFAR)")
+    num_workers: int | None = _opt(None, "loader processes per training process (None: 0 for in-memory data, else "
+                                         "from the CPUs)")
+    max_steps_per_epoch: int | None = _opt(None, "cap the steps of an epoch (smoke runs)")
+    progress: bool = _opt(True, "show progress bars")
+
+    @property
+    def loss_cfg(self) -> LossConfig:
+        return LossConfig(**self.loss)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """The configuration from a dict holding (at least) its fields, e.g. a ``result.json``."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# ----------------------------------------------------------------------------- validation
+def resolve_teacher_ckpt(path: str) -> Path:
+    """A run directory (its ``model.pt``) or a ``.pt`` file."""
+    p = Path(path)
+    return p / "model.pt" if p.is_dir() else p
+
+
+def check_device(device: str) -> None:
+    """``cpu``, or ``cuda``/``cuda:N`` where CUDA is available."""
+    valid = ["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+                       if torch.cuda.is_available() else [])
+    if device not in valid:
+        raise ValueError(f"device={device!r} not available here; valid: {', '.join(valid)}")
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Every field of the type its annotation states (``1`` is a float too; ``True`` is no integer)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(cfg):
+        value, hint = getattr(cfg, f.name), hints[f.name]
+        allowed = typing.get_args(hint) or (hint,)
+        if value is None and type(None) in allowed:
+            continue
+        ok = any((t is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+                 or (t is int and isinstance(value, int) and not isinstance(value, bool))
+                 or (t not in (int, float, type(None)) and isinstance(value, t)) for t in allowed)
+        if not ok:
+            names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+            hint_json = (" (a JSON object, e.g. '{\"width\": 16}'; with papermill pass it as YAML: "
+                         f"-y '{f.name}: {{width: 16}}')" if dict in allowed else "")
+            raise ValueError(f"{f.name}={value!r} not allowed: expected {names}{hint_json}")
+
+
+def _check_positive(cfg: TrainConfig) -> None:
+    for name in ("T", "epochs", "batch_size", "lr", "max_steps_per_epoch", "teacher_input_size"):
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"{name}={value!r} not allowed; {name} must be > 0")
+    if cfg.precise_bn < 0:
+        raise ValueError(f"precise_bn={cfg.precise_bn!r} not allowed; an integer >= 0 (0: off)")
+    for name in ("weight_decay", "momentum", "num_workers"):
+        value = getattr(cfg, name)
+        if value is not None and value < 0:
+            raise ValueError(f"{name}={value!r} not allowed; {name} must be >= 0")
+
+
+def check_writable_folder(path: str | Path, what: str = "out") -> Path:
+    """Create ``path`` if needed and write and remove a probe file in it, or say why not."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what}={str(path)!r} is a file; expected a folder (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".probe_{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"{what}={str(path)!r} cannot be written: {exc.strerror or exc}") from exc
+    return path
+
+
+def validate(cfg: TrainConfig, world_size: int = 1, check_out: bool = False) -> None:
+    """Refuse bad input before any training, naming the bad value and the valid ones.
+    ``check_out``: also create ``cfg.out`` and write a probe file there (the last check)."""
+    _check_types(cfg)
+    method = get_method(cfg.method)
+    data.dataset_info(cfg.dataset)
+    data.check_options(cfg.dataset, cfg.data_kw)
+    if method.trains == "student":
+        check_model_name(cfg.student, "student")
+        NeuronConfig.with_overrides(DEFAULT_NEURON, cfg.neuron)
+        if cfg.neuron and "neuron_cfg" in cfg.student_kw:
+            raise ValueError("neuron and student_kw['neuron_cfg'] both set the LIF settings; use neuron alone")
+        check_model_kwargs(cfg.student, cfg.student_kw, "student_kw", also={"T": cfg.T})
+        ratebp.check_rate_value(cfg.rate_value)
+    if method.trains == "teacher" or method.teacher:
+        check_model_name(cfg.teacher, "teacher")
+        check_model_kwargs(cfg.teacher, cfg.teacher_kw, "teacher_kw")
+    if not isinstance(cfg.T, int) or cfg.T < 1:
+        raise ValueError(f"T={cfg.T!r} not allowed; T must be an integer >= 1")
+    if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
+        raise ValueError(f"epochs={cfg.epochs!r} not allowed; epochs must be an integer >= 1")
+    _check_positive(cfg)
+    if world_size > 1 and cfg.batch_size % world_size:
+        raise ValueError(f"batch_size={cfg.batch_size} (the global batch) does not divide across {world_size} "
+                         f"processes; use a multiple of {world_size}")
+    check_device(cfg.device)
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    check_loss_options(cfg.loss)
+    if method.teacher:
+        if not cfg.teacher_ckpt:
+            raise ValueError(f"method {cfg.method!r} needs --teacher-ckpt (a teacher run directory or .pt file)")
+        path = resolve_teacher_ckpt(cfg.teacher_ckpt)
+        try:
+            load_state_dict_file(path)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ValueError(f"unreadable teacher checkpoint {cfg.teacher_ckpt!r}: {exc}") from exc
+    if check_out:
+        check_writable_folder(cfg.out)
