@@ -45,7 +45,6 @@ from hybridkd_lib.config import TrainConfig, check_writable_folder, validate
 from hybridkd_lib.distributed import Distributed, broadcast_from_main, init_distributed
 from hybridkd_lib.layers import convert_sync_batchnorm
 from hybridkd_lib.learner import Learner, make_optimizer
-from hybridkd_lib.methods import get_method
 
 # ----------------------------------------------------------------------------- a run's folder
 SETTINGS_FILE = "settings.json"
@@ -130,25 +129,43 @@ class Session:
 def setup(cfg: TrainConfig, env: Distributed, log=print) -> tuple[Session, dict | None]:
     """Data, model, optimizer on ``env``'s device; returns the session and the checkpoint to resume
     from (read by rank 0, broadcast to all), or None."""
-    dev = env.device
     torch.manual_seed(cfg.seed)
+    train_set, test_set = _datasets(cfg)
+    num_classes = data.dataset_info(cfg.dataset).num_classes
+    learner = _learner_on(env, cfg, num_classes, tuple(train_set[0][0].shape[-3:]))
+    opt = make_optimizer(cfg, learner.trainable())
+    per_rank = cfg.batch_size // env.world
+    sampler, train_loader, test_loader = _loaders(cfg, env, train_set, test_set, per_rank)
+    steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
+    state = _resume(cfg, env, learner, opt, sched, log)
+    tricks = speed.apply(learner, opt, data_parallel=env.world > 1)   # CPU memory tricks, one process: step in backward
+    return Session(cfg, env, learner, _data_parallel(learner, cfg, env), opt, sched, sampler, train_loader,
+                   test_loader, steps, num_classes, tricks, check_every=1 if env.device.type == "cpu" else 50,
+                   bn_batches=_fixed_batches(train_set, cfg, env, per_rank)), state
+
+
+def _datasets(cfg: TrainConfig):
     data_kw = dict(cfg.data_kw)
     if data.is_sequence(cfg.dataset):
         data_kw.setdefault("T", cfg.T)
-    train_set, test_set = data.get_datasets(cfg.dataset, cfg.data_root, **data_kw)
-    num_classes = data.dataset_info(cfg.dataset).num_classes
-    input_shape = tuple(train_set[0][0].shape[-3:])
-    learner = Learner(cfg, num_classes, input_shape).to(dev)
-    if get_method(cfg.method).trains == "student":  # channels_last: oneDNN/cuDNN convs without layout reorders (CPU ~10-20% faster)
-        learner = learner.to(memory_format=torch.channels_last)
-    if env.world > 1:
-        learner = convert_sync_batchnorm(learner)
-    opt = make_optimizer(cfg, learner.trainable())
+    return data.get_datasets(cfg.dataset, cfg.data_root, **data_kw)
 
-    per_rank = cfg.batch_size // env.world
+
+def _learner_on(env: Distributed, cfg: TrainConfig, num_classes: int, input_shape: tuple) -> Learner:
+    """The learner on this process's device; a student in channels_last (oneDNN/cuDNN convs without
+    layout reorders, CPU ~10-20% faster); every training BN synchronised across processes."""
+    learner = Learner(cfg, num_classes, input_shape).to(env.device)
+    if learner.spec.trains == "student":
+        learner = learner.to(memory_format=torch.channels_last)
+    return convert_sync_batchnorm(learner) if env.world > 1 else learner
+
+
+def _loaders(cfg: TrainConfig, env: Distributed, train_set, test_set, per_rank: int):
+    """This process's shard of the training data (order a function of seed and epoch) and of the test set."""
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env.world))
     workers = cfg.num_workers if cfg.num_workers is not None else data.default_num_workers(cfg.dataset, local_world)
-    pin = dev.type == "cuda"
+    pin = env.device.type == "cuda"
     sampler = torch.utils.data.distributed.DistributedSampler(train_set, env.world, env.rank, shuffle=True,
                                                               seed=cfg.seed, drop_last=True)
     train_loader = data.make_loader(train_set, cfg.dataset, per_rank, True, workers, pin, sampler)
@@ -157,9 +174,11 @@ def setup(cfg: TrainConfig, env: Distributed, log=print) -> tuple[Session, dict 
     if len(train_loader) == 0:
         raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(train_set)} training samples "
                          f"of {cfg.dataset!r} (per process: {per_rank} of {len(sampler)})")
-    steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
+    return sampler, train_loader, test_loader
 
+
+def _resume(cfg: TrainConfig, env: Distributed, learner: Learner, opt, sched, log) -> dict | None:
+    """Load the newest readable checkpoint (rank 0 reads, every rank loads); None for a new run."""
     path, state = checkpoint.load_latest(Path(cfg.out) / "checkpoints", log=log) if env.main else (None, None)
     path, state = broadcast_from_main((path and str(path), state), env)
     if state is not None:
@@ -168,18 +187,17 @@ def setup(cfg: TrainConfig, env: Distributed, log=print) -> tuple[Session, dict 
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+    return state
 
-    if env.world > 1:  # gradients averaged by DDP (bucketed, overlapped with backward)
-        hybrid_unused = learner.spec.hybrids and not (cfg.loss_cfg.hybrid_ce or cfg.loss_cfg.hybrid_kd)
-        step_module = DistributedDataParallel(learner, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                              broadcast_buffers=False, find_unused_parameters=hybrid_unused)
-    else:
-        step_module = learner
-    # one process: each parameter is updated (and its gradient freed) during backward; CPU memory tricks
-    tricks = speed.apply(learner, opt, data_parallel=env.world > 1)
-    return Session(cfg, env, learner, step_module, opt, sched, sampler, train_loader, test_loader, steps,
-                   num_classes, tricks, check_every=1 if dev.type == "cpu" else 50,
-                   bn_batches=_fixed_batches(train_set, cfg, env, per_rank)), state
+
+def _data_parallel(learner: Learner, cfg: TrainConfig, env: Distributed) -> nn.Module:
+    """The module a step calls: the learner, or DDP around it (gradients averaged, bucketed and
+    overlapped with backward) when there are several processes."""
+    if env.world == 1:
+        return learner
+    hybrid_unused = learner.spec.hybrids and not (cfg.loss_cfg.hybrid_ce or cfg.loss_cfg.hybrid_kd)
+    return DistributedDataParallel(learner, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                                   broadcast_buffers=False, find_unused_parameters=hybrid_unused)
 
 
 def _fixed_batches(train_set, cfg: TrainConfig, env: Distributed, per_rank: int) -> list:
@@ -357,11 +375,7 @@ def _run_epochs(s: Session, state: dict | None, on_epoch_end, log) -> dict:
         if env.main:
             log(f"epoch {epoch + 1}/{cfg.epochs}: loss {train_loss:.4f}, top1 {row['top1']:.2f}%"
                 + (f", hybrids {[round(a, 2) for a in metrics['hybrid_top1']]}" if "hybrid_top1" in metrics else ""))
-            _write_metrics(out / "metrics.csv", history)
-            checkpoint.save_epoch(out / "checkpoints", epoch, {
-                "epoch": epoch, "learner": s.learner.state_dict(), "optimizer": s.opt.state_dict(),
-                "scheduler": s.sched.state_dict(), "rng": torch.get_rng_state(), "history": history,
-                "train_time_s": train_time})
+            _save_epoch(s, epoch, history, train_time)
         env.barrier()
         if on_epoch_end is not None:
             on_epoch_end(epoch)
@@ -369,14 +383,30 @@ def _run_epochs(s: Session, state: dict | None, on_epoch_end, log) -> dict:
     final = evaluate(s.learner, s.test_loader, env, with_teacher=True)
     result = _result(s, final, history, train_time)
     if env.main:
-        checkpoint.atomic_save({"arch": s.learner.arch, "model_kw": s.learner.model_kw,
-                                "num_classes": s.num_classes, "model": s.learner.model.state_dict(),
-                                **({"aligns": s.learner.distiller.aligns.state_dict()}
-                                   if s.learner.spec.hybrids else {})}, out / "model.pt")
-        results.write_json(out / "result.json", result)
+        _save_final(s, result)
         log(f"done: top1 {result['top1']:.2f}% -> {out / 'result.json'}")
     env.barrier()
     return result
+
+
+def _save_epoch(s: Session, epoch: int, history: list, train_time: float) -> None:
+    """``metrics.csv`` and the epoch's checkpoint (all a resumed run needs), each written atomically."""
+    out = Path(s.cfg.out)
+    _write_metrics(out / "metrics.csv", history)
+    checkpoint.save_epoch(out / "checkpoints", epoch, {
+        "epoch": epoch, "learner": s.learner.state_dict(), "optimizer": s.opt.state_dict(),
+        "scheduler": s.sched.state_dict(), "rng": torch.get_rng_state(), "history": history,
+        "train_time_s": train_time})
+
+
+def _save_final(s: Session, result: dict) -> None:
+    """``model.pt`` (architecture, keywords and weights: enough to rebuild the model), then ``result.json``."""
+    out, learner = Path(s.cfg.out), s.learner
+    checkpoint.atomic_save({"arch": learner.arch, "model_kw": learner.model_kw, "num_classes": s.num_classes,
+                            "model": learner.model.state_dict(),
+                            **({"aligns": learner.distiller.aligns.state_dict()} if learner.spec.hybrids else {})},
+                           out / "model.pt")
+    results.write_json(out / "result.json", result)
 
 
 def _result(s: Session, final: dict, history: list, train_time: float) -> dict:
@@ -429,19 +459,9 @@ def launch(cfg: TrainConfig, nproc: int = 1, nnodes: int = 1, rdzv_endpoint: str
         raise ValueError(f"nnodes={nnodes} needs rdzv_endpoint='host:port' of the first machine")
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="hybridkd_cfg_", delete=False) as f:
         json.dump(asdict(cfg), f)
-    rdzv = (["--standalone"] if nnodes == 1 else
-            ["--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint, "--rdzv-id", Path(cfg.out).name])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--nnodes", str(nnodes),
-           *rdzv, "-m", "hybridkd_lib", "train", "--config", f.name]
     log(f"launching {nproc * nnodes} processes: torchrun --nproc-per-node {nproc} --nnodes {nnodes} ...")
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
-        tail = []
-        for line in proc.stdout:
-            tail = (tail + [line.rstrip()])[-30:]
-            log(line.rstrip())
-        rc = proc.wait()
+        rc, tail = _run_logged(_torchrun_command(f.name, cfg, nproc, nnodes, rdzv_endpoint), log)
     finally:
         Path(f.name).unlink(missing_ok=True)
     if rc != 0:
@@ -451,3 +471,21 @@ def launch(cfg: TrainConfig, nproc: int = 1, nnodes: int = 1, rdzv_endpoint: str
     if res is None:
         raise RuntimeError(f"torchrun finished without writing {Path(cfg.out) / 'result.json'}")
     return res
+
+
+def _torchrun_command(config_file: str, cfg: TrainConfig, nproc: int, nnodes: int, rdzv_endpoint: str | None) -> list:
+    rdzv = (["--standalone"] if nnodes == 1 else
+            ["--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint, "--rdzv-id", Path(cfg.out).name])
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--nnodes", str(nnodes),
+            *rdzv, "-m", "hybridkd_lib", "train", "--config", config_file]
+
+
+def _run_logged(cmd: list, log) -> tuple[int, list]:
+    """Run ``cmd``, passing each output line to ``log``; its exit status and last 30 lines."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
+    tail = []
+    for line in proc.stdout:
+        tail = (tail + [line.rstrip()])[-30:]
+        log(line.rstrip())
+    return proc.wait(), tail
