@@ -10,8 +10,10 @@ import torch
 from hybridkd_lib import checkpoint, ratebp
 from hybridkd_lib.hybrid import HybridDistiller
 from hybridkd_lib.losses import LossConfig, total_loss
-from hybridkd_lib.models import create_model
 from hybridkd_lib.config import TrainConfig
+from hybridkd_lib.learner import Learner, make_optimizer
+from hybridkd_lib.methods import METHODS, get_method
+from hybridkd_lib.models import create_model
 from hybridkd_lib.trainer import train
 
 TINY = dict(dataset="digits", data_kw={"image_size": 8}, batch_size=32, max_steps_per_epoch=3,
@@ -108,12 +110,10 @@ def test_method_terms():
     assert set(total_loss("kd", LossConfig(), y, y_s, y_a)[1]) == {"ce", "kd"}
 
 
-@pytest.mark.parametrize("name", list(__import__("hybridkd_lib.methods", fromlist=["METHODS"]).METHODS))
+@pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_of_the_table_takes_one_step(name, tmp_path):
     """One training step of each method in ``methods.METHODS``: its loss has exactly the method's terms,
     the trained parameters change, and a frozen teacher does not."""
-    from hybridkd_lib.methods import get_method
-    from hybridkd_lib.learner import Learner, make_optimizer
 
     spec = get_method(name)
     torch.manual_seed(0)
@@ -145,7 +145,6 @@ def test_speed_tricks_off_give_the_same_weights(tmp_path, teacher_run):
     """The CPU memory tricks (speed.py: temporaries overwritten, freed pages returned, optimizer step in
     backward) change where memory lives, never a number: one switch turns them off."""
     from hybridkd_lib import speed
-    from hybridkd_lib.learner import Learner, make_optimizer
 
     cfg = _cfg(tmp_path / "probe", "hybrid", teacher_ckpt=str(teacher_run))
     learner = Learner(cfg, 10, (1, 8, 8))
@@ -173,7 +172,6 @@ def test_precise_bn_recomputes_the_same_statistics_from_the_same_batches(teacher
     """BN statistics from fixed batches: two recomputations with the weights unchanged agree exactly,
     and differ from the running averages they replace."""
     from hybridkd_lib.distributed import Distributed
-    from hybridkd_lib.learner import Learner
     from hybridkd_lib.trainer import _fixed_batches, recompute_bn_stats
     from hybridkd_lib import data
 
@@ -291,7 +289,6 @@ def test_step_in_backward_equals_optimizer_step(optimizer):
     """Updating each parameter inside backward gives the very parameters and optimizer state of
     ``zero_grad(); backward(); step()``, frees every gradient, and stops after ``remove()``."""
     from hybridkd_lib.speed import StepInBackward
-    from hybridkd_lib.learner import Learner, make_optimizer
 
     cfg = TrainConfig(method="ratebp", student="spiking_resnet18", student_kw={"width": 4}, T=2,
                       optimizer=optimizer, lr=0.05, weight_decay=0.01)
