@@ -209,6 +209,7 @@ def two_step_check(spec: dict, device: str, batch_size: int = 8, steps: int = 2)
     sample_shape = shape[1:] if info.input_shape[0] == "T" else shape
     learner = Learner(cfg, info.num_classes, sample_shape).to(dev).train()
     opt = make_optimizer(cfg, learner.trainable())
+    tricks = speed.apply(learner, opt)   # as the trainer
     # a frame sequence is time-major [T, B, ...], as the loader batches it
     x = (torch.randn(shape[0], batch_size, *shape[1:], device=dev) if info.input_shape[0] == "T"
          else torch.randn(batch_size, *shape, device=dev))
@@ -220,9 +221,7 @@ def two_step_check(spec: dict, device: str, batch_size: int = 8, steps: int = 2)
         t0 = time.perf_counter()
         with torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda"):
             loss, _, _ = learner(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        tricks.backward_and_step(loss, opt)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         times.append(time.perf_counter() - t0)
