@@ -13,7 +13,6 @@ import torch.distributed as dist
 from torch import nn
 
 
-
 class Temporal(nn.Module):
     """Apply ``module`` to ``[T, B, ...]`` (folded) or ``[B, ...]`` inputs."""
 
