@@ -117,7 +117,7 @@ def _check_types(cfg: TrainConfig) -> None:
 
 
 def _check_positive(cfg: TrainConfig) -> None:
-    for name in ("T", "epochs", "batch_size", "lr", "max_steps_per_epoch", "teacher_input_size"):
+    for name in ("batch_size", "lr", "max_steps_per_epoch", "teacher_input_size"):   # T, epochs: in validate
         value = getattr(cfg, name)
         if value is not None and value <= 0:
             raise ValueError(f"{name}={value!r} not allowed; {name} must be > 0")

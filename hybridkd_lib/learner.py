@@ -54,7 +54,7 @@ class Learner(nn.Module):
 
     def __init__(self, cfg: TrainConfig, num_classes: int, input_shape: tuple):
         super().__init__()
-        self.method, self.T, self.loss_cfg, self.rate_value = cfg.method, cfg.T, cfg.loss_cfg, cfg.rate_value
+        self.T, self.loss_cfg, self.rate_value = cfg.T, cfg.loss_cfg, cfg.rate_value
         self.spec = spec = get_method(cfg.method)
         self.teacher_input_size = cfg.teacher_input_size
         self.between_passes = None   # called between RateBP's spike and rate pass (set by speed.apply)
@@ -96,11 +96,10 @@ class Learner(nn.Module):
             y_s = self.model(teacher_input(x, self.teacher_input_size))
         elif spec.propagation == "bptt":
             y_s = self.model(x)
-        elif spec.hybrids:
-            y_s, y_m = ratebp.rate_forward(self.student, x, fn=lambda _, xx: self.distiller(xx), value=self.rate_value,
-                                           between_passes=self.between_passes)
-        else:
-            y_s = ratebp.rate_forward(self.student, x, value=self.rate_value, between_passes=self.between_passes)
+        else:   # RateBP; with hybrids the rate pass also runs the teacher suffixes on the student's features
+            out = ratebp.rate_forward(self.student, x, fn=(lambda _, xx: self.distiller(xx)) if spec.hybrids else None,
+                                      value=self.rate_value, between_passes=self.between_passes)
+            y_s, y_m = out if spec.hybrids else (out, ())
         if spec.teacher and spec.propagation == "rate":
             y_a = self.distiller.teacher_logits(x)
         loss, parts = total_loss(spec.name, self.loss_cfg, y, y_s, y_a, y_m)
