@@ -7,8 +7,10 @@ then executes every run of the plan through its papermill notebook exactly as
 epoch of two training steps, tiny batches, a handful of test images, ImageNet and
 CIFAR10-DVS at T=2, the bench at T=2 with one step, and the multi-process runs as
 2 processes under torchrun (gloo). Everything else (architectures, input sizes,
-optimisers, losses, the DDP code) is the full profile's. Finally the book is built
-from those results (``HYBRIDKD_RESULTS=DIR/results``, ``HYBRIDKD_BOOK_PROFILE=full``).
+optimisers, losses, the DDP code) is the full profile's. A finished run keeps its
+model and results but not its epoch checkpoints (at the real sizes they would be
+two thirds of the dry run's 7 GB). Finally the book is built from those results
+(``HYBRIDKD_RESULTS=DIR/results``, ``HYBRIDKD_BOOK_PROFILE=full``).
 """
 from __future__ import annotations
 
@@ -82,7 +84,8 @@ def dry_run(profile: str = "full", out: str | Path | None = None, only=None, bui
     root.mkdir(parents=True, exist_ok=True)
     checkpoints = write_inputs(root, log)
     runs = [dry_run_params(r, root / "data", checkpoints) for r in plan(profile)]
-    report = reproduce(profile, only=only, results_root=root / "results", runs=runs, log=log)
+    report = reproduce(profile, only=only, results_root=root / "results", runs=runs, log=log,
+                       keep_checkpoints=False)
     report.update(root=str(root), book=None, processes={r.name: r.nproc for r in runs})
     if build_book and not report["failed"]:
         t0 = time.perf_counter()

@@ -133,8 +133,10 @@ def ipc_kernel_manager():
     return IPCKernelManager
 
 
-def execute(run: Run, key: dict, profile_dir: Path, site_dir: Path, kernel: str = KERNEL, log=print):
-    """Run ``run``'s notebook in its staging folder, then put the finished run in place."""
+def execute(run: Run, key: dict, profile_dir: Path, site_dir: Path, kernel: str = KERNEL, log=print,
+            keep_checkpoints: bool = True):
+    """Run ``run``'s notebook in its staging folder, then put the finished run in place (without its
+    epoch checkpoints, the resume state, unless ``keep_checkpoints``)."""
     import papermill as pm
 
     final, stage = profile_dir / run.name, profile_dir / ".staging" / run.name
@@ -156,6 +158,8 @@ def execute(run: Run, key: dict, profile_dir: Path, site_dir: Path, kernel: str 
     res = read_result(stage)
     if "out" in res:  # the folder the result now lives in
         write_json(stage / "result.json", dict(res, out=str(final)))
+    if not keep_checkpoints:
+        shutil.rmtree(stage / "checkpoints", ignore_errors=True)
     trash = profile_dir / ".trash" / run.name
     if final.exists():
         shutil.rmtree(trash, ignore_errors=True)
@@ -188,10 +192,12 @@ def with_nproc(runs: list[Run], nproc: int | None, log=print) -> list[Run]:
 
 
 def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, log=print,
-              nproc: int | None = None, runs: list[Run] | None = None, dry_plan: bool = False) -> dict:
+              nproc: int | None = None, runs: list[Run] | None = None, dry_plan: bool = False,
+              keep_checkpoints: bool = True) -> dict:
     """Execute the profile (or the given ``runs`` of it); returns ``{"ran": [...], "skipped": [...],
     "failed": {name: reason}, "seconds": {name: wall time}, "plan": [(run, state, why), ...]}``.
-    ``dry_plan``: only say what would run and why."""
+    ``dry_plan``: only say what would run and why. ``keep_checkpoints=False``: a finished run keeps its
+    model and results but not its epoch checkpoints (the dry run's choice: it never resumes a finished run)."""
     runs = with_nproc(plan(profile) if runs is None else runs, nproc, log)
     keys = run_keys(runs, profile)
     by_name = {r.name: r for r in runs}
@@ -225,7 +231,7 @@ def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, 
             continue
         t0 = time.perf_counter()
         try:
-            execute(run, keys[run.name], profile_dir, site_dir, kernel, log)
+            execute(run, keys[run.name], profile_dir, site_dir, kernel, log, keep_checkpoints)
         except Exception as exc:  # keep going; list it at the end
             reason = str(exc).strip().splitlines()
             report["failed"][run.name] = (reason[-1] if reason else type(exc).__name__)[:500]

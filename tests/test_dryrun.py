@@ -3,6 +3,7 @@ network sizes, on tiny data in the real formats, ImageNet as 2 torchrun processe
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,10 @@ RESULTS_PAGES = ("table_a", "table_b", "table_c", "fig_a", "fig_4")
 
 @pytest.fixture(scope="module")
 def dry(tmp_path_factory):
-    return dry_run("full", out=tmp_path_factory.mktemp("dryrun"), log=lambda *_: None)
+    """The dry run's report; its folder (2 GB at the real sizes) is removed after this module."""
+    root = tmp_path_factory.mktemp("dryrun")
+    yield dry_run("full", out=root, log=lambda *_: None)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_every_run_of_the_full_plan_executes(dry):
@@ -35,6 +39,8 @@ def test_every_run_of_the_full_plan_executes(dry):
                      "processes": dry["processes"][run.name], "seconds": dry["seconds"][run.name]})
         if run.notebook.startswith("train"):
             assert res["device"] == "cpu" and res["world_size"] == dry["processes"][run.name]
+            # a finished dry-run run keeps its model and results, not its resume checkpoints
+            assert (root / run.name / "model.pt").is_file() and not (root / run.name / "checkpoints").exists()
     # the multi-process runs of the plan ran as 2 torchrun processes through the same DDP code
     imagenet = [r for r in rows if r["dataset"] == "imagenet"]
     assert len(imagenet) == 3 and all(r["processes"] == 2 for r in imagenet)
