@@ -135,8 +135,8 @@ def ipc_kernel_manager():
 
 def execute(run: Run, key: dict, profile_dir: Path, site_dir: Path, kernel: str = KERNEL, log=print,
             keep_checkpoints: bool = True):
-    """Run ``run``'s notebook in its staging folder, then put the finished run in place (without its
-    epoch checkpoints, the resume state, unless ``keep_checkpoints``)."""
+    """Run ``run``'s notebook in its staging folder, then put the finished run in place; with
+    ``keep_checkpoints=False`` its epoch checkpoints (the resume state) are removed first."""
     import papermill as pm
 
     final, stage = profile_dir / run.name, profile_dir / ".staging" / run.name
