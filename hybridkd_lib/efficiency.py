@@ -7,7 +7,7 @@ are synthetic CIFAR-shaped tensors: these are speed/memory figures, never accura
 Methods: ``forward_only`` (graph-free forward over T, no training: the floor's
 first part), ``bptt``, ``bptt_ckpt`` (BPTT with per-stage gradient
 checkpointing), ``bptt_kd``, ``ratebp``, ``kd``, ``hybrid`` (ours). Every
-method's step is a trainer step: channels_last tensors and the CPU memory tricks
+method's step is a trainer step: the trainer's layout (``speed.layout``) and the CPU memory tricks
 the trainer installs (``speed.apply``: the optimizer update of each parameter inside
 backward, block temporaries overwritten, freed heap pages returned to the OS).
 """
@@ -55,12 +55,13 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
                       student_kw=student_kw or {}, teacher_kw=teacher_kw or {})
     learner = Learner(cfg, 10, (3, input_size, input_size)).to(dev).train()
     amp = dev.type == "cuda"
-    learner = learner.to(memory_format=torch.channels_last)  # as the trainer: faster convs on CPU and GPU
+    fmt = speed.layout(learner, dev)   # as the trainer: channels_last where the kernels are right
+    learner = learner.to(memory_format=fmt)
     opt = make_optimizer(cfg, learner.trainable())
     tricks = speed.apply(learner, opt)   # as the trainer: the CPU memory tricks (speed.enabled())
     x = torch.randn(batch_size, 3, input_size, input_size, device=dev)
     y = torch.randint(10, (batch_size,), device=dev)
-    x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=fmt)
 
     def step():
         with torch.autocast(dev.type, torch.bfloat16, enabled=amp):
@@ -207,7 +208,7 @@ def two_step_check(spec: dict, device: str, batch_size: int = 8, steps: int = 2)
                       teacher_input_size=spec["teacher_input_size"])
     shape = tuple(spec["T"] if d == "T" else d for d in info.input_shape)
     sample_shape = shape[1:] if info.input_shape[0] == "T" else shape
-    learner = Learner(cfg, info.num_classes, sample_shape).to(dev).train()
+    learner = speed.to_layout(Learner(cfg, info.num_classes, sample_shape).to(dev).train(), dev)
     opt = make_optimizer(cfg, learner.trainable())
     tricks = speed.apply(learner, opt)   # as the trainer
     # a frame sequence is time-major [T, B, ...], as the loader batches it

@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from hybridkd_lib.neurons import state_dtype
+
 
 class Temporal(nn.Module):
     """Apply ``module`` to ``[T, B, ...]`` (folded) or ``[B, ...]`` inputs."""
@@ -52,7 +54,7 @@ class SpikeMeanValue(Temporal):
         if self.value != "spike_mean" or not self.training:
             return y
         if self.mode == "spike" and not torch.is_grad_enabled():   # a static input needs no averaging
-            self.spike_mean = y.mean(0, dtype=torch.float32) if x.dim() == self.batch_ndim + 1 else y
+            self.spike_mean = y.mean(0, dtype=state_dtype(y.dtype)) if x.dim() == self.batch_ndim + 1 else y
         elif self.mode == "rate":
             if self.spike_mean is None or self.spike_mean.shape != y.shape:
                 raise RuntimeError("rate pass without a matching spike pass: run the model in mode 'spike' first")
@@ -131,8 +133,8 @@ class _RateBatchNorm:
         """Mean and (biased) variance over every process's batch; updates the running statistics."""
         C, m = x.shape[1], (self.momentum if self.momentum is not None else 0.1)
         dims = self._dims(x)
-        xf = x.float()
-        stats = torch.cat([xf.sum(dims), xf.square().sum(dims), x.new_full((1,), x.numel() // C, dtype=torch.float32)])
+        xf = x.to(state_dtype(x.dtype))
+        stats = torch.cat([xf.sum(dims), xf.square().sum(dims), xf.new_full((1,), x.numel() // C)])
         dist.all_reduce(stats)
         n = stats[-1]
         mean = stats[:C] / n
@@ -194,11 +196,12 @@ class _RateBN(torch.autograd.Function):
         x, weight, mean, scale = ctx.saved_tensors
         dims, n = (0,) + tuple(range(2, x.dim())), x.numel() // x.shape[1]
         xh = (x - _per_channel(mean, x)).mul_(_per_channel(scale, x))
-        sum_dy_xh = (dy * xh).sum(dims, dtype=torch.float32)   # dL/dw
-        sum_dy = dy.sum(dims, dtype=torch.float32)              # dL/db
+        acc = state_dtype(x.dtype)
+        sum_dy_xh = (dy * xh).sum(dims, dtype=acc)   # dL/dw
+        sum_dy = dy.sum(dims, dtype=acc)              # dL/db
         dx = None
         if ctx.needs_input_grad[0]:
-            g_dy_xh, g_dy, g_xh = sum_dy_xh, sum_dy, xh.sum(dims, dtype=torch.float32)
+            g_dy_xh, g_dy, g_xh = sum_dy_xh, sum_dy, xh.sum(dims, dtype=acc)
             if ctx.sync:
                 C = x.shape[1]
                 packed = torch.cat([g_dy_xh, g_dy, g_xh, g_xh.new_full((1,), n)])

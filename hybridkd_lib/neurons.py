@@ -20,6 +20,12 @@ from torch import nn
 MODES = ("bptt", "spike", "rate")
 
 
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision of LIF state, BN statistics and the spike pass's records for input of ``dtype``:
+    float64 stays float64; float32, bf16 and fp16 (autocast) get float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 @dataclass(frozen=True)
 class NeuronConfig:
     """Every LIF setting in one place; the defaults are the RateBP reference's.
@@ -107,10 +113,10 @@ class LIF(nn.Module):
             return self.rate_forward(x)
         if self.mode == "spike" and not torch.is_grad_enabled():
             return self.spike_forward(x) if self.spike_loop == "fused" else self.spike_forward_plain(x)
-        # the membrane potential is fp32 whatever the input (bf16 under autocast): spikingjelly's
-        # CUDA kernel runs only for fp32 state, and 2^-7 steps at the threshold would change spikes
+        # the membrane potential is fp32 for bf16/fp16 input (autocast): spikingjelly's CUDA kernel
+        # runs only for fp32 state, and 2^-7 steps at the threshold would change spikes; float64 stays
         self.node.reset()
-        out = self.node(x.float())
+        out = self.node(x.to(state_dtype(x.dtype)))
         self.node.reset()  # do not keep the last membrane potential alive between calls
         return out.to(x.dtype)  # spikes are 0/1: exact in bf16
 
@@ -128,8 +134,8 @@ class LIF(nn.Module):
         lam, thr, alpha = self.cfg.leak, self.v_threshold, self.cfg.surrogate_alpha
         v_reset, detach_reset = self.cfg.v_reset, self.cfg.detach_reset
         spikes = x if self.writes_over_input else torch.empty_like(x)
-        # state in fp32 whatever x is (bf16 under autocast); no device tensor made from a Python float
-        v = torch.zeros_like(x[0], dtype=torch.float32)
+        # state in fp32 for bf16 x (autocast), float64 for float64; no device tensor made from a Python float
+        v = torch.zeros_like(x[0], dtype=state_dtype(x.dtype))
         elig = torch.zeros_like(v)
         p = torch.empty_like(v)            # sig * (1 - sig); the surrogate derivative is alpha * p
         bias = torch.full((), -alpha * thr, dtype=v.dtype, device=v.device)  # a fill kernel, no host copy
@@ -161,7 +167,7 @@ class LIF(nn.Module):
                 v.sub_(s, alpha=thr)
             else:
                 v.mul_(1.0 - s).add_(s, alpha=v_reset)
-        self.rate = spikes.mean(0, dtype=torch.float32)
+        self.rate = spikes.mean(0, dtype=v.dtype)
         # every path from x into u starts with the factor du/dx = in_scale and the ef recursion is
         # linear in it, so the eligibility of decay_input is the plain one times 1/tau
         self.elig = elig.mul_(in_scale / T)
@@ -193,10 +199,10 @@ class LIF(nn.Module):
         ``e = mean_t ef_t * sg_t`` with ``ef_t = du_t/dx`` (the RateBP derivation; Tutorial 2)."""
         cfg, lam, T = self.cfg, self.cfg.leak, x.shape[0]
         in_scale = 1.0 / cfg.tau if cfg.decay_input else 1.0
-        v = torch.zeros_like(x[0], dtype=torch.float32)
+        v = torch.zeros_like(x[0], dtype=state_dtype(x.dtype))
         ef, elig, spikes = torch.full_like(v, in_scale), torch.zeros_like(v), []
         for t in range(T):
-            u = self.neuronal_charge(v, x[t].float())
+            u = self.neuronal_charge(v, x[t].to(v.dtype))
             sg = self.surrogate_grad(u)
             elig += ef * sg
             s = self.neuronal_fire(u)
@@ -208,7 +214,7 @@ class LIF(nn.Module):
             v = self.neuronal_reset(u, s)
             spikes.append(s)
         spikes = torch.stack(spikes).to(x.dtype)
-        self.rate, self.elig = spikes.mean(0, dtype=torch.float32), elig / T
+        self.rate, self.elig = spikes.mean(0, dtype=v.dtype), elig / T
         return spikes
 
     def rate_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from torch import nn
 
 from hybridkd_lib import ratebp
 from hybridkd_lib.layers import RateBatchNorm2d
-from hybridkd_lib.models import create_model
+from hybridkd_lib.models import create_model, list_models, model_facts
 from hybridkd_lib.neurons import LIF, NeuronConfig
 
 
@@ -249,3 +249,96 @@ def test_plain_charge_fire_reset_step_records_what_the_fused_loop_records(cfg):
     assert torch.equal(s1, s2) and torch.equal(r1, r2)
     assert e1.abs().max() > 0
     torch.testing.assert_close(e1, e2, atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- float64
+class TwoLayer(nn.Module):
+    """Linear -> LIF -> Linear -> LIF, static input repeated over T in the temporal modes."""
+
+    def __init__(self, T):
+        super().__init__()
+        self.fc1, self.lif1, self.fc2, self.lif2, self.T = nn.Linear(5, 7), LIF(), nn.Linear(7, 3), LIF(), T
+
+    def forward(self, x):
+        if self.lif1.mode != "rate":
+            x = x.unsqueeze(0).expand(self.T, *x.shape)
+        out = self.lif2(self.fc2(self.lif1(self.fc1(x))))
+        return out if self.lif1.mode == "rate" else out.mean(0)
+
+
+def _hand_ratebp(net: TwoLayer, x, c):
+    """RateBP written out by hand for ``sum(c * rate_2)``: the spike pass's rates and eligibilities
+    (soft, detached reset: ``ef_t = 1 + lambda * ef_{t-1}``), then ``dW = (dL/dr * e)^T r_in``."""
+    lam, alpha, T = net.lif1.cfg.leak, net.lif1.cfg.surrogate_alpha, net.T
+
+    def lif(z_t):   # z_t: [T, B, N] -> spikes [T, B, N], rate, eligibility
+        v, ef, elig, spikes = torch.zeros_like(z_t[0]), 1.0, torch.zeros_like(z_t[0]), []
+        for t in range(T):
+            u = lam * v + z_t[t]
+            sig = torch.sigmoid(alpha * (u - 1.0))
+            elig = elig + ef * alpha * sig * (1 - sig)
+            s = (u >= 1.0).to(u.dtype)
+            v, ef = u - s, 1.0 + lam * ef
+            spikes.append(s)
+        spikes = torch.stack(spikes)
+        return spikes, spikes.mean(0), elig / T
+
+    W1, b1, W2, b2 = net.fc1.weight, net.fc1.bias, net.fc2.weight, net.fc2.bias
+    with torch.no_grad():
+        s1, r1, e1 = lif((x @ W1.T + b1).expand(T, *x.shape[:1], W1.shape[0]))
+        _, r2, e2 = lif(s1 @ W2.T + b2)
+        dz2 = c * e2
+        dz1 = (dz2 @ W2) * e1
+    return {"fc1.weight": dz1.T @ x, "fc1.bias": dz1.sum(0), "fc2.weight": dz2.T @ r1, "fc2.bias": dz2.sum(0)}
+
+
+@pytest.mark.parametrize("T", [1, 3, 6])
+def test_float64_ratebp_equals_a_hand_written_two_layer_ratebp(T):
+    torch.manual_seed(T)
+    net = TwoLayer(T).double()
+    with torch.no_grad():
+        net.fc1.weight.mul_(3.0)
+        net.fc2.weight.mul_(3.0)
+    x, c = torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64)
+    out = ratebp.rate_forward(net, x)
+    assert out.dtype == torch.float64
+    (out * c).sum().backward()
+    want = _hand_ratebp(net, x, c)
+    assert want["fc1.weight"].abs().max() > 0 and want["fc2.weight"].abs().max() > 0
+    for name, p in net.named_parameters():
+        assert p.grad.dtype == torch.float64
+        torch.testing.assert_close(p.grad, want[name], atol=1e-12, rtol=1e-12)
+
+
+def test_float64_bptt_at_T1_is_spikingjelly_bitwise():
+    """BPTT keeps float64 (no float32 membrane potential): output and every gradient bitwise spikingjelly's."""
+    from spikingjelly.activation_based import neuron, surrogate
+
+    torch.manual_seed(0)
+    x = (torch.randn(1, 8, 13, dtype=torch.float64) * 2).requires_grad_()
+    lif = LIF()
+    seen = []
+    lif.node.register_forward_hook(lambda m, inp, out: seen.append((inp[0].dtype, m.v.dtype)))
+    out = lif(x)
+    (out * torch.arange(13.0, dtype=torch.float64)).sum().backward()
+    assert seen == [(torch.float64, torch.float64)] and out.dtype == torch.float64
+    x_ref = x.detach().clone().requires_grad_()
+    ref = neuron.LIFNode(tau=lif.cfg.tau, decay_input=False, v_threshold=1.0, v_reset=None, detach_reset=True,
+                         surrogate_function=surrogate.Sigmoid(alpha=4.0), step_mode="m")(x_ref)
+    (ref * torch.arange(13.0, dtype=torch.float64)).sum().backward()
+    assert torch.equal(out, ref) and torch.equal(x.grad, x_ref.grad) and x.grad.abs().max() > 0
+
+
+@pytest.mark.parametrize("name", list_models("student"))
+@pytest.mark.parametrize("method", ["ratebp", "bptt"])
+def test_float64_step_on_every_student(name, method):
+    """A float64 step keeps float64 everywhere: logits, LIF records, every gradient."""
+    torch.manual_seed(0)
+    m = create_model(name, num_classes=10, T=2, **model_facts(name).small).double().train()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    logits = ratebp.rate_forward(m, x) if method == "ratebp" else m(x)
+    assert logits.dtype == torch.float64
+    logits.sum().backward()
+    grads = [p.grad for p in m.parameters()]
+    assert all(g is not None and g.dtype == torch.float64 for g in grads)
+    assert any(g.abs().max() > 0 for g in grads)
