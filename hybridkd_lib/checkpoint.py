@@ -2,15 +2,24 @@
 
 Every load uses ``torch.load(..., weights_only=True)``: checkpoints hold only
 tensors, numbers, strings and containers of them.
+
+A run's ``checkpoints/`` folder has an index (``index.json``: the name and size of every checkpoint
+this library wrote there, oldest first). Retention, resuming and ``--overwrite`` read only that index:
+a file someone else put there (``epoch_9999.pt`` too) is never counted, loaded or deleted, and a listed
+checkpoint whose size changed since it was written (truncated) no longer counts as one to keep.
 """
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
 import torch
 
-from hybridkd_lib.results import atomic_write
+from hybridkd_lib.results import UnreadableFile, atomic_write, read_json_file, write_json
+
+INDEX = "index.json"
+_NAME = re.compile(r"epoch_\d{4}\.pt")
 
 
 def atomic_save(obj, path: str | Path) -> Path:
@@ -26,25 +35,73 @@ def epoch_path(folder: Path, epoch: int) -> Path:
     return Path(folder) / f"epoch_{epoch:04d}.pt"
 
 
+def _index(folder: Path) -> list[dict] | None:
+    """The index's entries (names checked: a checkpoint file in this folder), or None when there is no
+    readable index (a run from before the index, or a damaged one)."""
+    f = folder / INDEX
+    if not f.is_file():
+        return None
+    try:
+        entries = read_json_file(f, "checkpoint index").get("checkpoints")
+    except UnreadableFile as exc:
+        warnings.warn(f"{exc}; using the epoch_NNNN.pt files there")
+        return None
+    if not isinstance(entries, list):
+        return None
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str) and _NAME.fullmatch(e["name"])
+            and isinstance(e.get("size"), int)]
+
+
+def _whole(folder: Path, entry: dict) -> bool:
+    p = folder / entry["name"]
+    return p.is_file() and p.stat().st_size == entry["size"]
+
+
+def written(folder: str | Path, whole_only: bool = True) -> list[Path]:
+    """The checkpoints this library wrote in ``folder``, oldest first: those still whole, or (``whole_only``
+    False) every one still there. A folder without an index (from before it): its ``epoch_NNNN.pt`` files."""
+    folder = Path(folder)
+    entries = _index(folder)
+    if entries is None:
+        return sorted(p for p in folder.glob("epoch_*.pt") if _NAME.fullmatch(p.name)) if folder.is_dir() else []
+    return sorted(folder / e["name"] for e in entries
+                  if (folder / e["name"]).is_file() and (_whole(folder, e) or not whole_only))
+
+
 def save_epoch(folder: str | Path, epoch: int, state: dict, keep: int = 2) -> Path:
+    """Write epoch ``epoch``'s checkpoint, then remove this run's checkpoints older than the newest ``keep``
+    whole ones (only files in the index)."""
     folder = Path(folder)
     path = atomic_save(state, epoch_path(folder, epoch))
-    for old in sorted(folder.glob("epoch_*.pt"))[:-keep]:
-        old.unlink(missing_ok=True)
+    entries = [e for e in (_index(folder) or []) if e["name"] != path.name and _whole(folder, e)]
+    entries = sorted(entries + [{"name": path.name, "size": path.stat().st_size}], key=lambda e: e["name"])
+    write_json(folder / INDEX, {"checkpoints": entries[-keep:]})
+    for e in entries[:-keep]:
+        (folder / e["name"]).unlink(missing_ok=True)
     return path
+
+
+def remove_written(folder: str | Path) -> None:
+    """Delete the checkpoints this library wrote in ``folder`` and its index (nothing else there); the
+    folder too when that leaves it empty."""
+    folder = Path(folder)
+    for p in written(folder, whole_only=False):
+        p.unlink(missing_ok=True)
+    (folder / INDEX).unlink(missing_ok=True)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 EPOCH_KEYS = ("epoch", "learner", "optimizer", "scheduler", "rng", "history", "train_time_s")
 
 
 def load_latest(folder: str | Path, log=print):
-    """The newest readable checkpoint ``(path, state)``, or ``(None, None)``.
+    """The newest readable checkpoint ``(path, state)`` this library wrote in ``folder``, or ``(None, None)``.
 
     A truncated or corrupt file, or one that is no epoch checkpoint of this library, is reported
     by name and the previous one is used.
     """
-    folder = Path(folder)
-    for path in sorted(folder.glob("epoch_*.pt"), reverse=True):
+    for path in reversed(written(folder, whole_only=False)):
         try:
             state = load(path)
             missing = [k for k in EPOCH_KEYS if not isinstance(state, dict) or k not in state]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 
 from hybridkd_lib.methods import BENCH_METHODS
@@ -46,8 +48,9 @@ def _option_type(annotation):
 
 
 def add_train_options(parser) -> None:
-    """One ``--option`` per ``TrainConfig`` field, with its type, default and help text from the field
-    (``progress`` as ``--no-progress``); ``--method`` and ``--out`` have no default here."""
+    """One ``--option`` per ``TrainConfig`` field, with its type and help text from the field (its default
+    shown in the help; ``progress`` as ``--no-progress``). An option not given parses as None, so a
+    command line says exactly which settings it sets."""
     import typing
     from dataclasses import MISSING, fields
 
@@ -59,27 +62,46 @@ def add_train_options(parser) -> None:
             parser.add_argument("--no-progress", action="store_true", help="no progress bars")
             continue
         default = f.default_factory() if f.default_factory is not MISSING else f.default
-        if f.name in ("method", "out"):
-            default = None
+        shown = "" if default is MISSING or f.name == "out" else f" (default: {json.dumps(default)})"
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_option_type(hints[f.name]),
-                            default=None if default is MISSING else default, help=f.metadata.get("help", ""))
+                            default=None, help=f.metadata.get("help", "") + shown)
 
 
-def cmd_train(args) -> int:
+def train_config_from_args(args):
+    """The run's ``TrainConfig``: the ``--config`` file's settings (if given), then every option given on the
+    command line over them; an unknown key or bad JSON in the file is an error naming the file."""
     from dataclasses import fields
 
     from hybridkd_lib.config import TrainConfig
+    from hybridkd_lib.results import UnreadableFile, read_json_file
+
+    names = [f.name for f in fields(TrainConfig)]
+    given = {n: getattr(args, n) for n in names if n != "progress" and getattr(args, n) is not None}
+    if args.no_progress:
+        given["progress"] = False
+    settings = {}
+    if args.config:
+        try:
+            settings = read_json_file(args.config, "config file")
+        except FileNotFoundError:
+            raise ValueError(f"config file {args.config} does not exist") from None
+        except UnreadableFile as exc:
+            raise ValueError(str(exc)) from None
+        unknown = sorted(set(settings) - set(names))
+        if unknown:
+            raise ValueError(f"config file {args.config}: unknown setting(s) {unknown}; valid: {', '.join(names)}")
+    settings.update(given)   # the command line wins over the file
+    missing = [n for n in ("method", "out") if n not in settings]
+    if missing:
+        raise ValueError(f"train needs {' and '.join('--' + n for n in missing)} (on the command line or in --config)")
+    return TrainConfig(**settings)
+
+
+def cmd_train(args) -> int:
     from hybridkd_lib.trainer import train
 
-    if args.config:  # the whole configuration from a JSON file (what trainer.launch gives torchrun)
-        cfg = TrainConfig.from_dict(json.loads(open(args.config).read()))
-        args.out = cfg.out
-        train(cfg, overwrite=args.overwrite)
-        return 0
-    if not args.method or not args.out:
-        raise ValueError("train needs --method and --out (or --config FILE)")
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "progress"},
-                      progress=not args.no_progress)
+    cfg = train_config_from_args(args)
+    args.out = cfg.out   # where the interrupt message says the run resumes
     train(cfg, overwrite=args.overwrite)
     return 0
 
@@ -89,7 +111,7 @@ def cmd_bench(args) -> int:
 
     out = bench(args.methods, args.T, student=args.student, teacher=args.teacher, batch_size=args.batch_size,
                 input_size=args.input_size, device=args.device, steps=args.steps, warmup=args.warmup,
-                student_kw=args.student_kw, teacher_kw=args.teacher_kw, out=args.out)
+                student_kw=args.student_kw, teacher_kw=args.teacher_kw, out=args.out, timeout_s=args.timeout)
     if args.out:
         print(f"wrote {args.out}")
     print(f"\n{'method':>12} {'T':>3} {'s/step':>8} {'peak MB':>8} {'img/s':>8}")
@@ -142,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one run (teacher, baseline or ours); resumes if interrupted")
     t.add_argument("--config", default=None, metavar="FILE",
-                   help="a JSON file with the whole configuration (TrainConfig fields); other options are ignored")
+                   help="a JSON file of TrainConfig fields; options given on the command line override it")
     add_train_options(t)
     t.add_argument("--overwrite", action="store_true",
                    help="start over in --out even if it holds a run with other settings (its files are removed)")
@@ -161,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--student-kw", type=_json, default={})
     b.add_argument("--teacher-kw", type=_json, default={})
     b.add_argument("--out", default=None, help="JSON file for the records")
+    b.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                   help="stop a configuration's process still running after this long (an error naming it)")
     b.set_defaults(func=cmd_bench)
 
     r = sub.add_parser("reproduce", help="execute the plan's runs through papermill (cached, dependency order)")
@@ -193,17 +217,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_as_interrupt(signum, frame):
+    raise KeyboardInterrupt   # SIGTERM (kill, a scheduler, torchrun) stops a command as Ctrl-C does
+
+
+def _streams_to_devnull() -> None:
+    """A closed stdout/stderr (``>&-``) or a reader that went away (``| head``) must not turn a run into a
+    traceback: what would be printed there goes to /dev/null instead."""
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        stream = getattr(sys, name)
+        if stream is None or stream.closed:
+            setattr(sys, name, open(os.devnull, "w"))
+        else:
+            try:
+                stream.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+
+
 def main(argv=None) -> int:
+    if sys.stdout is None or sys.stderr is None:   # started with a closed stdout or stderr
+        _streams_to_devnull()
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_as_interrupt)
     try:
         return args.func(args)
+    except BrokenPipeError:   # the reader of stdout went away (| head): nothing more to say
+        _streams_to_devnull()
+        return 141
     except KeyboardInterrupt:
         where = getattr(args, "out", None)
         how = (f"run the same command again to resume {where} from its last checkpoint" if args.command == "train"
                else "run the same command again: finished runs are kept")
         print(f"\ninterrupted: {how}", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as exc:
+    except (ValueError, OSError, FloatingPointError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -13,14 +13,17 @@ checkpoint when it runs again: submitit requeues a preempted or timed-out Slurm 
 (``RunJob.checkpoint``), and ``reproduce`` again resubmits whatever is not done.
 
 ``results/<profile>/jobs.json`` lists every submitted job (run, launcher, job id, job folder);
-``job_states`` reads it and the run folders for ``reproduce --status``.
+``job_states`` reads it and the run folders for ``reproduce --status``. A job records how it ended in
+a plain-text state file of its own (``.jobs/state/<run>``), so the status never unpickles anything
+(submitit's result pickles stay unread), and an entry of ``jobs.json`` whose job id or folder is not
+one this library writes for that profile is named and ignored.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -28,7 +31,7 @@ from pathlib import Path
 
 from hybridkd_lib.plan import Run, plan
 from hybridkd_lib.reproduce import KERNEL, default_results_root, reproduce, run_keys, status, with_nproc
-from hybridkd_lib.results import write_json
+from hybridkd_lib.results import UnreadableFile, read_json_file, write_json
 
 LAUNCHERS = ("local-jobs", "slurm")   # "local" (reproduce's own, in this process) is not a job launcher
 JOBS_FILE = "jobs.json"
@@ -70,15 +73,24 @@ class RunJob:
             while status(by_name[dep], keys[dep], profile_dir)[0] != "up to date":
                 state = _job_state(profile_dir, dep, _jobs(profile_dir).get(dep))["state"]
                 if state not in ("queued", "running"):
-                    raise RuntimeError(f"{self.name} needs {dep}, which is not up to date and whose job is {state}")
+                    message = f"{self.name} needs {dep}, which is not up to date and whose job is {state}"
+                    _write_state(profile_dir, self.name, "failed", message)
+                    raise RuntimeError(message)
                 time.sleep(DEPENDENCY_POLL_S)
-        with _slot(profile_dir, self.slots):
-            _write_state(profile_dir, self.name, "running")
-            report = reproduce(self.profile, only=[self.name], results_root=self.results_root, nproc=self.nproc,
-                               kernel=self.kernel)
-        if report["failed"]:
-            raise RuntimeError(f"{self.name}: {report['failed'][self.name]}")
-        return "up to date" if self.name in report["skipped"] else "finished"
+        try:
+            with _slot(profile_dir, self.slots):
+                _write_state(profile_dir, self.name, "running")
+                report = reproduce(self.profile, only=[self.name], results_root=self.results_root,
+                                   nproc=self.nproc, kernel=self.kernel)
+            if report["failed"]:
+                raise RuntimeError(f"{self.name}: {report['failed'][self.name]}")
+        except Exception as exc:
+            _write_state(profile_dir, self.name, "failed", str(exc).strip().splitlines()[-1][:300] if str(exc) else
+                         type(exc).__name__)
+            raise
+        outcome = "up to date" if self.name in report["skipped"] else "finished"
+        _write_state(profile_dir, self.name, "finished", outcome)
+        return outcome
 
     def checkpoint(self):
         """Preemption or time limit (Slurm): requeue the same job; the run resumes from its checkpoint."""
@@ -114,10 +126,18 @@ def _slot(profile_dir: Path, slots: int | None):
         time.sleep(DEPENDENCY_POLL_S)
 
 
-def _write_state(profile_dir: Path, name: str, state: str) -> None:
+def _write_state(profile_dir: Path, name: str, state: str, detail: str = "") -> None:
+    """The job's state (queued, running, finished, failed) and a one-line detail, as plain text."""
     folder = profile_dir / JOB_DIR / "state"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_text(state)
+    (folder / name).write_text(f"{state}\n{detail}\n" if detail else f"{state}\n")
+
+
+def _read_state(profile_dir: Path, name: str) -> tuple[str, str]:
+    f = profile_dir / JOB_DIR / "state" / name
+    lines = f.read_text(errors="replace").splitlines() if f.is_file() else []
+    state = lines[0].strip() if lines else "queued"
+    return (state if state in ("queued", "running", "finished", "failed") else "queued"), " ".join(lines[1:])[:300]
 
 
 # ----------------------------------------------------------------------------- submitting
@@ -209,9 +229,31 @@ def local_slots() -> int:
 
 
 # ----------------------------------------------------------------------------- states
-def _jobs(profile_dir: Path) -> dict:
+_JOB_ID = {"local-jobs": re.compile(r"[1-9]\d*"), "slurm": re.compile(r"\d+(_\d+)?")}
+
+
+def _jobs(profile_dir: Path, log=print) -> dict:
+    """``jobs.json``'s entries that are jobs this library submitted for this profile: run name, launcher,
+    job id of that launcher's form, and the profile's own job folder. Any other entry is named and ignored."""
     f = profile_dir / JOBS_FILE
-    return json.loads(f.read_text()) if f.is_file() else {}
+    if not f.is_file():
+        return {}
+    try:
+        jobs = read_json_file(f, "jobs file")
+    except UnreadableFile as exc:
+        raise ValueError(f"{exc}; delete it to submit again (runs already finished stay up to date)") from None
+    folder = str(profile_dir / JOB_DIR)
+    kept = {}
+    for name, job in jobs.items():
+        ok = (isinstance(job, dict) and job.get("run") == name and job.get("launcher") in LAUNCHERS
+              and isinstance(job.get("job_id"), str) and _JOB_ID[job["launcher"]].fullmatch(job["job_id"])
+              and job.get("folder") == folder)
+        if ok:
+            kept[name] = job
+        else:
+            log(f"ignored the entry {name!r} of {f}: not a job this library submitted for this profile "
+                f"(expected launcher {' or '.join(LAUNCHERS)}, a job id of digits and folder {folder})")
+    return kept
 
 
 def _pid_alive(pid: int) -> bool:
@@ -242,18 +284,10 @@ def _job_state(profile_dir: Path, name: str, job: dict | None) -> dict:
     """``{"state": queued | running | finished | failed | not submitted, "detail": ...}`` of one job."""
     if not job:
         return {"state": "not submitted", "detail": ""}
-    folder, job_id = Path(job["folder"]), job["job_id"]
-    result = folder / job_id / f"{job_id}_0_result.pkl"
-    if result.is_file():
-        import pickle
-
-        with open(result, "rb") as f:
-            outcome, value = pickle.load(f)
-        if outcome == "success":
-            return {"state": "finished", "detail": str(value)}
-        return {"state": "failed", "detail": str(value).strip().splitlines()[-1][:300]}
-    state_file = profile_dir / JOB_DIR / "state" / name
-    recorded = state_file.read_text().strip() if state_file.is_file() else "queued"
+    folder, job_id = profile_dir / JOB_DIR, job["job_id"]   # entries checked by _jobs
+    recorded, detail = _read_state(profile_dir, name)
+    if recorded in ("finished", "failed"):
+        return {"state": recorded, "detail": detail}
     if job["launcher"] == "local-jobs":
         if _pid_alive(int(job_id)):
             return {"state": recorded, "detail": ""}

@@ -21,6 +21,7 @@ from hybridkd_lib.methods import get_method
 from hybridkd_lib.models import check_model_kwargs, check_model_name
 from hybridkd_lib.models.timm_teachers import load_state_dict_file
 from hybridkd_lib.neurons import DEFAULT_NEURON, NeuronConfig
+from hybridkd_lib.results import check_writable_folder
 
 METHODS = tuple(METHOD_TABLE)   # the names; what each needs and does: hybridkd_lib.methods
 OPTIMIZERS = ("sgd", "adamw")
@@ -127,21 +128,6 @@ def _check_positive(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value < 0:
             raise ValueError(f"{name}={value!r} not allowed; {name} must be >= 0")
-
-
-def check_writable_folder(path: str | Path, what: str = "out") -> Path:
-    """Create ``path`` if needed and write and remove a probe file in it, or say why not."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{what}={str(path)!r} is a file; expected a folder (it is created if missing)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".probe_{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ValueError(f"{what}={str(path)!r} cannot be written: {exc.strerror or exc}") from exc
-    return path
 
 
 def validate(cfg: TrainConfig, world_size: int = 1, check_out: bool = False) -> None:

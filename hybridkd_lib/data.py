@@ -226,19 +226,24 @@ def cifar_datasets(name: str, root: Path, download: bool = False, verify_md5: bo
     try:
         return (cls(str(root), train=True, transform=train_tf, download=False),
                 cls(str(root), train=False, transform=test_tf, download=False))
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as exc:
-        raise ValueError(f"{name}: {_unreadable_cifar_file(cls, root) or 'a file'} is corrupt or truncated "
-                         f"({type(exc).__name__}: {exc}); replace it from the official tarball") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, RuntimeError) as exc:
+        raise ValueError(f"{name}: {_unreadable_cifar_file(cls, root, verify_md5) or 'a file'} is corrupt or "
+                         f"truncated ({type(exc).__name__}: {exc}); replace it from the official tarball") from None
 
 
-def _unreadable_cifar_file(cls, root: Path) -> str | None:
-    """The first CIFAR batch file under ``root`` that does not unpickle as a batch."""
+def _unreadable_cifar_file(cls, root: Path, verify_md5: bool = True) -> str | None:
+    """The first CIFAR file under ``root`` (batches, then the meta file) that does not unpickle as one,
+    or (``verify_md5``) whose bytes are not the official release's."""
+    from torchvision.datasets.utils import check_integrity
+
     folder = Path(root) / cls.base_folder
-    for fname, _ in cls.train_list + cls.test_list:
+    for fname, md5 in cls.train_list + cls.test_list + [(cls.meta["filename"], cls.meta["md5"])]:
         try:
             with open(folder / fname, "rb") as f:
                 entry = pickle.load(f, encoding="latin1")
-            if "data" not in entry:
+            if not isinstance(entry, dict) or ("data" not in entry and fname != cls.meta["filename"]):
+                return str(folder / fname)
+            if verify_md5 and not check_integrity(str(folder / fname), md5):
                 return str(folder / fname)
         except Exception:
             return str(folder / fname)

@@ -18,7 +18,6 @@ import json
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
-from hybridkd_lib import speed
+from hybridkd_lib import children, speed
 from hybridkd_lib.methods import BENCH_METHODS, BENCH_VARIANTS
 
 
@@ -125,18 +124,36 @@ def check_bench_args(methods, Ts, steps=1, warmup=0, batch_size=1, input_size=32
         check_writable_folder(out.parent, "the folder of --out")
 
 
+CHILD_TIMEOUT_S = 3600.0   # one bench configuration in its own process (a full-width T=8 CPU step: minutes)
+OUT_OF_MEMORY = ("can't allocate memory", "CUDA out of memory", "OutOfMemoryError", "MemoryError")
+
+
+def _child_failure(method: str, T: int, rc: int, stderr: str) -> str:
+    """One line for a bench configuration whose process failed: out of memory, killed, or its error."""
+    lines = [l for l in stderr.strip().splitlines() if l.strip()]
+    if rc == -9 or any(m in stderr for m in OUT_OF_MEMORY):
+        said = next((l for l in reversed(lines) if any(m in l for m in OUT_OF_MEMORY)), "killed (SIGKILL)")
+        return (f"bench {method} T={T} ran out of memory ({said.strip()[:300]}); use a smaller --batch-size, "
+                f"--input-size or T")
+    return f"bench {method} T={T} failed (exit status {rc}): {lines[-1][:500] if lines else 'no message'}"
+
+
 def bench(methods, Ts, student="spiking_resnet18", teacher="cifar_resnet18", batch_size=32, input_size=32,
           device="cpu", steps=3, warmup=1, student_kw=None, teacher_kw=None, log=print,
-          fresh_process: bool | None = None, out: str | Path | None = None) -> dict:
+          fresh_process: bool | None = None, out: str | Path | None = None,
+          timeout_s: float | None = CHILD_TIMEOUT_S) -> dict:
     """Every (method, T); returns ``{"machine": ..., "records": [...]}``. ``fresh_process`` (default: on the
     CPU only, where peak RSS cannot be reset) runs each configuration in its own process; on CUDA the
     peak is ``max_memory_allocated`` after a reset, so one process serves them all. ``out``: a JSON
-    file rewritten (atomically) after every configuration, so a later failure keeps the earlier ones."""
+    file rewritten (atomically) after every configuration, so a later failure keeps the earlier ones.
+    ``timeout_s``: a configuration's process still running after that long is stopped (an error naming it)."""
     if fresh_process is None:
         fresh_process = torch.device(device).type == "cpu"
     check_bench_args(methods, Ts, steps, warmup, batch_size, input_size, out)
-    from hybridkd_lib.models import check_model_kwargs
+    from hybridkd_lib.models import check_model_kwargs, check_model_name
 
+    check_model_name(student, "student")
+    check_model_name(teacher, "teacher")
     check_model_kwargs(student, student_kw or {}, "student_kw", also={"T": 1})
     check_model_kwargs(teacher, teacher_kw or {}, "teacher_kw")
     from hybridkd_lib.results import git_commit, write_json
@@ -151,10 +168,10 @@ def bench(methods, Ts, student="spiking_resnet18", teacher="cifar_resnet18", bat
                         input_size=input_size, device=device, steps=steps, warmup=warmup,
                         student_kw=student_kw, teacher_kw=teacher_kw)
             if fresh_process:
-                p = subprocess.run([sys.executable, "-m", "hybridkd_lib.efficiency", json.dumps(spec)],
-                                   capture_output=True, text=True)
+                p = children.run([sys.executable, "-m", "hybridkd_lib.efficiency", json.dumps(spec)],
+                                 f"bench configuration {m} T={T}", timeout_s)
                 if p.returncode != 0:
-                    raise RuntimeError(f"bench {m} T={T} failed:\n{p.stderr[-2000:]}")
+                    raise RuntimeError(_child_failure(m, T, p.returncode, p.stderr))
                 rec = json.loads(p.stdout.strip().splitlines()[-1])
             else:
                 rec = run_one(**spec)

@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -28,8 +29,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from hybridkd_lib import children
 from hybridkd_lib.plan import Run, plan
-from hybridkd_lib.results import REPO_ROOT, atomic_write_text, read_result, write_json
+from hybridkd_lib.results import (REPO_ROOT, UnreadableFile, atomic_write_text, check_writable_folder, read_result,
+                                  write_json)
 
 KERNEL = os.environ.get("HYBRIDKD_KERNEL", "hybridkd")
 PACKAGE = REPO_ROOT / "hybridkd_lib"
@@ -81,24 +84,39 @@ def resolve(params: dict, profile_dir: Path) -> dict:
 
 
 def _recorded(folder: Path) -> dict:
+    """The key recorded in ``folder/.run_key`` ({} where there is none); a damaged one is an error naming
+    the file and the way back."""
     f = folder / ".run_key"
     if not f.is_file():
         return {}
-    text = f.read_text().strip()
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:  # an older plain key
-        return {"key": text}
+        text = f.read_text().strip()
+        rec = json.loads(text)
+    except UnicodeDecodeError as exc:
+        rec, why = None, str(exc)
+    except json.JSONDecodeError as exc:
+        rec, why = ({"key": text}, "") if re.fullmatch(r"[0-9a-f]{16}", text) else (None, str(exc))  # an older plain key
+    else:
+        why = "not a recorded key"
+    if isinstance(rec, dict) and isinstance(rec.get("key"), str):
+        return rec
+    raise UnreadableFile(f"run key {f} is unreadable ({why}): the run's model and result there are kept; delete that "
+                         f"file and run the same command again to re-run it (the old result is replaced only once the "
+                         f"new one finished)")
 
 
 def status(run: Run, key: dict, profile_dir: Path) -> tuple[str, str]:
     """``(state, why)``: ``up to date``, ``new``, ``settings changed``, ``dependency changed`` or
-    ``files missing``."""
+    ``files missing``. A damaged ``result.json`` makes the run stale."""
     d = profile_dir / run.name
     staged = (profile_dir / ".staging" / run.name).is_dir()
     rec = _recorded(d)
     if not (d / "result.json").is_file() or not rec:
         return "new", "interrupted earlier: resumes" if staged else "never finished"
+    try:
+        read_result(d)
+    except UnreadableFile:
+        return "new", "its result.json is unreadable: runs again"
     if rec.get("key") == key["key"]:
         missing = [f for f in DONE_FILES[run.notebook] if not (d / f).is_file()]
         return ("files missing", ", ".join(missing)) if missing else ("up to date", "")
@@ -130,6 +148,10 @@ def ipc_kernel_manager():
             super().__init__(**kw)
             weakref.finalize(self, shutil.rmtree, folder, True)
 
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            # the kernel ends with this process (ipykernel's own parent poller also exits within a second)
+            return await super()._async_launch_kernel(kernel_cmd, **{**kw, **children.preexec()})
+
     return IPCKernelManager
 
 
@@ -140,7 +162,11 @@ def execute(run: Run, key: dict, profile_dir: Path, site_dir: Path, kernel: str 
     import papermill as pm
 
     final, stage = profile_dir / run.name, profile_dir / ".staging" / run.name
-    if _recorded(stage).get("key") != key["key"]:  # another configuration's leftovers: never resume them
+    try:
+        staged_key = _recorded(stage).get("key")
+    except UnreadableFile:
+        staged_key = None
+    if staged_key != key["key"]:  # another configuration's leftovers (or a damaged key): never resume them
         shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stage / ".run_key", json.dumps(key) + "\n")
@@ -168,6 +194,32 @@ def execute(run: Run, key: dict, profile_dir: Path, site_dir: Path, kernel: str 
     stage.rename(final)
     shutil.rmtree(trash, ignore_errors=True)
     export_html(final / f"{run.notebook}.ipynb", site_dir / "runs" / profile_dir.name / f"{run.name}.html")
+
+
+def check_can_run(runs: list[Run]) -> None:
+    """Refuse, before any run starts, what cannot run on this machine: a run on CUDA without (enough)
+    GPUs, a dataset or a checkpoint file that is not where the run reads it. Names every such run."""
+    import torch
+
+    from hybridkd_lib import data
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    problems = []
+    for r in runs:
+        p = r.params
+        if r.gpus and r.nproc > gpus:
+            problems.append(f"{r.name}: needs {r.nproc} GPU(s), this machine has {gpus}")
+        name = p.get("dataset")
+        if name and not data.is_present(name, p.get("data_root")):
+            problems.append(f"{r.name}: dataset {name} is not at {data.expected_path(name, p.get('data_root'))}")
+        for key, path in {**p, **p.get("teacher_kw", {})}.items():
+            if key in ("checkpoint_path", "init_checkpoint") and isinstance(path, str) and not Path(REPO_ROOT, path).is_file():
+                problems.append(f"{r.name}: {key} {path} does not exist")
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise ValueError(f"{len(problems)} problem(s) before any run starts: {shown} (see `python -m hybridkd_lib "
+                         f"datasets` and data/README.md; `reproduce --profile full --dry-run` runs the whole plan "
+                         f"on tiny data on the CPU)")
 
 
 def with_nproc(runs: list[Run], nproc: int | None, log=print) -> list[Run]:
@@ -209,14 +261,20 @@ def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, 
         runs = [r for r in runs if r.name in only]
     root = Path(results_root or default_results_root())
     profile_dir, site_dir = root / profile, root / "_site"
-    report = {"ran": [], "skipped": [], "failed": {}, "seconds": {},
-              "plan": [(r.name, *status(r, keys[r.name], profile_dir)) for r in runs]}
+    try:
+        report = {"ran": [], "skipped": [], "failed": {}, "seconds": {},
+                  "plan": [(r.name, *status(r, keys[r.name], profile_dir)) for r in runs]}
+    except UnreadableFile as exc:
+        raise ValueError(str(exc)) from None
     if dry_plan:
         width = max(len(n) for n in names)
         for name, state, why in report["plan"]:
             log(f"{name:<{width}}  {state:<18} {why}")
         return report
-    site_dir.mkdir(parents=True, exist_ok=True)
+    todo = [r for r, (_, state, _) in zip(runs, report["plan"]) if state != "up to date"]
+    check_can_run(todo)
+    for folder in (profile_dir, site_dir):
+        check_writable_folder(folder, "the results folder")
     bar = tqdm(runs, desc=f"reproduce {profile}", unit="run")
     for run in bar:
         bar.set_postfix_str(run.name)
@@ -232,6 +290,10 @@ def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, 
         t0 = time.perf_counter()
         try:
             execute(run, keys[run.name], profile_dir, site_dir, kernel, log, keep_checkpoints)
+        except KeyboardInterrupt:   # Ctrl-C or SIGTERM (cli): the kernel and its children end with this process
+            log(f"stopped {run.name} (its notebook kernel, {run.notebook}.ipynb, and what it started); it resumes "
+                f"from {profile_dir / '.staging' / run.name} when the same command runs again")
+            raise
         except Exception as exc:  # keep going; list it at the end
             reason = str(exc).strip().splitlines()
             report["failed"][run.name] = (reason[-1] if reason else type(exc).__name__)[:500]

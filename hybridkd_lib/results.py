@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -12,20 +13,40 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def atomic_write(path: str | Path, write, binary: bool = False) -> Path:
     """Call ``write(file)`` on a temp file beside ``path``, fsync, then rename it over ``path``:
-    readers see the old file or the whole new one, never half of it."""
+    readers see the old file or the whole new one, never half of it. A failed write (disk full, a
+    read-only folder, a file size limit) leaves ``path`` as it was and raises an ``OSError`` that names
+    ``path`` and the free space there."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:   # torch.save on a full disk: RuntimeError "unexpected pos ..."
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise OSError(f"could not write {path}: {_why(exc)} ({_free_space(path.parent)})") from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _why(exc: BaseException) -> str:
+    text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def _free_space(folder: Path) -> str:
+    for f in (folder, *folder.parents):
+        if f.exists():
+            return f"{shutil.disk_usage(f).free / 2**20:.0f} MB free on that disk"
+    return "free space unknown"
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -36,9 +57,26 @@ def write_json(path, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+class UnreadableFile(ValueError):
+    """A metadata file that is there but cannot be trusted (truncated, not JSON, the wrong shape)."""
+
+
+def read_json_file(path: str | Path, what: str = "file") -> dict:
+    """The JSON object in ``path``; ``UnreadableFile`` naming the file when it is not one."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnreadableFile(f"{what} {path} is unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(value, dict):
+        raise UnreadableFile(f"{what} {path} is unreadable (a JSON {type(value).__name__}, not an object)")
+    return value
+
+
 def read_result(run_dir: str | Path) -> dict | None:
+    """A run's ``result.json``, None when there is none; ``UnreadableFile`` when it is damaged."""
     p = Path(run_dir) / "result.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+    return read_json_file(p, "result file") if p.is_file() else None
 
 
 def git_commit() -> str:
@@ -48,3 +86,18 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except Exception:
         return "unknown"
+
+
+def check_writable_folder(path: str | Path, what: str = "out") -> Path:
+    """Create ``path`` if needed and write and remove a probe file in it, or say why not."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what}={str(path)!r} is a file; expected a folder (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".probe_{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"{what}={str(path)!r} cannot be written: {exc.strerror or exc}") from exc
+    return path

@@ -26,7 +26,6 @@ import io
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from hybridkd_lib import checkpoint, data, results, speed
+from hybridkd_lib import checkpoint, children, data, results, speed
 from hybridkd_lib.config import TrainConfig, check_writable_folder, validate
 from hybridkd_lib.distributed import Distributed, broadcast_from_main, init_distributed
 from hybridkd_lib.layers import convert_sync_batchnorm
@@ -60,32 +59,69 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+RUN_FILES = ("metrics.csv", "model.pt", "result.json", SETTINGS_FILE)   # what a run writes besides checkpoints/
+
+
+def remove_run_files(out: Path) -> None:
+    """Delete what the library wrote in a run folder (its checkpoints, metrics, model, result, settings),
+    nothing else there."""
+    checkpoint.remove_written(out / "checkpoints")
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+def _recorded_settings(out: Path) -> dict | None:
+    """The settings a run folder was started with: ``settings.json``; where it is missing, those of the
+    run's readable ``result.json`` or newest checkpoint; None for a folder without a run. A damaged
+    ``settings.json`` is an error naming it and the way back (nothing is deleted)."""
+    f = out / SETTINGS_FILE
+    if f.is_file():
+        try:
+            recorded = results.read_json_file(f, "settings file")
+            if not isinstance(recorded.get("settings"), dict):
+                raise results.UnreadableFile(f"settings file {f} is unreadable (no settings recorded in it)")
+        except results.UnreadableFile as exc:
+            raise ValueError(f"{exc}: delete it and run the same command again; the settings are then checked "
+                             f"against the run's result.json or newest checkpoint (its model is kept)") from None
+        return recorded["settings"]
+    try:
+        result = results.read_result(out)
+    except results.UnreadableFile:
+        result = None
+    if result is not None:
+        return run_settings(TrainConfig.from_dict(result))
+    _, state = checkpoint.load_latest(out / "checkpoints", log=lambda *_: None)
+    return state.get("settings") if state is not None else None
+
+
 def run_folder_state(cfg: TrainConfig, overwrite: bool = False) -> str:
-    """``"new"``, ``"resume"`` or ``"finished"`` for ``cfg.out``; a folder that holds a run with other
-    settings (or checkpoints with none recorded) is an error naming what differs and the ways forward.
-    ``overwrite`` first removes the run files there (checkpoints, metrics, model, result, settings)."""
+    """``"new"``, ``"resume"``, ``"finished"`` or ``"restore"`` (finished, its ``model.pt`` gone) for
+    ``cfg.out``; a folder that holds a run with other settings (or checkpoints with none recorded) is an
+    error naming what differs and the ways forward. ``overwrite`` first removes the files the library
+    wrote there (``remove_run_files``). A damaged ``result.json`` does not count as finished."""
     out = Path(cfg.out)
     if overwrite:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        for name in ("metrics.csv", "model.pt", "result.json", SETTINGS_FILE):
-            (out / name).unlink(missing_ok=True)
+        remove_run_files(out)
         return "new"
-    recorded_file = out / SETTINGS_FILE
-    has_run = (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("epoch_*.pt"))
-    if not recorded_file.is_file():
-        if has_run or (out / "result.json").is_file():
+    recorded = _recorded_settings(out)
+    if recorded is None:
+        if checkpoint.written(out / "checkpoints", whole_only=False) or (out / "result.json").is_file():
             raise ValueError(f"out={str(out)!r} holds a run whose settings are not recorded; choose another --out, "
                              f"or pass --overwrite to start over there")
         return "new"
-    recorded = json.loads(recorded_file.read_text())
     now = run_settings(cfg)
-    if recorded.get("hash") != settings_hash(now):
-        was = recorded.get("settings", {})
-        diffs = [f"{k}: {was.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(was) | set(now))
-                 if was.get(k) != now.get(k)]
+    if settings_hash(recorded) != settings_hash(now):
+        diffs = [f"{k}: {recorded.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(recorded) | set(now))
+                 if recorded.get(k) != now.get(k)]
         raise ValueError(f"out={str(out)!r} holds a run with other settings ({'; '.join(diffs) or 'code changed'}); "
                          f"choose another --out to keep it, or pass --overwrite to start over there")
-    return "finished" if (out / "result.json").is_file() else "resume"
+    try:
+        finished = results.read_result(out) is not None
+    except results.UnreadableFile:
+        finished = False   # resumed from its last checkpoint: evaluated and written again
+    if not finished:
+        return "resume"
+    return "finished" if (out / "model.pt").is_file() else "restore"
 
 
 def _peak_mem_mb(device) -> float:
@@ -316,9 +352,10 @@ def evaluate(learner: Learner, loader, env: Distributed, with_teacher: bool = Tr
 def train(cfg: TrainConfig, on_epoch_end=None, log=print, overwrite: bool = False) -> dict:
     """Run (or resume) one training run; returns the result dict also saved as ``result.json``.
 
-    The run folder is bound to the run's settings (``settings.json``): the same settings resume
-    (or, when finished, return the result untouched), other settings stop before any work unless
-    ``overwrite`` starts over."""
+    The run folder is bound to the run's settings (``settings.json``, written once the set-up succeeded,
+    so a run refused there leaves the folder free): the same settings resume (or, when finished, return
+    the result untouched; a finished run whose ``model.pt`` is gone gets it back from its last
+    checkpoint), other settings stop before any work unless ``overwrite`` starts over."""
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     env = init_distributed(cfg.device)
     try:
@@ -328,14 +365,18 @@ def train(cfg: TrainConfig, on_epoch_end=None, log=print, overwrite: bool = Fals
                 log(f"already finished with these settings: {Path(cfg.out) / 'result.json'} (nothing was changed)")
             return broadcast_from_main(results.read_result(cfg.out) if env.main else None, env)
         s, state = setup(cfg, env, log)
+        if env.main and (folder == "new" or not (Path(cfg.out) / SETTINGS_FILE).is_file()):   # (re-)record them
+            settings = run_settings(cfg)
+            results.write_json(Path(cfg.out) / SETTINGS_FILE, {"hash": settings_hash(settings), "settings": settings})
+        if folder == "restore":
+            return _restore_model(s, state, log)
         return _run_epochs(s, state, on_epoch_end, log)
     finally:
         env.close()
 
 
 def _bind_run_folder(cfg: TrainConfig, env: Distributed, overwrite: bool) -> str:
-    """Rank 0 checks that the run folder can be written and what it holds (and for a new run records
-    its settings); every rank gets the verdict."""
+    """Rank 0 checks that the run folder can be written and what it holds; every rank gets the verdict."""
     folder = None
     if env.main:
         try:
@@ -343,13 +384,24 @@ def _bind_run_folder(cfg: TrainConfig, env: Distributed, overwrite: bool) -> str
             folder = run_folder_state(cfg, overwrite)
         except ValueError as exc:
             folder = f"error: {exc}"
-        if folder == "new":
-            settings = run_settings(cfg)
-            results.write_json(Path(cfg.out) / SETTINGS_FILE, {"hash": settings_hash(settings), "settings": settings})
     folder = broadcast_from_main(folder, env)
     if folder.startswith("error: "):
         raise ValueError(folder[len("error: "):])
     return folder
+
+
+def _restore_model(s: Session, state: dict | None, log) -> dict:
+    """A finished run whose ``model.pt`` is gone: write it again from the last epoch's checkpoint (the
+    final weights); the result is kept as it was."""
+    out = Path(s.cfg.out)
+    if state is None or state["epoch"] + 1 != s.cfg.epochs:
+        raise ValueError(f"{out / 'model.pt'} is missing and no checkpoint of the last epoch is left to restore it "
+                         f"from; pass --overwrite to train the run again")
+    if s.env.main:
+        _save_model(s)
+        log(f"restored {out / 'model.pt'} from {state['path']} (the result was kept)")
+    s.env.barrier()
+    return broadcast_from_main(results.read_result(out) if s.env.main else None, s.env)
 
 
 def _run_epochs(s: Session, state: dict | None, on_epoch_end, log) -> dict:
@@ -396,17 +448,22 @@ def _save_epoch(s: Session, epoch: int, history: list, train_time: float) -> Non
     checkpoint.save_epoch(out / "checkpoints", epoch, {
         "epoch": epoch, "learner": s.learner.state_dict(), "optimizer": s.opt.state_dict(),
         "scheduler": s.sched.state_dict(), "rng": torch.get_rng_state(), "history": history,
-        "train_time_s": train_time})
+        "train_time_s": train_time, "settings": run_settings(s.cfg)})
 
 
-def _save_final(s: Session, result: dict) -> None:
-    """``model.pt`` (architecture, keywords and weights: enough to rebuild the model), then ``result.json``."""
-    out, learner = Path(s.cfg.out), s.learner
+def _save_model(s: Session) -> None:
+    """``model.pt``: architecture, keywords and weights, enough to rebuild the model."""
+    learner = s.learner
     checkpoint.atomic_save({"arch": learner.arch, "model_kw": learner.model_kw, "num_classes": s.num_classes,
                             "model": learner.model.state_dict(),
                             **({"aligns": learner.distiller.aligns.state_dict()} if learner.spec.hybrids else {})},
-                           out / "model.pt")
-    results.write_json(out / "result.json", result)
+                           Path(s.cfg.out) / "model.pt")
+
+
+def _save_final(s: Session, result: dict) -> None:
+    """``model.pt``, then ``result.json``."""
+    _save_model(s)
+    results.write_json(Path(s.cfg.out) / "result.json", result)
 
 
 def _result(s: Session, final: dict, history: list, train_time: float) -> dict:
@@ -481,11 +538,17 @@ def _torchrun_command(config_file: str, cfg: TrainConfig, nproc: int, nnodes: in
 
 
 def _run_logged(cmd: list, log) -> tuple[int, list]:
-    """Run ``cmd``, passing each output line to ``log``; its exit status and last 30 lines."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
+    """Run ``cmd`` (it ends with this process; an interrupt here stops it), passing each output line to
+    ``log``; its exit status and last 30 lines."""
+    proc = children.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
     tail = []
-    for line in proc.stdout:
-        tail = (tail + [line.rstrip()])[-30:]
-        log(line.rstrip())
-    return proc.wait(), tail
+    try:
+        for line in proc.stdout:
+            tail = (tail + [line.rstrip()])[-30:]
+            log(line.rstrip())
+        return proc.wait(), tail
+    except BaseException:
+        log(f"stopping torchrun (pid {proc.pid}) and its workers: {children.command_text(cmd)}")
+        children.stop(proc, grace_s=30.0)
+        raise

@@ -66,6 +66,9 @@ def check_model_kwargs(name: str, kw: dict, what: str = "model_kw", also: dict |
     unknown = sorted(set(kw) - set(options)) if options is not None else []
     if unknown:
         raise ValueError(f"{what} key(s) {unknown} are not options of {name}; options: {listed}")
+    for key, value in kw.items():   # sizes and counts (width, dim, T, in_chans, ...)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise ValueError(f"{what}: {key}={value!r} not allowed for {name}; a size or count is an integer >= 1")
     try:
         with torch.device("meta"):
             create_model(name, **{k: v for k, v in {**kw, **(also or {})}.items() if k not in WEIGHT_OPTIONS})
