@@ -57,13 +57,16 @@ def _whole(folder: Path, entry: dict) -> bool:
     return p.is_file() and p.stat().st_size == entry["size"]
 
 
-def written(folder: str | Path, whole_only: bool = True) -> list[Path]:
+def written(folder: str | Path, whole_only: bool = True, legacy: bool = False) -> list[Path]:
     """The checkpoints this library wrote in ``folder``, oldest first: those still whole, or (``whole_only``
-    False) every one still there. A folder without an index (from before it): its ``epoch_NNNN.pt`` files."""
+    False) every one still there. A folder without an index: none, or with ``legacy`` (a run from before the
+    index) its ``epoch_NNNN.pt`` files."""
     folder = Path(folder)
     entries = _index(folder)
     if entries is None:
-        return sorted(p for p in folder.glob("epoch_*.pt") if _NAME.fullmatch(p.name)) if folder.is_dir() else []
+        if not (legacy and folder.is_dir()):
+            return []
+        return sorted(p for p in folder.glob("epoch_*.pt") if _NAME.fullmatch(p.name))
     return sorted(folder / e["name"] for e in entries
                   if (folder / e["name"]).is_file() and (_whole(folder, e) or not whole_only))
 
@@ -95,13 +98,14 @@ def remove_written(folder: str | Path) -> None:
 EPOCH_KEYS = ("epoch", "learner", "optimizer", "scheduler", "rng", "history", "train_time_s")
 
 
-def load_latest(folder: str | Path, log=print):
-    """The newest readable checkpoint ``(path, state)`` this library wrote in ``folder``, or ``(None, None)``.
+def load_latest(folder: str | Path, log=print, legacy: bool = True):
+    """The newest readable checkpoint ``(path, state)`` this library wrote in ``folder`` (``legacy``: see
+    ``written``), or ``(None, None)``.
 
     A truncated or corrupt file, or one that is no epoch checkpoint of this library, is reported
     by name and the previous one is used.
     """
-    for path in reversed(written(folder, whole_only=False)):
+    for path in reversed(written(folder, whole_only=False, legacy=legacy)):
         try:
             state = load(path)
             missing = [k for k in EPOCH_KEYS if not isinstance(state, dict) or k not in state]

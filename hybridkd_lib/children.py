@@ -9,6 +9,7 @@ child of a killed ``reproduce``, local job or notebook kernel keeps training or 
 from __future__ import annotations
 
 import ctypes
+import os
 import shlex
 import signal
 import subprocess
@@ -17,11 +18,24 @@ import sys
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:   # runs in the child, between fork and exec
+def _die_with_parent(sig: int = signal.SIGTERM) -> None:   # runs in the child, between fork and exec
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def end_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Make this process end when its parent does, as the children ``popen`` starts do: for a process
+    someone else started (a submitit local job's worker, whose controller's pid is the job id). ``SIGKILL``
+    by default: submitit's workers ignore ``SIGTERM`` (Slurm sends it before a preemption); this process's
+    own children still get their ``SIGTERM``."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    _die_with_parent(sig)
+    if os.getppid() != parent:   # the parent ended before the request took effect
+        os.kill(os.getpid(), sig)
 
 
 def preexec() -> dict:

@@ -29,6 +29,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from hybridkd_lib import children
 from hybridkd_lib.plan import Run, plan
 from hybridkd_lib.reproduce import KERNEL, default_results_root, reproduce, run_keys, status, with_nproc
 from hybridkd_lib.results import UnreadableFile, read_json_file, write_json
@@ -64,6 +65,8 @@ class RunJob:
         self.slots = slots
 
     def __call__(self) -> str:
+        if self.slots is not None:   # a local job: its worker ends with the job process (whose pid is the job id)
+            children.end_with_parent()
         runs = with_nproc(plan(self.profile), self.nproc, log=lambda *_: None)
         by_name = {r.name: r for r in runs}
         keys = run_keys(runs, self.profile)

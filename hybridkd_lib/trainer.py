@@ -71,8 +71,8 @@ def remove_run_files(out: Path) -> None:
 
 
 def _recorded_settings(out: Path) -> dict | None:
-    """The settings a run folder was started with: ``settings.json``; where it is missing, those of the
-    run's readable ``result.json`` or newest checkpoint; None for a folder without a run. A damaged
+    """The settings a run folder was started with: ``settings.json``; where it is missing, those recorded
+    in the run's newest checkpoint or readable ``result.json``; None for a folder without a run. A damaged
     ``settings.json`` is an error naming it and the way back (nothing is deleted)."""
     f = out / SETTINGS_FILE
     if f.is_file():
@@ -82,16 +82,16 @@ def _recorded_settings(out: Path) -> dict | None:
                 raise results.UnreadableFile(f"settings file {f} is unreadable (no settings recorded in it)")
         except results.UnreadableFile as exc:
             raise ValueError(f"{exc}: delete it and run the same command again; the settings are then checked "
-                             f"against the run's result.json or newest checkpoint (its model is kept)") from None
+                             f"against those in the run's newest checkpoint or result.json (its model is kept)") from None
         return recorded["settings"]
+    _, state = checkpoint.load_latest(out / "checkpoints", log=lambda *_: None, legacy=False)
+    if state is not None and isinstance(state.get("settings"), dict):
+        return state["settings"]
     try:
         result = results.read_result(out)
     except results.UnreadableFile:
         result = None
-    if result is not None:
-        return run_settings(TrainConfig.from_dict(result))
-    _, state = checkpoint.load_latest(out / "checkpoints", log=lambda *_: None)
-    return state.get("settings") if state is not None else None
+    return result.get("settings") if result is not None and isinstance(result.get("settings"), dict) else None
 
 
 def run_folder_state(cfg: TrainConfig, overwrite: bool = False) -> str:
@@ -215,7 +215,9 @@ def _loaders(cfg: TrainConfig, env: Distributed, train_set, test_set, per_rank: 
 
 def _resume(cfg: TrainConfig, env: Distributed, learner: Learner, opt, sched, log) -> dict | None:
     """Load the newest readable checkpoint (rank 0 reads, every rank loads); None for a new run."""
-    path, state = checkpoint.load_latest(Path(cfg.out) / "checkpoints", log=log) if env.main else (None, None)
+    out = Path(cfg.out)   # a run started before the checkpoint index has its settings recorded already
+    path, state = (checkpoint.load_latest(out / "checkpoints", log, legacy=(out / SETTINGS_FILE).is_file())
+                   if env.main else (None, None))
     path, state = broadcast_from_main((path and str(path), state), env)
     if state is not None:
         state["path"] = path
@@ -360,19 +362,25 @@ def train(cfg: TrainConfig, on_epoch_end=None, log=print, overwrite: bool = Fals
     env = init_distributed(cfg.device)
     try:
         folder = _bind_run_folder(cfg, env, overwrite)
+        if folder != "new" and env.main and not (Path(cfg.out) / SETTINGS_FILE).is_file():
+            _record_settings(cfg)   # recovered from the run's checkpoint or result: recorded again
         if folder == "finished":
             if env.main:
                 log(f"already finished with these settings: {Path(cfg.out) / 'result.json'} (nothing was changed)")
             return broadcast_from_main(results.read_result(cfg.out) if env.main else None, env)
         s, state = setup(cfg, env, log)
-        if env.main and (folder == "new" or not (Path(cfg.out) / SETTINGS_FILE).is_file()):   # (re-)record them
-            settings = run_settings(cfg)
-            results.write_json(Path(cfg.out) / SETTINGS_FILE, {"hash": settings_hash(settings), "settings": settings})
+        if folder == "new" and env.main:
+            _record_settings(cfg)
         if folder == "restore":
             return _restore_model(s, state, log)
         return _run_epochs(s, state, on_epoch_end, log)
     finally:
         env.close()
+
+
+def _record_settings(cfg: TrainConfig) -> None:
+    settings = run_settings(cfg)
+    results.write_json(Path(cfg.out) / SETTINGS_FILE, {"hash": settings_hash(settings), "settings": settings})
 
 
 def _bind_run_folder(cfg: TrainConfig, env: Distributed, overwrite: bool) -> str:
@@ -474,6 +482,7 @@ def _result(s: Session, final: dict, history: list, train_time: float) -> dict:
     student = s.learner.student
     return {
         **{k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+        "settings": run_settings(cfg),
         "loss_config": cfg.loss_cfg.to_dict(),
         "student": cfg.student if spec.trains == "student" else None,
         "teacher": cfg.teacher if (spec.trains == "teacher" or spec.teacher) else None,

@@ -45,6 +45,7 @@ def _kill_tree(pid: int):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)   # the whole smoke profile as jobs, twice
 def test_smoke_profile_as_local_jobs_survives_a_killed_job(tmp_path):
     """Real job processes (submitit's LocalExecutor), real dependencies, a real jobs.json: a job killed
     mid-run is reported failed (with its dependents), and a second reproduce finishes exactly those."""
@@ -156,3 +157,29 @@ def test_resource_table_of_the_full_plan():
     assert rows["cifar10_hybrid_r18_r18_T4"]["after"] == "cifar10_teacher_resnet18"
     assert rows["cam"]["after"] == "imagenet_hybrid_sew_resnet34_resnet34"
     assert all(r["nodes"] == 1 for r in rows.values())
+
+
+def test_a_killed_local_job_leaves_no_orphan_and_reads_failed(tmp_path):
+    """#79: kill -9 of a local job's own pid (not its tree): the reproduce inside it, its notebook kernel and
+    the kernel's bench children end with it, and the run reads failed, never "up to date"."""
+    results = tmp_path / "results"
+    rc, out = _cli("reproduce", "--profile", "smoke", "--launcher", "local-jobs", "--only", "efficiency",
+                   "--results", str(results))
+    assert rc == 0, out
+    job_pid = int(json.loads((results / "smoke" / "jobs.json").read_text())["efficiency"]["job_id"])
+    job = psutil.Process(job_pid)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any("hybridkd_lib.efficiency" in " ".join(c.cmdline())
+                                             for c in job.children(recursive=True)):
+        time.sleep(0.2)
+    descendants = job.children(recursive=True)
+    assert len(descendants) >= 2, "no kernel with a bench child appeared"
+    job.kill()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in descendants):
+        time.sleep(0.2)
+    alive = [" ".join(p.cmdline()[:5]) for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+    time.sleep(3)   # an orphan would have had time to finish the run here
+    rows = {r["run"]: r for r in cluster.job_states("smoke", results)}
+    assert rows["efficiency"]["state"] == "failed" and "ended without a result" in rows["efficiency"]["detail"]

@@ -13,6 +13,7 @@ from hybridkd_lib.plan import plan
 
 REPORT = Path(os.environ.get("HYBRIDKD_TEST_REPORT", "/tmp/hybridkd_test_report"))
 RESULTS_PAGES = ("table_a", "table_b", "table_c", "fig_a", "fig_4")
+pytestmark = pytest.mark.timeout(3600)   # the first test sets up the whole dry run (about 9 CPU minutes on 2 cores)
 
 
 @pytest.fixture(scope="module")

@@ -65,3 +65,14 @@ def test_two_identical_width_4_runs_give_byte_identical_models(tmp_path, threads
         assert proc.returncode == 0, proc.stderr[-3000:]
         outs.append((out / "model.pt").read_bytes())
     assert outs[0] == outs[1]
+
+
+def test_a_width_4_torchrun_run_finishes_with_avx2_kernels(tmp_path):
+    """Every torchrun worker runs with one thread (OMP_NUM_THREADS=1), where the bug corrupted the heap."""
+    out = tmp_path / "run"
+    proc = _child([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m",
+                   "hybridkd_lib", "train", "--method", "ratebp", "--dataset", "digits", "--data-kw",
+                   '{"image_size": 16}', "--student-kw", '{"width": 4}', "--T", "2", "--epochs", "1", "--batch-size",
+                   "32", "--max-steps-per-epoch", "4", "--no-progress", "--out", str(out)], 1, "avx2", timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert json.loads((out / "result.json").read_text())["world_size"] == 2
