@@ -226,7 +226,7 @@ def cifar_datasets(name: str, root: Path, download: bool = False, verify_md5: bo
     try:
         return (cls(str(root), train=True, transform=train_tf, download=False),
                 cls(str(root), train=False, transform=test_tf, download=False))
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, RuntimeError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as exc:
         raise ValueError(f"{name}: {_unreadable_cifar_file(cls, root, verify_md5) or 'a file'} is corrupt or "
                          f"truncated ({type(exc).__name__}: {exc}); replace it from the official tarball") from None
 

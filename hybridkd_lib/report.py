@@ -8,6 +8,7 @@ no result says "not run".
 from __future__ import annotations
 
 import json
+import warnings
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -18,7 +19,7 @@ from hybridkd_lib.methods import get_method
 from hybridkd_lib.models import list_models, model_facts
 from hybridkd_lib.plan import Run, plan
 from hybridkd_lib.reproduce import default_results_root
-from hybridkd_lib.results import REPO_ROOT, read_result
+from hybridkd_lib.results import REPO_ROOT, UnreadableFile, read_result
 
 NOT_RUN = "not run"
 REPORTED_FILE = Path(__file__).with_name("reported.json")
@@ -39,7 +40,12 @@ def reported() -> dict:
 
 
 def result(name: str, profile: str | None = None) -> dict | None:
-    return read_result(default_results_root() / (profile or book_profile()) / name)
+    """Run ``name``'s result, None where it was not run; a damaged ``result.json`` is named and shown as not run."""
+    try:
+        return read_result(default_results_root() / (profile or book_profile()) / name)
+    except UnreadableFile as exc:
+        warnings.warn(f"{exc}; shown as not run")
+        return None
 
 
 def runs(profile: str | None = None) -> list[Run]:
