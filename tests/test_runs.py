@@ -125,12 +125,13 @@ def test_files_that_are_no_checkpoints(tmp_path):
         assert checkpoint.load_latest(tmp_path / "c", log=logs.append) == (None, None)
 
 
-def test_truncated_cifar_batch_is_named(tmp_path):
+@pytest.mark.parametrize("name", ["data_batch_3", "batches.meta"])   # #20: a batch, and the meta file
+def test_truncated_cifar_batch_is_named(tmp_path, name):
     from hybridkd_lib import data, tinydata
 
     tinydata.write_cifar(tmp_path, "cifar10", n_images=8)
-    bad = tmp_path / "cifar-10-batches-py" / "data_batch_3"
-    bad.write_bytes(bad.read_bytes()[:100])
+    bad = tmp_path / "cifar-10-batches-py" / name
+    bad.write_bytes(bad.read_bytes()[:min(100, bad.stat().st_size // 2)])
     with pytest.raises(ValueError, match=f"cifar10: {bad} is corrupt or truncated"):
         data.get_datasets("cifar10", root=tmp_path, verify_md5=False)
 

@@ -343,17 +343,6 @@ def test_a_closed_stdout_is_no_traceback(tmp_path):
     assert (out / "result.json").is_file()
 
 
-def test_a_truncated_cifar_meta_file_is_named(tmp_path):
-    """#20 (the batches: test_runs.py)."""
-    from hybridkd_lib import data, tinydata
-
-    tinydata.write_cifar(tmp_path, "cifar10", n_images=8)
-    bad = tmp_path / "cifar-10-batches-py" / "batches.meta"
-    bad.write_bytes(bad.read_bytes()[:40])
-    with pytest.raises(ValueError, match=f"cifar10: {bad} is corrupt or truncated"):
-        data.get_datasets("cifar10", root=tmp_path, verify_md5=False)
-
-
 def test_the_full_profile_without_gpu_or_data_is_refused_in_seconds(tmp_path):
     """#39: one line naming what is missing, before any notebook starts."""
     import torch
