@@ -197,29 +197,33 @@ def execute(run: Run, key: dict, profile_dir: Path, site_dir: Path, kernel: str 
 
 
 def check_can_run(runs: list[Run]) -> None:
-    """Refuse, before any run starts, what cannot run on this machine: a run on CUDA without (enough)
-    GPUs, a dataset or a checkpoint file that is not where the run reads it. Names every such run."""
+    """Refuse, before any run starts, what cannot run on this machine: runs on CUDA without (enough)
+    GPUs, datasets and checkpoint files that are not where the runs read them. One line says it all."""
     import torch
 
     from hybridkd_lib import data
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    problems = []
+    short = [r for r in runs if r.gpus and r.nproc > gpus]
+    missing = {}   # what -> the runs that read it
     for r in runs:
         p = r.params
-        if r.gpus and r.nproc > gpus:
-            problems.append(f"{r.name}: needs {r.nproc} GPU(s), this machine has {gpus}")
         name = p.get("dataset")
         if name and not data.is_present(name, p.get("data_root")):
-            problems.append(f"{r.name}: dataset {name} is not at {data.expected_path(name, p.get('data_root'))}")
+            missing.setdefault(f"dataset {name} (expected at {data.expected_path(name, p.get('data_root'))})",
+                               []).append(r.name)
         for key, path in {**p, **p.get("teacher_kw", {})}.items():
-            if key in ("checkpoint_path", "init_checkpoint") and isinstance(path, str) and not Path(REPO_ROOT, path).is_file():
-                problems.append(f"{r.name}: {key} {path} does not exist")
+            if (key in ("checkpoint_path", "init_checkpoint", "teacher_ckpt") and isinstance(path, str)
+                    and not path.startswith("@") and not Path(REPO_ROOT, path).exists()):
+                missing.setdefault(f"checkpoint {path}", []).append(r.name)
+    problems = []
+    if short:
+        problems.append(f"{len(short)} run(s) need up to {max(r.nproc for r in short)} GPU(s) each and this machine "
+                        f"has {gpus} (e.g. {short[0].name})")
+    problems += [f"{what} is missing ({len(names)} run(s), e.g. {names[0]})" for what, names in missing.items()]
     if problems:
-        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-        raise ValueError(f"{len(problems)} problem(s) before any run starts: {shown} (see `python -m hybridkd_lib "
-                         f"datasets` and data/README.md; `reproduce --profile full --dry-run` runs the whole plan "
-                         f"on tiny data on the CPU)")
+        raise ValueError(f"before any run starts: {'; '.join(problems)}. See `python -m hybridkd_lib datasets` and "
+                         f"data/README.md; `reproduce --profile full --dry-run` runs the whole plan on tiny data on the CPU")
 
 
 def with_nproc(runs: list[Run], nproc: int | None, log=print) -> list[Run]:

@@ -353,9 +353,10 @@ def test_the_full_profile_without_gpu_or_data_is_refused_in_seconds(tmp_path):
         pytest.skip("this machine has a GPU and the data")
     t0 = time.time()
     p = _cli("reproduce", "--profile", "full", "--results", str(tmp_path))
-    _one_line(p, "problem(s) before any run starts:")
-    assert ("needs 1 GPU(s), this machine has 0" in p.stderr) != torch.cuda.is_available()
-    assert ("dataset cifar10 is not at" in p.stderr) != data.is_present("cifar10")
+    _one_line(p, "before any run starts:")
+    assert ("GPU(s) each and this machine has 0" in p.stderr) != torch.cuda.is_available()
+    assert (f"dataset cifar10 (expected at {data.expected_path('cifar10')}) is missing" in p.stderr) != \
+        data.is_present("cifar10")
     assert time.time() - t0 < 60 and not (tmp_path / "full" / ".staging").exists()
 
 
