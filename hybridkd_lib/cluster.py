@@ -245,12 +245,12 @@ def _jobs(profile_dir: Path, log=print) -> dict:
         jobs = read_json_file(f, "jobs file")
     except UnreadableFile as exc:
         raise ValueError(f"{exc}; delete it to submit again (runs already finished stay up to date)") from None
-    folder = str(profile_dir / JOB_DIR)
+    folder = (profile_dir / JOB_DIR).resolve()   # however the results folder was spelt at submission
     kept = {}
     for name, job in jobs.items():
         ok = (isinstance(job, dict) and job.get("run") == name and job.get("launcher") in LAUNCHERS
               and isinstance(job.get("job_id"), str) and _JOB_ID[job["launcher"]].fullmatch(job["job_id"])
-              and job.get("folder") == folder)
+              and isinstance(job.get("folder"), str) and Path(job["folder"]).resolve() == folder)
         if ok:
             kept[name] = job
         else:

@@ -215,8 +215,8 @@ def test_status_never_unpickles_and_names_a_crafted_jobs_file(tmp_path):
     jobs = {"teacher_r18": {"run": "teacher_r18", "launcher": "local-jobs", "job_id": "4242", "folder": str(evil)},
             "teacher_r34": {"run": "teacher_r34", "launcher": "local-jobs", "job_id": "../../x",
                             "folder": str(profile_dir / cluster.JOB_DIR)},
-            "teacher_vit": {"run": "teacher_vit", "launcher": "local-jobs", "job_id": "4242",
-                            "folder": str(profile_dir / cluster.JOB_DIR)}}
+            "teacher_vit": {"run": "teacher_vit", "launcher": "local-jobs", "job_id": "4242",   # ours, spelt otherwise
+                            "folder": os.path.join(str(profile_dir), ".", cluster.JOB_DIR)}}
     (profile_dir / "jobs.json").write_text(json.dumps(jobs))
     p = _cli("reproduce", "--profile", "smoke", "--status", "--results", str(tmp_path))
     assert not marker.exists(), "a pickle was unpickled"
