@@ -12,6 +12,7 @@ import pytest
 from hybridkd_lib import cluster
 from hybridkd_lib.plan import plan
 from hybridkd_lib.results import REPO_ROOT
+from processes import alive, cmdline
 
 SETTLED = ("up to date", "finished", "failed", "not submitted")
 
@@ -169,17 +170,17 @@ def test_a_killed_local_job_leaves_no_orphan_and_reads_failed(tmp_path):
     job_pid = int(json.loads((results / "smoke" / "jobs.json").read_text())["efficiency"]["job_id"])
     job = psutil.Process(job_pid)
     deadline = time.time() + 300
-    while time.time() < deadline and not any("hybridkd_lib.efficiency" in " ".join(c.cmdline())
+    while time.time() < deadline and not any("hybridkd_lib.efficiency" in cmdline(c)
                                              for c in job.children(recursive=True)):
         time.sleep(0.2)
     descendants = job.children(recursive=True)
     assert len(descendants) >= 2, "no kernel with a bench child appeared"
     job.kill()
     deadline = time.time() + 30
-    while time.time() < deadline and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in descendants):
+    while time.time() < deadline and any(alive(p) for p in descendants):
         time.sleep(0.2)
-    alive = [" ".join(p.cmdline()[:5]) for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert alive == []
+    running = [cmdline(p) for p in descendants if alive(p)]
+    assert running == []
     time.sleep(3)   # an orphan would have had time to finish the run here
     rows = {r["run"]: r for r in cluster.job_states("smoke", results)}
     assert rows["efficiency"]["state"] == "failed" and "ended without a result" in rows["efficiency"]["detail"]

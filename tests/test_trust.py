@@ -17,6 +17,7 @@ import pytest
 from hybridkd_lib import checkpoint, children, cluster, reproduce
 from hybridkd_lib.plan import plan
 from hybridkd_lib.results import REPO_ROOT
+from processes import alive, cmdline
 
 TINY = ["--student-kw", '{"width": 4}', "--teacher-kw", '{"width": 4}', "--data-kw", '{"image_size": 8}',
         "--T", "2", "--batch-size", "32", "--max-steps-per-epoch", "2", "--no-progress"]
@@ -55,13 +56,13 @@ def _wait_for(cond, timeout, what):
 
 def _all_gone(procs, timeout=30):
     deadline = time.time() + timeout
-    alive = procs
+    running = procs
     while time.time() < deadline:
-        alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        if not alive:
+        running = [p for p in procs if alive(p)]
+        if not running:
             return []
         time.sleep(0.2)
-    return [" ".join(p.cmdline()[:6]) for p in alive]
+    return [cmdline(p) for p in running]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_sigterm_of_reproduce_leaves_no_orphan(tmp_path):
                              "efficiency", "--results", str(tmp_path)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     me = psutil.Process(proc.pid)
-    bench_child = lambda: [c for c in me.children(recursive=True) if "hybridkd_lib.efficiency" in " ".join(c.cmdline())]
+    bench_child = lambda: [c for c in me.children(recursive=True) if "hybridkd_lib.efficiency" in cmdline(c)]
     _wait_for(lambda: bench_child() or proc.poll() is not None, 300, "a bench child of the kernel")
     assert proc.poll() is None, proc.communicate()[1][-2000:]
     descendants = me.children(recursive=True)
@@ -113,8 +114,8 @@ def test_killing_the_parent_of_torchrun_ends_torchrun_and_its_workers(tmp_path):
         f"T=2, epochs=500, batch_size=16, progress=False, out={str(tmp_path / 'run')!r}), nproc=2, log=lambda *_: None)")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT)
     me = psutil.Process(proc.pid)
-    workers = lambda: [c for c in me.children(recursive=True) if "train" in c.cmdline() and "--config" in c.cmdline()
-                       and "torch.distributed.run" not in " ".join(c.cmdline())]
+    workers = lambda: [c for c in me.children(recursive=True) if " train " in f" {cmdline(c)} "
+                       and " --config " in f" {cmdline(c)} " and "torch.distributed.run" not in cmdline(c)]
     _wait_for(lambda: len(workers()) == 2 or proc.poll() is not None, 180, "two torchrun workers")
     assert proc.poll() is None
     descendants = me.children(recursive=True)
