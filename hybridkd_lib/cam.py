@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from hybridkd_lib import checkpoint, data
-from hybridkd_lib.methods import METHODS
+from hybridkd_lib.methods import methods_where
 from hybridkd_lib.results import read_result
 from hybridkd_lib.config import TrainConfig
 from hybridkd_lib.learner import Learner
@@ -29,16 +29,16 @@ def load_hybrid_run(run_dir: str | Path):
     result = read_result(run_dir)
     if result is None:
         raise FileNotFoundError(f"run {str(run_dir)!r} has no result.json (not run yet?)")
-    if result.get("method") not in METHODS or not METHODS[result["method"]].hybrids:
+    if result.get("method") not in methods_where(hybrids=True):
         raise ValueError(f"run {str(run_dir)!r} has method {result.get('method')!r}; Grad-CAM of hybrids "
-                         f"needs a run with method 'hybrid'")
+                         f"needs a run of a method with hybrids ({', '.join(methods_where(hybrids=True))})")
     cfg = TrainConfig.from_dict(result)
     train_set, test_set = data.get_datasets(cfg.dataset, cfg.data_root, **cfg.data_kw)
     num_classes = data.dataset_info(cfg.dataset).num_classes
     learner = Learner(cfg, num_classes, tuple(test_set[0][0].shape[-3:]))
     state = checkpoint.load(run_dir / "model.pt")
     learner.model.load_state_dict(state["model"])
-    learner.distiller.aligns.load_state_dict(state["aligns"])
+    learner.aligns.load_state_dict(state["aligns"])
     return learner.eval(), test_set, result
 
 
@@ -138,10 +138,10 @@ def check_cam_run(run: str | Path, n_images: int) -> dict:
     res = read_result(run)
     if res is None:
         raise ValueError(f"run={str(run)!r}: no result.json there; allowed: a finished run directory of a method "
-                         f"with hybrids ({', '.join(n for n, m in METHODS.items() if m.hybrids)})")
-    if res.get("method") not in METHODS or not METHODS[res["method"]].hybrids:
+                         f"with hybrids ({', '.join(methods_where(hybrids=True))})")
+    if res.get("method") not in methods_where(hybrids=True):
         raise ValueError(f"run={str(run)!r} has method {res.get('method')!r}; allowed: a run of a method with hybrids "
-                         f"({', '.join(n for n, m in METHODS.items() if m.hybrids)})")
+                         f"({', '.join(methods_where(hybrids=True))})")
     return res
 
 

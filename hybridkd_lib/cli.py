@@ -1,4 +1,8 @@
-"""Command line: ``python -m hybridkd_lib {datasets,...}``."""
+"""Command line: ``python -m hybridkd_lib {datasets,train,bench,reproduce}``.
+
+Parsing and ``--help`` import no torch: each command imports what it runs. ``--plugin FILE_OR_MODULE``
+(``train``, ``bench``, ``reproduce``; repeatable) is imported before anything is checked.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,15 +11,15 @@ import os
 import signal
 import sys
 
-from hybridkd_lib.methods import BENCH_METHODS
-
 
 def cmd_datasets(args) -> int:
-    from hybridkd_lib import data
+    from hybridkd_lib import catalog
 
     if args.download:
+        from hybridkd_lib import data
+
         data.get_datasets(args.download, root=args.data_root, download=True)
-    rows = data.dataset_table(args.data_root)
+    rows = catalog.dataset_table(args.data_root)
     print(f"{'name':<11} {'classes':>7}  {'input':<12} {'present':<8} expected path")
     for r in rows:
         print(f"{r['name']:<11} {r['classes']:>7}  {r['input']:<12} "
@@ -108,8 +112,9 @@ def cmd_train(args) -> int:
 
 def cmd_bench(args) -> int:
     from hybridkd_lib.efficiency import bench
+    from hybridkd_lib.methods import bench_methods
 
-    out = bench(args.methods, args.T, student=args.student, teacher=args.teacher, batch_size=args.batch_size,
+    out = bench(args.methods or list(bench_methods()), args.T, student=args.student, teacher=args.teacher, batch_size=args.batch_size,
                 input_size=args.input_size, device=args.device, steps=args.steps, warmup=args.warmup,
                 student_kw=args.student_kw, teacher_kw=args.teacher_kw, out=args.out, timeout_s=args.timeout)
     if args.out:
@@ -151,6 +156,23 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def _add_plugin_option(parser) -> None:
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                        help="a .py file or module that registers methods or models (hybridkd_lib.methods."
+                             "register_method, hybridkd_lib.models.register_model); repeatable")
+
+
+def plugin_args(argv: list[str]) -> list[str]:
+    """The ``--plugin`` values of a command line (``--plugin X`` or ``--plugin=X``), in order."""
+    found = []
+    for i, a in enumerate(argv):
+        if a == "--plugin" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif a.startswith("--plugin="):
+            found.append(a.split("=", 1)[1])
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hybridkd_lib",
                                 description="HybridKD: hybrid block-wise ANN-guided distillation of SNNs")
@@ -166,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", default=None, metavar="FILE",
                    help="a JSON file of TrainConfig fields; options given on the command line override it")
     add_train_options(t)
+    _add_plugin_option(t)
     t.add_argument("--overwrite", action="store_true",
                    help="start over in --out even if it holds a run with other settings (its files are removed)")
     t.set_defaults(func=cmd_train)
@@ -174,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--student", default="spiking_resnet18")
     b.add_argument("--teacher", default="cifar_resnet18")
     b.add_argument("--T", type=int, nargs="+", default=[1, 2, 4, 8])
-    b.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), help=" | ".join(BENCH_METHODS))
+    b.add_argument("--methods", nargs="+", default=None,
+                   help="forward_only | bptt | bptt_ckpt | bptt_kd | ratebp | kd | hybrid | a plug-in's student "
+                        "method (default: all of them)")
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--input-size", type=int, default=32)
     b.add_argument("--device", default="cpu")
@@ -185,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=None, help="JSON file for the records")
     b.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
                    help="stop a configuration's process still running after this long (an error naming it)")
+    _add_plugin_option(b)
     b.set_defaults(func=cmd_bench)
 
     r = sub.add_parser("reproduce", help="execute the plan's runs through papermill (cached, dependency order)")
@@ -213,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--gpus-per-node", type=int, default=8, help="GPUs a node has (no run may ask for more)")
     r.add_argument("--time", type=float, default=None, metavar="HOURS",
                    help="wall time of every job (default: each run's from the plan)")
+    _add_plugin_option(r)
     r.set_defaults(func=cmd_reproduce)
     return p
 
@@ -239,9 +266,15 @@ def _streams_to_devnull() -> None:
 def main(argv=None) -> int:
     if sys.stdout is None or sys.stderr is None:   # started with a closed stdout or stderr
         _streams_to_devnull()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_as_interrupt)
     try:
+        if plugin_args(argv):
+            from hybridkd_lib import plugins
+
+            for spec in plugin_args(argv):
+                plugins.load(spec)
         return args.func(args)
     except BrokenPipeError:   # the reader of stdout went away (| head): nothing more to say
         _streams_to_devnull()

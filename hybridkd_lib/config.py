@@ -7,23 +7,19 @@ bad value and the valid ones.
 """
 from __future__ import annotations
 
-import os
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from hybridkd_lib import data, ratebp
-from hybridkd_lib.losses import LossConfig, check_loss_options
-from hybridkd_lib.methods import METHODS as METHOD_TABLE
-from hybridkd_lib.methods import get_method
-from hybridkd_lib.models import check_model_kwargs, check_model_name
-from hybridkd_lib.models.timm_teachers import load_state_dict_file
-from hybridkd_lib.neurons import DEFAULT_NEURON, NeuronConfig
+from hybridkd_lib.methods import BUILT_IN, get_method
 from hybridkd_lib.results import check_writable_folder
 
-METHODS = tuple(METHOD_TABLE)   # the names; what each needs and does: hybridkd_lib.methods
+if TYPE_CHECKING:
+    from hybridkd_lib.losses import LossConfig
+
+# TrainConfig imports no torch (the command line's --help is built from it); validation imports what it checks
+
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -39,7 +35,7 @@ class TrainConfig:
     """Everything a run depends on (recorded in ``result.json``). Each field's help text is the
     ``train`` command's option help (``cli.py`` builds the options from these fields)."""
 
-    method: str = field(metadata={"help": " | ".join(METHODS) + " (what each does: hybridkd_lib.methods)",
+    method: str = field(metadata={"help": " | ".join(BUILT_IN) + " or a plug-in's (what each does: hybridkd_lib.methods)",
                                   "student_only": False})
     dataset: str = _opt("digits", "digits | cifar10 | cifar100 | imagenet | cifar10dvs | synthetic")
     student: str = _opt("spiking_resnet18", "student architecture (a registered student model)", True)
@@ -65,6 +61,8 @@ class TrainConfig:
     neuron: dict = _opt(help="LIF settings over the student's own, e.g. {\"tau\": 2.0} (neurons.NeuronConfig)",
                         student_only=True, factory=dict)
     rate_value: str = _opt("rate", "rate pass after max-pooling of spikes: rate (the reference) | spike_mean", True)
+    clip_grad_norm: float | None = _opt(None, "clip the global L2 norm of the trained gradients to this value before "
+                                              "each update (timm's --clip-grad); None: off")
     precise_bn: int = _opt(0, "before each evaluation, recompute the trained model's BN running statistics from "
                               "this many fixed training batches (weights unchanged); 0: keep the running averages")
     teacher_input_size: int | None = _opt(None, "resize inputs for the teacher (e.g. 224 for ViT-S/16 on CIFAR)")
@@ -75,6 +73,8 @@ class TrainConfig:
 
     @property
     def loss_cfg(self) -> LossConfig:
+        from hybridkd_lib.losses import LossConfig
+
         return LossConfig(**self.loss)
 
     @classmethod
@@ -93,6 +93,8 @@ def resolve_teacher_ckpt(path: str) -> Path:
 
 def check_device(device: str) -> None:
     """``cpu``, or ``cuda``/``cuda:N`` where CUDA is available."""
+    import torch
+
     valid = ["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
                        if torch.cuda.is_available() else [])
     if device not in valid:
@@ -118,7 +120,7 @@ def _check_types(cfg: TrainConfig) -> None:
 
 
 def _check_positive(cfg: TrainConfig) -> None:
-    for name in ("batch_size", "lr", "max_steps_per_epoch", "teacher_input_size"):   # T, epochs: in validate
+    for name in ("batch_size", "lr", "max_steps_per_epoch", "teacher_input_size", "clip_grad_norm"):   # T, epochs: in validate
         value = getattr(cfg, name)
         if value is not None and value <= 0:
             raise ValueError(f"{name}={value!r} not allowed; {name} must be > 0")
@@ -133,24 +135,30 @@ def _check_positive(cfg: TrainConfig) -> None:
 def validate(cfg: TrainConfig, world_size: int = 1, check_out: bool = False) -> None:
     """Refuse bad input before any training, naming the bad value and the valid ones.
     ``check_out``: also create ``cfg.out`` and write a probe file there (the last check)."""
+    from hybridkd_lib import data, ratebp
+    from hybridkd_lib.losses import check_loss_options
+    from hybridkd_lib.models import check_model_kwargs, check_model_name
+    from hybridkd_lib.models.timm_teachers import load_state_dict_file
+    from hybridkd_lib.neurons import DEFAULT_NEURON, NeuronConfig
+
     _check_types(cfg)
     method = get_method(cfg.method)
+    if not isinstance(cfg.T, int) or cfg.T < 1:
+        raise ValueError(f"T={cfg.T!r} not allowed; T must be an integer >= 1")
+    if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
+        raise ValueError(f"epochs={cfg.epochs!r} not allowed; epochs must be an integer >= 1")
     data.dataset_info(cfg.dataset)
     data.check_options(cfg.dataset, cfg.data_kw)
-    if method.trains == "student":
+    if "student" in method.networks:
         check_model_name(cfg.student, "student")
         NeuronConfig.with_overrides(DEFAULT_NEURON, cfg.neuron)
         if cfg.neuron and "neuron_cfg" in cfg.student_kw:
             raise ValueError("neuron and student_kw['neuron_cfg'] both set the LIF settings; use neuron alone")
         check_model_kwargs(cfg.student, cfg.student_kw, "student_kw", also={"T": cfg.T})
         ratebp.check_rate_value(cfg.rate_value)
-    if method.trains == "teacher" or method.teacher:
+    if "teacher" in method.networks:
         check_model_name(cfg.teacher, "teacher")
         check_model_kwargs(cfg.teacher, cfg.teacher_kw, "teacher_kw")
-    if not isinstance(cfg.T, int) or cfg.T < 1:
-        raise ValueError(f"T={cfg.T!r} not allowed; T must be an integer >= 1")
-    if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
-        raise ValueError(f"epochs={cfg.epochs!r} not allowed; epochs must be an integer >= 1")
     _check_positive(cfg)
     if world_size > 1 and cfg.batch_size % world_size:
         raise ValueError(f"batch_size={cfg.batch_size} (the global batch) does not divide across {world_size} "

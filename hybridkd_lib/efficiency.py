@@ -7,8 +7,8 @@ are synthetic CIFAR-shaped tensors: these are speed/memory figures, never accura
 Methods: ``forward_only`` (graph-free forward over T, no training: the floor's
 first part), ``bptt``, ``bptt_ckpt`` (BPTT with per-stage gradient
 checkpointing), ``bptt_kd``, ``ratebp``, ``kd``, ``hybrid`` (ours). Every
-method's step is a trainer step: the trainer's layout (``speed.layout``) and the CPU memory tricks
-the trainer installs (``speed.apply``: the optimizer update of each parameter inside
+method's step is the trainer's step (``step.TrainingStep``: the layout of ``speed.layout``, bf16 autocast
+on CUDA, and the CPU memory tricks of ``speed.apply``: the optimizer update of each parameter inside
 backward, block temporaries overwritten, freed heap pages returned to the OS).
 """
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import json
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -27,7 +26,8 @@ import torch
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from hybridkd_lib import children, speed
-from hybridkd_lib.methods import BENCH_METHODS, BENCH_VARIANTS
+from hybridkd_lib.methods import BENCH_VARIANTS, bench_methods
+from hybridkd_lib.step import TrainingStep, autocast, peak_mem_mb, place, reset_peak
 
 
 def _bptt_ckpt_logits(student, x):
@@ -45,35 +45,31 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
     from hybridkd_lib.config import TrainConfig
     from hybridkd_lib.learner import Learner, make_optimizer
 
-    if method not in BENCH_METHODS:
-        raise ValueError(f"unknown bench method {method!r}; valid: {', '.join(BENCH_METHODS)}")
+    if method not in bench_methods():
+        raise ValueError(f"unknown bench method {method!r}; valid: {', '.join(bench_methods())}")
     dev = torch.device(device)
     torch.manual_seed(0)
     train_method = BENCH_VARIANTS.get(method, method)
     cfg = TrainConfig(method=train_method, student=student, teacher=teacher, T=T,
                       student_kw=student_kw or {}, teacher_kw=teacher_kw or {})
-    learner = Learner(cfg, 10, (3, input_size, input_size)).to(dev).train()
-    amp = dev.type == "cuda"
-    fmt = speed.layout(learner, dev)   # as the trainer: channels_last where the kernels are right
-    learner = learner.to(memory_format=fmt)
+    learner = place(Learner(cfg, 10, (3, input_size, input_size)).train(), dev)   # as the trainer
     opt = make_optimizer(cfg, learner.trainable())
-    tricks = speed.apply(learner, opt)   # as the trainer: the CPU memory tricks (speed.enabled())
+    train_step = TrainingStep(learner, opt, dev)   # as the trainer (its CPU memory tricks: speed.enabled())
     x = torch.randn(batch_size, 3, input_size, input_size, device=dev)
     y = torch.randint(10, (batch_size,), device=dev)
-    x = x.contiguous(memory_format=fmt)
+    x = x.contiguous(memory_format=speed.layout(learner, dev))
 
     def step():
-        with torch.autocast(dev.type, torch.bfloat16, enabled=amp):
-            if method == "forward_only":
-                with torch.no_grad():
-                    learner.student(x)
-                tricks.after_step()
-                return
-            if method == "bptt_ckpt":
+        if method == "forward_only":
+            with autocast(dev), torch.no_grad():
+                learner.student(x)
+            train_step.tricks.after_step()
+        elif method == "bptt_ckpt":
+            with autocast(dev):
                 loss = torch.nn.functional.cross_entropy(_bptt_ckpt_logits(learner.student, x).float(), y)
-            else:
-                loss, _, _ = learner.step_loss(x, y)
-        tricks.backward_and_step(loss, opt)
+            train_step.backward_and_step(loss)
+        else:
+            train_step(x, y)
 
     def sync():
         if dev.type == "cuda":
@@ -82,16 +78,14 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
     for _ in range(warmup):
         step()
     sync()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
+    reset_peak(dev)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         step()
         sync()
         times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = peak_mem_mb(dev)
     med = statistics.median(times)
     return {"method": method, "T": T, "step_time_s": round(med, 4), "step_times_s": [round(t, 4) for t in times],
             "peak_mem_mb": round(peak, 1), "images_per_s": round(batch_size / med, 2), "device": device_name(dev),
@@ -107,9 +101,9 @@ def device_name(dev: torch.device) -> str:
 
 def check_bench_args(methods, Ts, steps=1, warmup=0, batch_size=1, input_size=32, out=None) -> None:
     """Refuse bad bench input before anything is measured (and check ``out`` can be written)."""
-    bad = [m for m in methods if m not in BENCH_METHODS]
+    bad = [m for m in methods if m not in bench_methods()]
     if bad or not methods:
-        raise ValueError(f"unknown bench method(s) {bad or methods}; valid: {', '.join(BENCH_METHODS)}")
+        raise ValueError(f"unknown bench method(s) {bad or methods}; valid: {', '.join(bench_methods())}")
     for name, values, low in (("T", Ts, 1), ("steps", [steps], 1), ("warmup", [warmup], 0),
                               ("batch_size", [batch_size], 1), ("input_size", [input_size], 1)):
         if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values):
@@ -215,37 +209,33 @@ def two_step_check(spec: dict, device: str, batch_size: int = 8, steps: int = 2)
     from hybridkd_lib.config import TrainConfig
     from hybridkd_lib.learner import Learner, make_optimizer
 
+    from hybridkd_lib.models import WEIGHT_OPTIONS
+
     dev = torch.device(device)
     torch.manual_seed(0)
     info = dataset_info(spec["dataset"])
-    weights = ("checkpoint_path", "init_checkpoint", "pretrained")
     cfg = TrainConfig(method=spec["method"], dataset=spec["dataset"], student=spec["student"],
                       teacher=spec["teacher"] or "cifar_resnet18", T=spec["T"], student_kw=spec["student_kw"],
-                      teacher_kw={k: v for k, v in spec["teacher_kw"].items() if k not in weights},
+                      teacher_kw={k: v for k, v in spec["teacher_kw"].items() if k not in WEIGHT_OPTIONS},
                       teacher_input_size=spec["teacher_input_size"])
     shape = tuple(spec["T"] if d == "T" else d for d in info.input_shape)
     sample_shape = shape[1:] if info.input_shape[0] == "T" else shape
-    learner = speed.to_layout(Learner(cfg, info.num_classes, sample_shape).to(dev).train(), dev)
-    opt = make_optimizer(cfg, learner.trainable())
-    tricks = speed.apply(learner, opt)   # as the trainer
+    learner = place(Learner(cfg, info.num_classes, sample_shape).train(), dev)   # as the trainer
+    train_step = TrainingStep(learner, make_optimizer(cfg, learner.trainable()), dev)
     # a frame sequence is time-major [T, B, ...], as the loader batches it
     x = (torch.randn(shape[0], batch_size, *shape[1:], device=dev) if info.input_shape[0] == "T"
          else torch.randn(batch_size, *shape, device=dev))
     y = torch.randint(info.num_classes, (batch_size,), device=dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
+    reset_peak(dev)
     times, losses = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
-        with torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda"):
-            loss, _, _ = learner(x, y)
-        tricks.backward_and_step(loss, opt)
+        loss, _ = train_step(x, y)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         times.append(time.perf_counter() - t0)
         losses.append(float(loss.detach()))
-    peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = peak_mem_mb(dev)
     return {**{k: spec[k] for k in ("name", "method", "dataset", "student", "teacher", "T")},
             "input": list(x.shape), "batch_size": batch_size, "step_times_s": [round(t, 4) for t in times],
             "losses": losses, "finite": all(l == l and abs(l) != float("inf") for l in losses),

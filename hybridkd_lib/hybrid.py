@@ -106,11 +106,11 @@ class HybridDistiller(nn.Module):
 
     ``forward(x)`` returns ``(y_S, [y_M0, ..., y_M{K-2}])`` in the student's current
     mode; ``teacher_logits(x)`` the teacher's (no graph). ``hybrid_logits(x, k)`` runs one M_k.
-    ``hybrids=False``: the student and the frozen teacher only (Vanilla KD), no ``A_k``.
+    ``aligns=False``: the student and the frozen teacher only (Vanilla KD), no ``A_k``.
     """
 
     def __init__(self, student: StageModel, teacher: StageModel, input_shape, teacher_input_size=None,
-                 hybrids: bool = True):
+                 aligns: bool = True):
         super().__init__()
         self.student, self.teacher = student, teacher
         self.teacher_input_size = teacher_input_size
@@ -121,15 +121,15 @@ class HybridDistiller(nn.Module):
         s_shapes = _probe_shapes(student, x)
         t_shapes = _probe_shapes(teacher, self._teacher_input(x))
         self.pairs = pair_stages(s_shapes, t_shapes)
-        aligns = []
-        for k, j in enumerate(self.pairs if hybrids else []):
+        modules = []
+        for k, j in enumerate(self.pairs if aligns else []):
             s, t = s_shapes[k], t_shapes[j]
             if teacher.feature_info[j]["kind"] == "tokens":
                 info = teacher.feature_info[j]
-                aligns.append(TokenAlign(s[0], t[-1], info["grid"], info.get("prefix_tokens", 1)))
+                modules.append(TokenAlign(s[0], t[-1], info["grid"], info.get("prefix_tokens", 1)))
             else:
-                aligns.append(MapAlign(s[0], t[0], t[-2:]))
-        self.aligns = nn.ModuleList(aligns)
+                modules.append(MapAlign(s[0], t[0], t[-2:]))
+        self.aligns = nn.ModuleList(modules)
 
     @property
     def num_hybrids(self) -> int:
@@ -152,10 +152,22 @@ class HybridDistiller(nn.Module):
         r = self.student.rate_feature(feature)
         return self.teacher.forward_from(self.pairs[k] + 1, self.aligns[k](r))
 
-    def forward(self, x):
+    def teacher_logits_and_features(self, x):
+        """The teacher's logits and its stage outputs (no graph)."""
+        with torch.no_grad():
+            feats = self.teacher.forward_intermediates(self._teacher_input(x))
+            return self.teacher.forward_head(feats[-1]), feats
+
+    def forward_features(self, x, rates: bool = True):
+        """``(y_S, [y_M0, ...], [r_0, ..., r_{K-1}])``: ``forward``'s logits and the student's stage outputs
+        as rates ``[B, ...]`` (``rates=False``: ``[]``)."""
         feats = self.student.forward_intermediates(x)
         y_s = self.student.forward_head(feats[-1])
         y_m = [self.hybrid_from_feature(k, feats[k]) for k in range(self.num_hybrids)]
+        return y_s, y_m, [self.student.rate_feature(f) for f in feats] if rates else []
+
+    def forward(self, x):
+        y_s, y_m, _ = self.forward_features(x, rates=False)
         return y_s, y_m
 
     def hybrid_logits(self, x, k: int):

@@ -42,6 +42,7 @@ class SpikeMeanValue(Temporal):
     ``mode`` and ``value`` are set by ``ratebp.set_mode``.
     """
 
+    rate_aware = True   # its forward follows the propagation mode (ratebp.set_mode)
     mode = "bptt"
     value = "rate"
     spike_mean: torch.Tensor | None = None   # [B, ...] recorded by the spike pass
@@ -88,6 +89,7 @@ class _RateBatchNorm:
     spike/rate modes; a 2-process CPU run equals a 1-process run (tests/test_distributed.py).
     """
 
+    rate_aware = True   # its forward follows the propagation mode (ratebp.set_mode)
     mode = "bptt"
     sync_stats = False
     writes_over_input = False   # spike pass: normalise in place (set by speed.apply on block temporaries)

@@ -5,7 +5,8 @@
 
 (``hybrid_reduction="mean"``: the two sums over k become means.)
 
-Which terms a method uses is its ``terms`` in ``hybridkd_lib.methods``; the weights are the
+Each term is a function of one step's outputs (``methods.StepOutputs``) and the weights (``TERMS``);
+which terms a method uses is its ``terms`` in ``hybridkd_lib.methods``. The weights are the
 paper's form (``w`` about 1, ``tau`` 3-4): the exact values are not public.
 """
 from __future__ import annotations
@@ -14,10 +15,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-
-from hybridkd_lib.methods import get_method
-
-
 
 HYBRID_REDUCTIONS = ("sum", "mean")
 
@@ -73,20 +70,41 @@ def kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
                     reduction="batchmean", log_target=True) * t * t
 
 
+def ce_term(out, cfg: LossConfig):
+    """``ce * CE(y_S, y)``."""
+    return cfg.ce * F.cross_entropy(out.logits.float(), out.labels) if cfg.ce else None
+
+
+def kd_term(out, cfg: LossConfig):
+    """``kd * tau^2 KL(y_A || y_S)``."""
+    return cfg.kd * kd_loss(out.logits, out.teacher_logits, cfg.temperature) if cfg.kd else None
+
+
+def _per_hybrid(out, cfg: LossConfig) -> float:
+    return 1.0 / len(out.hybrid_logits) if cfg.hybrid_reduction == "mean" else 1.0
+
+
+def hybrid_ce_term(out, cfg: LossConfig):
+    """``hybrid_ce * sum_k CE(y_Mk, y)`` (mean over k with ``hybrid_reduction="mean"``)."""
+    if not (cfg.hybrid_ce and len(out.hybrid_logits)):
+        return None
+    return cfg.hybrid_ce * _per_hybrid(out, cfg) * sum(F.cross_entropy(m.float(), out.labels) for m in out.hybrid_logits)
+
+
+def hybrid_kd_term(out, cfg: LossConfig):
+    """``hybrid_kd * tau^2 sum_k KL(y_A || y_Mk)`` (mean over k with ``hybrid_reduction="mean"``)."""
+    if not (cfg.hybrid_kd and len(out.hybrid_logits)):
+        return None
+    return cfg.hybrid_kd * _per_hybrid(out, cfg) * sum(kd_loss(m, out.teacher_logits, cfg.temperature)
+                                                       for m in out.hybrid_logits)
+
+
+TERMS = {"ce": ce_term, "kd": kd_term, "hybrid_ce": hybrid_ce_term, "hybrid_kd": hybrid_kd_term}
+
+
 def total_loss(method: str, cfg: LossConfig, y, y_s, y_a=None, y_m=()) -> tuple[torch.Tensor, dict]:
-    """The method's loss and its parts (detached 0-dim tensors: reading them is a host sync)."""
-    terms = get_method(method).terms
-    parts: dict[str, torch.Tensor] = {}
-    if "ce" in terms and cfg.ce:
-        parts["ce"] = cfg.ce * F.cross_entropy(y_s.float(), y)
-    if "kd" in terms and cfg.kd:
-        parts["kd"] = cfg.kd * kd_loss(y_s, y_a, cfg.temperature)
-    per_k = 1.0 / len(y_m) if len(y_m) and cfg.hybrid_reduction == "mean" else 1.0
-    if "hybrid_ce" in terms and cfg.hybrid_ce and len(y_m):
-        parts["hybrid_ce"] = cfg.hybrid_ce * per_k * sum(F.cross_entropy(m.float(), y) for m in y_m)
-    if "hybrid_kd" in terms and cfg.hybrid_kd and len(y_m):
-        parts["hybrid_kd"] = cfg.hybrid_kd * per_k * sum(kd_loss(m, y_a, cfg.temperature) for m in y_m)
-    if not parts:
-        raise ValueError(f"every loss term of method {method!r} is switched off")
-    loss = sum(parts.values())
-    return loss, {k: v.detach() for k, v in parts.items()}
+    """Method ``method``'s loss and its parts (detached 0-dim tensors) from labels ``y`` ``[B]``, the SNN's
+    logits ``y_s``, the teacher's ``y_a`` and the hybrids' ``y_m`` (each ``[B, classes]``)."""
+    from hybridkd_lib.methods import StepOutputs, get_method
+
+    return get_method(method).loss(StepOutputs(y, y_s, y_a, list(y_m)), cfg)

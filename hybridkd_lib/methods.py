@@ -1,40 +1,255 @@
-"""The training methods as data: what each needs and does, read by validation, the learner, the loss,
-evaluation, the benchmark and the plan. Adding a method is one entry here plus its loss terms.
+"""The training methods, each one registered object (``Method``): what it needs (a trained teacher,
+the hybrids M_k and their alignment modules A_k, the stage features), how the trained network's
+gradient propagates (an ANN's backprop, BPTT, RateBP's rate pass), and its named loss terms,
+computed from one step's outputs (``StepOutputs``).
+
+This module is the only place that reads those facts to decide what a step does: the learner
+builds through ``Method.build``, steps through ``Method.step`` and predicts through
+``Method.predict``; validation, the bench, the plan and the report read the registry
+(``get_method``, ``methods_where``, ``bench_methods``).
+
+A new method is one object, from any file (``--plugin FILE_OR_MODULE``)::
+
+    @dataclass(frozen=True)
+    class Hint(Method):                      # e.g. FitNets: A_k(r_k) regresses the teacher's stage j_k
+        def loss_terms(self, out, cfg):
+            return {"ce": ..., "hint": ...}  # named 0-dim tensors
+
+    register_method(Hint("hint", trains="student", propagation="rate", teacher=True, aligns=True,
+                         features=True, terms=("ce", "hint"), title="FitNets hint"))
+
+Registration refuses a combination nothing implements (e.g. hybrids with BPTT).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-PROPAGATIONS = ("ann", "bptt", "rate")   # an ANN's backprop, BPTT through time, RateBP's rate pass
+if TYPE_CHECKING:   # this module imports no torch (the command line's --help reads it)
+    import torch
+    from torch import nn
+
+# the built-in loss terms (``losses.TERMS`` computes them) and the method facts each needs
+TERM_NEEDS = {"ce": (), "kd": ("teacher",), "hybrid_ce": ("hybrids",), "hybrid_kd": ("hybrids",)}
+ROLES = ("teacher", "student")          # what a run trains: an ANN teacher or a spiking student
+PROPAGATIONS = ("ann", "bptt", "rate")  # an ANN's backprop, BPTT through time, RateBP's rate pass
+
+
+@dataclass
+class StepOutputs:
+    """What one training forward gives a method's loss terms (``B``: batch, ``K``: student stages).
+
+    ``labels`` ``[B]``; ``logits`` ``[B, classes]`` of the trained network (its graph per the method's
+    propagation); ``teacher_logits`` ``[B, classes]`` of the frozen teacher (no graph; methods with a
+    teacher); ``hybrid_logits``: ``[B, classes]`` of each M_k (methods with hybrids); ``features``: the
+    student's K stage outputs as rates ``[B, ...]`` (methods with ``features``); ``teacher_features``:
+    the teacher's stage outputs (no graph; ``features`` and a teacher); ``learner``: the learner (its
+    ``aligns`` A_k and ``distiller.pairs``, the teacher stage paired with each student stage)."""
+
+    labels: torch.Tensor
+    logits: torch.Tensor
+    teacher_logits: torch.Tensor | None = None
+    hybrid_logits: list = field(default_factory=list)
+    features: list = field(default_factory=list)
+    teacher_features: list = field(default_factory=list)
+    learner: nn.Module | None = None
 
 
 @dataclass(frozen=True)
 class Method:
-    """``trains``: "teacher" (the run trains an ANN) or "student" (an SNN); ``teacher``: needs a trained
-    teacher; ``propagation``: how the trained network's gradient is computed; ``hybrids``: builds the
-    hybrids M_k and their alignment modules; ``terms``: the loss terms it uses (``losses.LossConfig``)."""
+    """``trains``: ``"teacher"`` (the run trains an ANN) or ``"student"`` (an SNN); ``propagation``: how the
+    trained network's gradient is computed (``PROPAGATIONS``); ``teacher``: needs a trained teacher;
+    ``hybrids``: builds the hybrids M_k (implies ``aligns``); ``aligns``: builds the alignment modules A_k
+    (trained with the student); ``features``: the step's outputs carry the stage features; ``terms``: the
+    names of its loss terms (the built-in ones are ``losses.TERMS``; a subclass computing its own overrides
+    ``loss_terms``)."""
 
     name: str
     trains: str
-    teacher: bool
     propagation: str
-    hybrids: bool
-    terms: tuple[str, ...]
-    title: str
+    teacher: bool = False
+    hybrids: bool = False
+    aligns: bool = False
+    features: bool = False
+    terms: tuple[str, ...] = ("ce",)
+    title: str = ""
+
+    def __post_init__(self):
+        if self.hybrids and not self.aligns:
+            object.__setattr__(self, "aligns", True)
+        _check_combination(self)
+
+    # ---------------------------------------------------------------- what the run builds
+    @property
+    def networks(self) -> tuple[str, ...]:
+        """The networks a run of this method builds: ``("teacher",)``, ``("student",)`` or both."""
+        return ("teacher",) if self.trains == "teacher" else ("student",) + (("teacher",) if self.teacher else ())
+
+    def build(self, learner: nn.Module, cfg, num_classes: int, input_shape: tuple) -> None:
+        """Set the learner's ``model`` (what is trained), ``student``, ``teacher``, ``distiller`` (with the
+        alignment modules A_k where ``aligns``), ``arch`` and ``model_kw``; ``input_shape`` is one sample's
+        ``[C, H, W]``."""
+        from hybridkd_lib.hybrid import HybridDistiller
+        from hybridkd_lib.learner import build_student, build_teacher
+
+        learner.student = learner.teacher = learner.distiller = None
+        if self.trains == "teacher":
+            learner.model, learner.model_kw = build_teacher(cfg, num_classes, input_shape[-3], weights=False)
+            learner.arch = cfg.teacher
+            return
+        learner.student, learner.model_kw = build_student(cfg, num_classes, input_shape[-3])
+        learner.model, learner.arch = learner.student, cfg.student
+        if self.teacher:
+            learner.teacher, _ = build_teacher(cfg, num_classes, input_shape[-3], weights=True)
+            learner.distiller = HybridDistiller(learner.student, learner.teacher, input_shape,
+                                                cfg.teacher_input_size, aligns=self.aligns)
+
+    def num_hybrids(self, learner: nn.Module) -> int:
+        """How many hybrids M_k a run of this method evaluates."""
+        return learner.distiller.num_hybrids if self.hybrids else 0
+
+    def has_unused_parameters(self, loss_cfg) -> bool:
+        """True where some trained parameter gets no gradient (A_k whose every term is switched off): DDP must
+        then look for unused parameters. A term other than ``ce``/``kd`` is taken to use A_k."""
+        return self.aligns and not any(t not in ("ce", "kd") and getattr(loss_cfg, t, 1.0) for t in self.terms)
+
+    # ---------------------------------------------------------------- one step
+    def outputs(self, learner: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepOutputs:
+        """The step's forward, with the graph its propagation needs; ``x`` ``[B, C, H, W]`` or
+        ``[T, B, C, H, W]``. The teacher's graph-free forward runs where it adds least to the peak: before
+        BPTT's graph is built, after RateBP's spike pass (whose ``[T, B, ...]`` maps are the peak)."""
+        from hybridkd_lib import ratebp
+        from hybridkd_lib.hybrid import teacher_input
+
+        if self.propagation == "ann":
+            return StepOutputs(y, learner.model(teacher_input(x, learner.teacher_input_size)), learner=learner)
+        teacher = None
+        if self.teacher and self.propagation == "bptt":
+            teacher = self._teacher_outputs(learner, x)
+        if self.propagation == "bptt":
+            y_s, y_m, feats = self._student_outputs(learner, x)
+        else:   # RateBP: the spike pass, then the rate pass (with hybrids: the teacher suffixes on its features)
+            y_s, y_m, feats = ratebp.rate_forward(learner.student, x, fn=lambda _, xx: self._student_outputs(learner, xx),
+                                                  value=learner.rate_value, between_passes=learner.between_passes)
+        if self.teacher and self.propagation == "rate":
+            teacher = self._teacher_outputs(learner, x)
+        y_a, t_feats = teacher if teacher is not None else (None, [])
+        return StepOutputs(y, y_s, y_a, list(y_m), list(feats), list(t_feats), learner)
+
+    def _student_outputs(self, learner, x):
+        """``(logits, hybrid logits, rate features)`` of the student in its current mode."""
+        if self.hybrids:
+            return learner.distiller.forward_features(x)
+        if self.features:
+            feats = learner.student.forward_intermediates(x)
+            return learner.student.forward_head(feats[-1]), [], [learner.student.rate_feature(f) for f in feats]
+        return learner.student(x), [], []
+
+    def _teacher_outputs(self, learner, x):
+        """``(teacher logits, teacher stage features or [])``, no graph."""
+        if self.features:
+            return learner.distiller.teacher_logits_and_features(x)
+        return learner.distiller.teacher_logits(x), []
+
+    def loss_terms(self, out: StepOutputs, loss_cfg) -> dict[str, torch.Tensor]:
+        """The named loss terms (0-dim tensors) of ``out``; a term switched off (weight 0) is left out."""
+        from hybridkd_lib.losses import TERMS
+
+        terms = {name: TERMS[name](out, loss_cfg) for name in self.terms}
+        return {name: value for name, value in terms.items() if value is not None}
+
+    def loss(self, out: StepOutputs, loss_cfg) -> tuple[torch.Tensor, dict]:
+        """The summed loss and its parts (detached 0-dim tensors: reading them is a host sync)."""
+        parts = self.loss_terms(out, loss_cfg)
+        if not parts:
+            raise ValueError(f"every loss term of method {self.name!r} is switched off")
+        return sum(parts.values()), {k: v.detach() for k, v in parts.items()}
+
+    def step(self, learner: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        """``(loss, parts, logits)`` of one training step: ``outputs``, then ``loss`` (RateBP: the reference's
+        1/T gradient scale where ``ratebp_grad_scale``)."""
+        from hybridkd_lib import ratebp
+
+        out = self.outputs(learner, x, y)
+        loss, parts = self.loss(out, learner.loss_cfg)
+        if self.propagation == "rate" and learner.loss_cfg.ratebp_grad_scale:
+            loss = ratebp.scale_gradient(loss, learner.T)
+        return loss, parts, out.logits
+
+    def predict(self, learner: nn.Module, x: torch.Tensor, with_teacher: bool = True):
+        """Inference logits ``(y_S, [y_M0, ...], y_A or None)`` (a teacher run: the ANN's as ``y_S``)."""
+        from hybridkd_lib.hybrid import teacher_input
+
+        if self.trains == "teacher":
+            return learner.model(teacher_input(x, learner.teacher_input_size)), [], None
+        y_s, y_m = learner.distiller(x) if self.hybrids else (learner.model(x), [])
+        y_a = learner.distiller.teacher_logits(x) if learner.distiller is not None and with_teacher else None
+        return y_s, y_m, y_a
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("ann", "teacher", False, "ann", False, ("ce",), "ANN teacher"),
-    Method("bptt", "student", False, "bptt", False, ("ce",), "BPTT"),
-    Method("bptt_kd", "student", True, "bptt", False, ("ce", "kd"), "BPTT + KD"),
-    Method("ratebp", "student", False, "rate", False, ("ce",), "RateBP"),
-    Method("kd", "student", True, "rate", False, ("ce", "kd"), "Vanilla KD"),
-    Method("hybrid", "student", True, "rate", True, ("ce", "kd", "hybrid_ce", "hybrid_kd"), "Ours"),
-)}
+def _check_combination(m: Method) -> None:
+    """Refuse a method nothing implements, naming the fact that does not fit."""
+    def refuse(why):
+        raise ValueError(f"method {m.name!r} cannot be registered: {why}")
+
+    if not isinstance(m.name, str) or not m.name.isidentifier():
+        refuse(f"its name must be an identifier (letters, digits, _), not {m.name!r}")
+    if m.trains not in ROLES:
+        refuse(f"trains={m.trains!r}; valid: {', '.join(ROLES)}")
+    if m.propagation not in PROPAGATIONS:
+        refuse(f"propagation={m.propagation!r}; valid: {', '.join(PROPAGATIONS)}")
+    if (m.trains == "teacher") != (m.propagation == "ann"):
+        refuse("a teacher (ANN) run propagates as an ANN (propagation='ann') and a student run does not")
+    if m.trains == "teacher" and (m.teacher or m.aligns or m.features):
+        refuse("a teacher run uses no teacher, alignment modules or stage features")
+    if m.aligns and not m.teacher:
+        refuse("alignment modules (aligns/hybrids) map to a teacher's features: it needs teacher=True")
+    if m.hybrids and m.propagation != "rate":
+        refuse(f"hybrids are implemented with RateBP's rate pass only (propagation='rate'), not {m.propagation!r}")
+    if not m.terms or not all(isinstance(t, str) for t in m.terms):
+        refuse(f"terms={m.terms!r}: a tuple of loss term names")
+    if type(m).loss_terms is Method.loss_terms:
+        unknown = [t for t in m.terms if t not in TERM_NEEDS]
+        if unknown:
+            refuse(f"unknown loss term(s) {unknown}; built-in: {', '.join(TERM_NEEDS)} (or override loss_terms)")
+        for t in m.terms:
+            missing = [need for need in TERM_NEEDS[t] if not getattr(m, need)]
+            if missing:
+                refuse(f"loss term {t!r} needs {' and '.join(f'{n}=True' for n in missing)}")
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Add ``method`` to the registry (built-in or from a plug-in) and return it; a name taken by another
+    method is an error."""
+    if not isinstance(method, Method):
+        raise TypeError(f"register_method expects a hybridkd_lib.methods.Method, got {type(method).__name__}")
+    if method.name in METHODS and METHODS[method.name] != method:
+        raise ValueError(f"method {method.name!r} is already registered ({METHODS[method.name].title or 'built in'})")
+    METHODS[method.name] = method
+    return method
+
+
+for _m in (
+    Method("ann", trains="teacher", propagation="ann", title="ANN teacher"),
+    Method("bptt", trains="student", propagation="bptt", title="BPTT"),
+    Method("bptt_kd", trains="student", propagation="bptt", teacher=True, terms=("ce", "kd"), title="BPTT + KD"),
+    Method("ratebp", trains="student", propagation="rate", title="RateBP"),
+    Method("kd", trains="student", propagation="rate", teacher=True, terms=("ce", "kd"), title="Vanilla KD"),
+    Method("hybrid", trains="student", propagation="rate", teacher=True, hybrids=True,
+           terms=("ce", "kd", "hybrid_ce", "hybrid_kd"), title="Ours"),
+):
+    register_method(_m)
+BUILT_IN = tuple(METHODS)   # the paper's methods (the plan and the book use these)
 
 
 def get_method(name: str) -> Method:
     """The method called ``name``, or an error listing the valid ones."""
+    from hybridkd_lib import plugins
+
+    plugins.load_from_environment()
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
     return METHODS[name]
@@ -42,10 +257,21 @@ def get_method(name: str) -> Method:
 
 def methods_where(**facts) -> tuple[str, ...]:
     """Names of the methods with these facts, e.g. ``methods_where(trains="student", teacher=True)``."""
+    from hybridkd_lib import plugins
+
+    plugins.load_from_environment()
     return tuple(n for n, m in METHODS.items() if all(getattr(m, k) == v for k, v in facts.items()))
 
 
 # benchmark variants of a training method (Fig. 4): the forward pass alone, BPTT with recomputed blocks
 BENCH_VARIANTS = {"forward_only": "bptt", "bptt_ckpt": "bptt"}
-# every student method, with the variants next to the method they vary
-BENCH_METHODS = ("forward_only", "bptt", "bptt_ckpt") + tuple(m for m in methods_where(trains="student") if m != "bptt")
+
+
+def bench_methods(built_in_only: bool = False) -> tuple[str, ...]:
+    """What ``bench`` measures: every student method (``built_in_only``: the paper's), with the variants
+    next to the method they vary."""
+    students = [m for m in methods_where(trains="student") if m != "bptt" and (m in BUILT_IN or not built_in_only)]
+    return ("forward_only", "bptt", "bptt_ckpt") + tuple(students)
+
+
+BENCH_METHODS = bench_methods(built_in_only=True)   # Fig. 4's methods

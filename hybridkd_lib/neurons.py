@@ -88,6 +88,8 @@ NEURON_FIELDS = tuple(DEFAULT_NEURON.to_dict())
 class LIF(nn.Module):
     """Multi-step LIF layer; ``mode`` selects BPTT, recording spike pass or rate pass."""
 
+    rate_aware = True   # its forward follows the propagation mode (ratebp.set_mode)
+
     def __init__(self, cfg: NeuronConfig = DEFAULT_NEURON, v_threshold: float | None = None):
         super().__init__()
         self.cfg = cfg

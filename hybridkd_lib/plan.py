@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hybridkd_lib.methods import BENCH_METHODS, get_method, methods_where
+from hybridkd_lib.methods import BENCH_METHODS, BUILT_IN, get_method, methods_where
 
 PROFILES = ("smoke", "quick", "full", "ablation")
 # Table B: the RateBP methods on Spikingformer (RateBP alone, Vanilla KD, ours)
-TABLE_B_METHODS = methods_where(trains="student", propagation="rate")
+TABLE_B_METHODS = tuple(m for m in methods_where(trains="student", propagation="rate") if m in BUILT_IN)
 NOTEBOOKS = ("train_teacher", "train_student", "efficiency", "cam")
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hybridkd_lib.layers import SpikeMeanValue, _RateBatchNorm
-from hybridkd_lib.neurons import LIF, MODES
+from hybridkd_lib.layers import SpikeMeanValue
+from hybridkd_lib.neurons import MODES
 
 RATE_VALUES = ("rate", "spike_mean")
 
@@ -28,20 +28,22 @@ def check_rate_value(value: str) -> None:
 
 
 def set_mode(model: nn.Module, mode: str, value: str | None = None) -> nn.Module:
-    """Switch every LIF, rate-aware BN, ``SpikeMeanValue`` and the spiking model itself to
-    ``mode``; ``value`` (``"rate"``/``"spike_mean"``, None: unchanged) sets what the rate pass
-    gives after a non-linear layer between LIFs."""
+    """Switch the rate-aware modules of ``model`` (a spiking student's ``rate_aware_modules()``: itself, every
+    LIF, rate-aware BN and ``SpikeMeanValue``; any other module: those of the spiking models and rate-aware
+    layers inside it) to ``mode``; ``value`` (``"rate"``/``"spike_mean"``, None: unchanged) sets what the
+    rate pass gives after a non-linear layer between LIFs."""
     if mode not in MODES:
         raise ValueError(f"unknown propagation mode {mode!r}; valid: {', '.join(MODES)}")
     if value is not None:
         check_rate_value(value)
-    for m in model.modules():
-        if isinstance(m, (LIF, _RateBatchNorm, SpikeMeanValue)) or getattr(m, "spiking", False):
-            m.mode = mode
-            if value is not None and isinstance(m, SpikeMeanValue):
-                m.value = value
-            if mode == "bptt" and hasattr(m, "clear"):
-                m.clear()
+    targets = (model.rate_aware_modules() if hasattr(model, "rate_aware_modules") else
+               [m for m in model.modules() if getattr(m, "rate_aware", False) or getattr(m, "spiking", False)])
+    for m in targets:
+        m.mode = mode
+        if value is not None and isinstance(m, SpikeMeanValue):
+            m.value = value
+        if mode == "bptt" and hasattr(m, "clear"):
+            m.clear()
     return model
 
 

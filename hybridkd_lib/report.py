@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hybridkd_lib.methods import get_method
+from hybridkd_lib.methods import get_method, methods_where
 from hybridkd_lib.models import list_models, model_facts
 from hybridkd_lib.plan import Run, plan
 from hybridkd_lib.reproduce import default_results_root
@@ -231,7 +231,7 @@ def table_c() -> pd.DataFrame:
     rows, seen = [], set()
     for run in plan("full"):
         prm = run.params
-        if run.notebook != "train_student" or not get_method(prm["method"]).hybrids \
+        if run.notebook != "train_student" or prm["method"] not in methods_where(hybrids=True) \
                 or prm["student"] == "spikingformer_4_256":
             continue  # Table C lists the ResNet runs; Table B's settings are on its own page
         key = (NICE[prm["dataset"]], NICE[prm["student"]], NICE[prm["teacher"]])

@@ -11,7 +11,8 @@ learner; the trainer and the benchmark both call it, and nothing in the algorith
 - returning freed heap pages to the OS (glibc ``malloc_trim``, see ``memory``) after every step
   and between RateBP's spike and rate passes (the learner's ``between_passes`` hook);
 - stepping the optimizer inside backward, so a step never holds every gradient at once
-  (``StepInBackward``; one process only).
+  (``StepInBackward``; single-process CPU runs without gradient clipping only: it frees each
+  gradient as soon as it is used, so nothing after backward could read or clip the gradients).
 
 The frozen teacher's BN runs as one affine map ``x * s + t`` (autograd keeps no copy of ``x``) in
 every configuration: that is the library BN's inference definition (``layers._RateBatchNorm``,
@@ -92,21 +93,12 @@ class StepInBackward:
 
 @dataclass
 class Tricks:
-    """What ``apply`` installed on one learner; a training step ends with ``backward_and_step``."""
+    """What ``apply`` installed on one learner; a training step (``step.TrainingStep``) ends with
+    ``after_step``; ``in_backward``: the optimizer update runs inside backward."""
 
     device: torch.device
     in_backward: StepInBackward | None = None
     on: bool = False
-
-    def backward_and_step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
-        """``loss.backward()`` and the optimizer's update (inside backward when installed)."""
-        if self.in_backward is None:
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        else:
-            loss.backward()   # every parameter is updated as its gradient completes
-        self.after_step()
 
     def after_step(self) -> None:
         if self.on:
@@ -159,11 +151,15 @@ def write_over_temporaries(model: nn.Module, on: bool = True) -> int:
     return switched
 
 
-def apply(learner: nn.Module, opt: torch.optim.Optimizer | None = None, data_parallel: bool = False) -> Tricks:
+def apply(learner: nn.Module, opt: torch.optim.Optimizer | None = None, data_parallel: bool = False,
+          step_in_backward: bool | None = None) -> Tricks:
     """Install the tricks on ``learner`` (already on its device) when ``enabled()``: temporaries
-    overwritten (CPU), freed pages returned (CPU), the optimizer stepped in backward (``opt``
-    given, one process). Returns the ``Tricks`` the step calls; nothing is installed when off."""
+    overwritten (CPU), freed pages returned (CPU), the optimizer stepped in backward (``opt`` given and
+    ``step_in_backward``, by default: one process on the CPU). Returns the ``Tricks`` the step calls;
+    nothing is installed when off."""
     device = next(learner.parameters()).device
+    if step_in_backward is None:
+        step_in_backward = device.type == "cpu" and not data_parallel
     if not _ENABLED:
         return Tricks(device)
     if device.type == "cpu":
@@ -172,5 +168,5 @@ def apply(learner: nn.Module, opt: torch.optim.Optimizer | None = None, data_par
             write_over_temporaries(student)
         if hasattr(learner, "between_passes"):
             learner.between_passes = partial(memory.release_freed_memory, device)
-    in_backward = StepInBackward(opt) if opt is not None and not data_parallel else None
+    in_backward = StepInBackward(opt) if opt is not None and step_in_backward else None
     return Tricks(device, in_backward, on=True)

@@ -25,12 +25,11 @@ import hashlib
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,11 +38,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from hybridkd_lib import checkpoint, children, data, results, speed
+from hybridkd_lib import checkpoint, children, data, results
 from hybridkd_lib.config import TrainConfig, check_writable_folder, validate
 from hybridkd_lib.distributed import Distributed, broadcast_from_main, init_distributed
-from hybridkd_lib.layers import convert_sync_batchnorm
 from hybridkd_lib.learner import Learner, make_optimizer
+from hybridkd_lib.step import TrainingStep, peak_mem_mb, place
 
 # ----------------------------------------------------------------------------- a run's folder
 SETTINGS_FILE = "settings.json"
@@ -53,6 +52,14 @@ NOT_SETTINGS = ("out", "progress", "num_workers", "data_root")  # where it runs 
 def run_settings(cfg: TrainConfig) -> dict:
     """The settings that define a run's result: every field but where it is written and how shown."""
     return {k: v for k, v in asdict(cfg).items() if k not in NOT_SETTINGS}
+
+
+def _with_later_fields(recorded: dict, now: dict, cfg: TrainConfig) -> dict:
+    """Recorded settings with every field added to ``TrainConfig`` since they were written set to its default
+    (a new field's default keeps the behaviour runs had before it), so an older run still matches."""
+    defaults = {f.name: (f.default_factory() if f.default_factory is not MISSING else f.default)
+                for f in fields(cfg)}
+    return {**{k: defaults[k] for k in now if k not in recorded and k in defaults}, **recorded}
 
 
 def settings_hash(settings: dict) -> str:
@@ -110,6 +117,7 @@ def run_folder_state(cfg: TrainConfig, overwrite: bool = False) -> str:
                              f"or pass --overwrite to start over there")
         return "new"
     now = run_settings(cfg)
+    recorded = _with_later_fields(recorded, now, cfg)
     if settings_hash(recorded) != settings_hash(now):
         diffs = [f"{k}: {recorded.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(recorded) | set(now))
                  if recorded.get(k) != now.get(k)]
@@ -122,12 +130,6 @@ def run_folder_state(cfg: TrainConfig, overwrite: bool = False) -> str:
     if not finished:
         return "resume"
     return "finished" if (out / "model.pt").is_file() else "restore"
-
-
-def _peak_mem_mb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _write_metrics(path: Path, rows: list[dict]):
@@ -149,7 +151,7 @@ class Session:
     cfg: TrainConfig
     env: Distributed
     learner: Learner
-    step_module: nn.Module          # the learner, or DDP around it: called as step_module(x, y)
+    step: TrainingStep              # one optimizer step: step(x, y) -> (loss, parts)
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     sampler: torch.utils.data.distributed.DistributedSampler
@@ -157,7 +159,6 @@ class Session:
     test_loader: torch.utils.data.DataLoader
     steps_per_epoch: int
     num_classes: int
-    tricks: speed.Tricks            # the CPU memory tricks installed on this run (speed.apply)
     check_every: int                # steps between two checks for a non-finite loss (each one a host sync)
     bn_batches: list = field(default_factory=list)   # fixed training batches for ``recompute_bn_stats``
 
@@ -168,16 +169,17 @@ def setup(cfg: TrainConfig, env: Distributed, log=print) -> tuple[Session, dict 
     torch.manual_seed(cfg.seed)
     train_set, test_set = _datasets(cfg)
     num_classes = data.dataset_info(cfg.dataset).num_classes
-    learner = _learner_on(env, cfg, num_classes, tuple(train_set[0][0].shape[-3:]))
+    learner = place(Learner(cfg, num_classes, tuple(train_set[0][0].shape[-3:])), env.device, env.world)
     opt = make_optimizer(cfg, learner.trainable())
     per_rank = cfg.batch_size // env.world
     sampler, train_loader, test_loader = _loaders(cfg, env, train_set, test_set, per_rank)
     steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
     state = _resume(cfg, env, learner, opt, sched, log)
-    tricks = speed.apply(learner, opt, data_parallel=env.world > 1)   # CPU memory tricks, one process: step in backward
-    return Session(cfg, env, learner, _data_parallel(learner, cfg, env), opt, sched, sampler, train_loader,
-                   test_loader, steps, num_classes, tricks, check_every=1 if env.device.type == "cpu" else 50,
+    step = TrainingStep(learner, opt, env.device, module=_data_parallel(learner, cfg, env), data_parallel=env.world > 1,
+                        clip_grad_norm=cfg.clip_grad_norm, log=log if env.main else (lambda *_: None))
+    return Session(cfg, env, learner, step, opt, sched, sampler, train_loader, test_loader, steps, num_classes,
+                   check_every=1 if env.device.type == "cpu" else 50,
                    bn_batches=_fixed_batches(train_set, cfg, env, per_rank)), state
 
 
@@ -186,15 +188,6 @@ def _datasets(cfg: TrainConfig):
     if data.is_sequence(cfg.dataset):
         data_kw.setdefault("T", cfg.T)
     return data.get_datasets(cfg.dataset, cfg.data_root, **data_kw)
-
-
-def _learner_on(env: Distributed, cfg: TrainConfig, num_classes: int, input_shape: tuple) -> Learner:
-    """The learner on this process's device; a student in the layout ``speed.layout`` chooses
-    (channels_last where the kernels compute it correctly); every training BN synchronised across processes."""
-    learner = Learner(cfg, num_classes, input_shape).to(env.device)
-    if learner.spec.trains == "student":
-        learner = speed.to_layout(learner, env.device)
-    return convert_sync_batchnorm(learner) if env.world > 1 else learner
 
 
 def _loaders(cfg: TrainConfig, env: Distributed, train_set, test_set, per_rank: int):
@@ -233,9 +226,9 @@ def _data_parallel(learner: Learner, cfg: TrainConfig, env: Distributed) -> nn.M
     overlapped with backward) when there are several processes."""
     if env.world == 1:
         return learner
-    hybrid_unused = learner.spec.hybrids and not (cfg.loss_cfg.hybrid_ce or cfg.loss_cfg.hybrid_kd)
     return DistributedDataParallel(learner, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-                                   broadcast_buffers=False, find_unused_parameters=hybrid_unused)
+                                   broadcast_buffers=False,
+                                   find_unused_parameters=learner.spec.has_unused_parameters(cfg.loss_cfg))
 
 
 def _fixed_batches(train_set, cfg: TrainConfig, env: Distributed, per_rank: int) -> list:
@@ -256,8 +249,7 @@ def recompute_bn_stats(learner: Learner, batches: list, env: Distributed) -> Non
     thresholds turn into flipped spikes (precise BN, as in pycls/detectron2)."""
     if not batches:
         return
-    mods = [learner.model] + ([learner.distiller.aligns] if learner.spec.hybrids else [])
-    bns = [m for mod in mods for m in mod.modules()
+    bns = [m for mod in learner.trained_modules() for m in mod.modules()
            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     kept = [m.momentum for m in bns]
     for m in bns:
@@ -289,10 +281,7 @@ def train_one_epoch(s: Session, epoch: int) -> float:
     for step, (x, y) in enumerate(bar):
         if step >= s.steps_per_epoch:
             break
-        x, y = env.put(x, y)
-        with env.autocast():
-            loss, parts, _ = s.step_module(x, y)
-        s.tricks.backward_and_step(loss, s.opt)
+        loss, parts = s.step(*env.put(x, y))
         s.sched.step()
         loss_sum += loss.detach() * len(y)
         n_seen += len(y)
@@ -326,7 +315,7 @@ def evaluate(learner: Learner, loader, env: Distributed, with_teacher: bool = Tr
     was = learner.training
     learner.eval()
     has_teacher = learner.distiller is not None and with_teacher
-    n_hyb = learner.distiller.num_hybrids if learner.spec.hybrids else 0
+    n_hyb = learner.num_hybrids
     counts = torch.zeros(3 + n_hyb, dtype=torch.long, device=env.device)  # n, SNN, teacher, M_0..
     for x, y in loader:
         x, y = env.put(x, y)
@@ -439,7 +428,7 @@ def _run_epochs(s: Session, state: dict | None, on_epoch_end, log) -> dict:
         env.barrier()
         if on_epoch_end is not None:
             on_epoch_end(epoch)
-    s.tricks.remove()
+    s.step.close()
     final = evaluate(s.learner, s.test_loader, env, with_teacher=True)
     result = _result(s, final, history, train_time)
     if env.main:
@@ -464,7 +453,7 @@ def _save_model(s: Session) -> None:
     learner = s.learner
     checkpoint.atomic_save({"arch": learner.arch, "model_kw": learner.model_kw, "num_classes": s.num_classes,
                             "model": learner.model.state_dict(),
-                            **({"aligns": learner.distiller.aligns.state_dict()} if learner.spec.hybrids else {})},
+                            **({"aligns": learner.aligns.state_dict()} if learner.aligns is not None else {})},
                            Path(s.cfg.out) / "model.pt")
 
 
@@ -477,23 +466,23 @@ def _save_final(s: Session, result: dict) -> None:
 def _result(s: Session, final: dict, history: list, train_time: float) -> dict:
     """``top1`` is the final epoch's test accuracy; ``best_top1`` the best epoch's (what the RateBP
     reference logs), at ``best_epoch``."""
-    cfg, dev, spec = s.cfg, s.env.device, s.learner.spec
+    cfg, dev, networks = s.cfg, s.env.device, s.learner.spec.networks
     best = max(history, key=lambda r: r["top1"]) if history else {"top1": final["top1"], "epoch": cfg.epochs}
     student = s.learner.student
     return {
         **{k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
         "settings": run_settings(cfg),
         "loss_config": cfg.loss_cfg.to_dict(),
-        "student": cfg.student if spec.trains == "student" else None,
-        "teacher": cfg.teacher if (spec.trains == "teacher" or spec.teacher) else None,
+        "student": cfg.student if "student" in networks else None,
+        "teacher": cfg.teacher if "teacher" in networks else None,
         "neuron_config": student.neuron_cfg.to_dict() if student is not None else None,
         "top1": final["top1"],
         "best_top1": best["top1"],
         "best_epoch": best["epoch"],
-        "teacher_top1": final.get("teacher_top1", final["top1"] if spec.trains == "teacher" else None),
+        "teacher_top1": final.get("teacher_top1", final["top1"] if student is None else None),
         "hybrid_top1": final.get("hybrid_top1", []),
         "train_time_s": round(train_time, 2),
-        "peak_mem_mb": round(_peak_mem_mb(dev), 1),
+        "peak_mem_mb": round(peak_mem_mb(dev), 1),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "world_size": s.env.world,
         "batch_size_per_process": cfg.batch_size // s.env.world,

@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 
-from hybridkd_lib.efficiency import BENCH_METHODS, bench
+from hybridkd_lib.efficiency import bench
+from hybridkd_lib.methods import BENCH_METHODS
 
 
 def test_bench_records_all_methods(tmp_path):

@@ -243,13 +243,15 @@ def test_result_json_fields(tmp_path, teacher_run):
 
 
 def test_nan_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
-    import hybridkd_lib.learner as tr
+    from hybridkd_lib.methods import Method
+
+    method_loss = Method.loss
 
     def nan_loss(*a, **k):
-        loss, parts = total_loss(*a, **k)
+        loss, parts = method_loss(*a, **k)
         return loss * float("nan"), parts
 
-    monkeypatch.setattr(tr, "total_loss", nan_loss)
+    monkeypatch.setattr(Method, "loss", nan_loss)
     cfg = _cfg(tmp_path, "ratebp", epochs=1)
     with pytest.raises(FloatingPointError, match="non-finite loss nan at epoch 1, step 1"):
         train(cfg, log=lambda *_: None)

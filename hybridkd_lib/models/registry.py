@@ -23,6 +23,8 @@ class ModelFacts:
     source: str                # the definition it follows
     classes: int               # its default number of classes (the dataset it is named for)
     small: dict = field(default_factory=dict)   # keywords of a small variant (tests, tutorials)
+    weights_keyword: str | None = None   # the keyword its builder reads a weights file from (None: the
+                                         # registry loads the file into the built model, every key checked)
 
     def param_count(self, num_classes: int | None = None) -> int:
         """Parameters at full size, counted on the meta device (no memory, no weights read)."""
@@ -33,16 +35,26 @@ class ModelFacts:
         return sum(p.numel() for p in model.parameters())
 
 
+ROLES = ("student", "teacher")
+
+
 def register_model(role: str, options: tuple | None = None, *, display: str, source: str, classes: int,
-                   small: dict | None = None):
-    """Register ``fn(num_classes=..., **kw)`` under its function name; role: student|teacher;
-    ``options``: every keyword it takes (None: also any keyword of ``timm.create_model``); the rest:
-    the model's facts (``ModelFacts``)."""
+                   small: dict | None = None, weights_keyword: str | None = None):
+    """Register ``fn(num_classes=..., **kw)`` under its function name (from a plug-in too); role:
+    student|teacher (a student is a ``SpikingStageModel``, a teacher a ``StageModel``); ``options``: every
+    keyword it takes (None: also any keyword of ``timm.create_model``); the rest: the model's facts
+    (``ModelFacts``). A name taken by another function is an error."""
+    if role not in ROLES:
+        raise ValueError(f"role={role!r} not allowed; valid: {', '.join(ROLES)}")
+
     def deco(fn):
-        _MODELS[fn.__name__] = fn
-        _ROLES[fn.__name__] = role
-        _OPTIONS[fn.__name__] = options
-        _FACTS[fn.__name__] = ModelFacts(fn.__name__, role, display, source, classes, dict(small or {}))
+        name = fn.__name__
+        if name in _MODELS and (_MODELS[name].__module__, _MODELS[name].__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"model {name!r} is already registered (by {_MODELS[name].__module__})")
+        _MODELS[name] = fn
+        _ROLES[name] = role
+        _OPTIONS[name] = options
+        _FACTS[name] = ModelFacts(name, role, display, source, classes, dict(small or {}), weights_keyword)
         return fn
     return deco
 
@@ -77,6 +89,9 @@ def check_model_kwargs(name: str, kw: dict, what: str = "model_kw", also: dict |
 
 
 def list_models(role: str | None = None) -> list[str]:
+    from hybridkd_lib import plugins
+
+    plugins.load_from_environment()
     return sorted(n for n in _MODELS if role is None or _ROLES[n] == role)
 
 
@@ -87,7 +102,16 @@ def check_model_name(name: str, role: str | None = None):
         raise ValueError(f"unknown {kind} {name!r}; valid: {', '.join(valid)}")
 
 
-def create_model(name: str, num_classes: int = 10, **kw):
-    """Build a registered model, e.g. ``create_model("spiking_resnet18", num_classes=10, T=4)``."""
+def create_model(name: str, num_classes: int = 10, weights=None, **kw):
+    """Build a registered model, e.g. ``create_model("spiking_resnet18", num_classes=10, T=4)``; ``weights``:
+    a weights file (timm's formats) loaded as the model's registry entry says (``weights_keyword``)."""
     check_model_name(name)
-    return _MODELS[name](num_classes=num_classes, **kw)
+    keyword = _FACTS[name].weights_keyword
+    if weights is not None and keyword:
+        return _MODELS[name](num_classes=num_classes, **{keyword: str(weights)}, **kw)
+    model = _MODELS[name](num_classes=num_classes, **kw)
+    if weights is not None:
+        from hybridkd_lib.models.timm_teachers import load_checked
+
+        load_checked(model, weights)
+    return model

@@ -9,8 +9,13 @@ Hybrid block-wise replacement needs exactly two things from a model:
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from hybridkd_lib.neurons import NeuronConfig
 
 
 class StageModel(nn.Module):
@@ -55,7 +60,18 @@ class StageModel(nn.Module):
 
 
 class SpikingStageModel(StageModel):
-    """Spiking form: static ``[B, C, H, W]`` or sequence ``[T, B, C, H, W]`` input.
+    """The base of every spiking student: static ``[B, C, H, W]`` or sequence ``[T, B, C, H, W]`` input.
+
+    The contract a student keeps (checked when it is built, ``check_student``):
+
+    - ``T`` (int >= 1, timesteps of a static input) and ``neuron_cfg`` (``neurons.NeuronConfig``, the
+      LIF settings it was built with), set in ``__init__``; its builder takes ``T`` and ``neuron_cfg``;
+    - the stage protocol: ``encoder``, ``stem``, ``stages``, ``head`` and one ``feature_info`` entry per stage;
+    - every module whose forward depends on the propagation mode is rate-aware (a class attribute
+      ``rate_aware = True``: ``neurons.LIF``, ``layers.RateBatchNorm1d/2d``, ``layers.SpikeMeanValue``);
+      ``rate_aware_modules()`` lists them and ``ratebp.set_mode`` switches exactly those. A plain BatchNorm
+      inside a student is an error: RateBP's rate pass would normalise it over the batch of rates instead
+      of with the spike pass's statistics.
 
     ``mode`` (set by ``ratebp.set_mode``) is ``bptt``/``spike`` (temporal tensors
     ``[T, B, ...]`` inside, logits averaged over T) or ``rate`` (one batch-B pass on
@@ -66,6 +82,27 @@ class SpikingStageModel(StageModel):
     spiking = True
     mode = "bptt"
     input_ndim = 4  # a static batch [B, C, H, W]
+    T: int
+    neuron_cfg: NeuronConfig
+
+    def __init_subclass__(cls, **kw):
+        """Every student class is checked once its own ``__init__`` (the outermost one) has run."""
+        super().__init_subclass__(**kw)
+        if "__init__" not in cls.__dict__:
+            return
+        init = cls.__init__
+
+        def checked_init(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            if type(self).__init__ is checked_init:
+                check_student(self)
+
+        checked_init.__doc__, checked_init.__wrapped__ = init.__doc__, init
+        cls.__init__ = checked_init
+
+    def rate_aware_modules(self) -> list[nn.Module]:
+        """The student itself and every module of it whose forward follows the propagation mode."""
+        return [m for m in self.modules() if m is self or getattr(m, "rate_aware", False)]
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         sequence = x.dim() == self.input_ndim + 1
@@ -83,3 +120,27 @@ class SpikingStageModel(StageModel):
     def rate_feature(self, h: torch.Tensor) -> torch.Tensor:
         """A stage output as a rate ``[B, ...]``: the rate pass value, or the spike mean over T."""
         return h if self.mode == "rate" else h.mean(0)
+
+
+def check_student(model: SpikingStageModel) -> None:
+    """The student contract (``SpikingStageModel``), or an error naming what breaks it."""
+    from hybridkd_lib.neurons import NeuronConfig
+
+    name = type(model).__name__
+    T = getattr(model, "T", None)
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"spiking student {name} sets T={T!r}; a student keeps its timesteps as an integer T >= 1")
+    if not isinstance(getattr(model, "neuron_cfg", None), NeuronConfig):
+        raise ValueError(f"spiking student {name} has no neuron_cfg (a neurons.NeuronConfig, the LIF settings it "
+                         f"was built with)")
+    missing = [a for a in ("encoder", "stem", "stages", "head") if not isinstance(getattr(model, a, None), nn.Module)]
+    if missing:
+        raise ValueError(f"spiking student {name} lacks the stage protocol's {', '.join(missing)} (modules)")
+    if len(getattr(model, "feature_info", [])) != len(model.stages):
+        raise ValueError(f"spiking student {name} has {len(model.stages)} stages but "
+                         f"{len(getattr(model, 'feature_info', []))} feature_info entries (one per stage)")
+    for path, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not getattr(m, "rate_aware", False):
+            raise ValueError(f"spiking student {name}: module {path!r} is a plain {type(m).__name__}, which RateBP's "
+                             f"rate pass would normalise over the batch of rates; use hybridkd_lib.layers."
+                             f"RateBatchNorm{'1d' if isinstance(m, nn.BatchNorm1d) else '2d'} (rate-aware)")

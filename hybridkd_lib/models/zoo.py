@@ -71,19 +71,21 @@ def spikingformer_4_256(num_classes=10, **kw):
     return Spikingformer(num_classes, **kw)
 
 
-@register_model("teacher", display="ResNet-34", classes=1000, source="timm resnet34; weights from a local checkpoint_path only")
+@register_model("teacher", display="ResNet-34", classes=1000, weights_keyword="checkpoint_path",
+                source="timm resnet34; weights from a local checkpoint_path only")
 def resnet34(num_classes=1000, **kw):
     """timm ResNet-34 (ImageNet); weights only from a local ``checkpoint_path``."""
     return TimmResNet("resnet34", num_classes, **kw)
 
 
-@register_model("teacher", display="ResNet-50", classes=1000, source="timm resnet50; local checkpoint only")
+@register_model("teacher", display="ResNet-50", classes=1000, weights_keyword="checkpoint_path",
+                source="timm resnet50; local checkpoint only")
 def resnet50(num_classes=1000, **kw):
     """timm ResNet-50 (ImageNet); weights only from a local ``checkpoint_path``."""
     return TimmResNet("resnet50", num_classes, **kw)
 
 
-@register_model("teacher", display="ViT-S/16", classes=1000,
+@register_model("teacher", display="ViT-S/16", classes=1000, weights_keyword="checkpoint_path",
                 small={"img_size": 32, "patch_size": 4, "depth": 4, "embed_dim": 64, "num_heads": 2},
                 source="timm ViT-S/16, 4 stages of 3 blocks; local checkpoint only")
 def vit_small_patch16_224(num_classes=1000, **kw):
