@@ -1,7 +1,27 @@
 """HybridKD: ANN-guided distillation of spiking neural networks via hybrid block-wise replacement.
 
-Layers (arrows point down): cli -> trainer -> learner -> hybrid -> ratebp -> neurons;
-trainer -> config (TrainConfig, validate), distributed, speed (memory tricks, one seam);
-models/ (registry, students, teachers) -> layers, neurons; data, results, checkpoint.
+Modules and the library modules each imports (``tests/test_package.py`` checks this map)::
+
+    cli        -> book, catalog, config, data, efficiency, methods, plugins, results, trainer
+    trainer    -> checkpoint, children, config, data, distributed, learner, results, step
+    step       -> layers, speed
+    learner    -> checkpoint, config, methods, models
+    methods    -> hybrid, learner, losses, plugins, ratebp
+    config     -> data, losses, methods, models, neurons, ratebp, results
+    losses     -> methods
+    hybrid     -> data, layers, models
+    ratebp     -> layers, neurons
+    layers     -> neurons
+    efficiency -> children, config, data, learner, methods, models, results, speed, step
+    cam        -> checkpoint, config, data, learner, methods, results
+    data       -> catalog
+    catalog    -> results
+    checkpoint -> results
+    speed      -> memory
+    neurons, distributed, children, memory, plugins, results -> (none)
+    models/    -> layers, neurons, plugins (the registry, students and teachers on one stage protocol)
+
+``book/`` (plan, reproduce, cluster, dryrun, tinydata, report) is the book's machinery: it imports the
+library; no library module but ``cli`` (its ``reproduce`` command) imports it.
 """
 __version__ = "0.1.0"

@@ -24,7 +24,7 @@ def cmd_datasets(args) -> int:
     for r in rows:
         print(f"{r['name']:<11} {r['classes']:>7}  {r['input']:<12} "
               f"{'yes' if r['present'] else 'MISSING':<8} {r['path']}")
-    from hybridkd_lib.plan import CHECKPOINTS
+    from hybridkd_lib.book.plan import CHECKPOINTS
     from hybridkd_lib.results import REPO_ROOT
 
     print("\ncheckpoints the full profile reads (timm formats; see data/README.md):")
@@ -76,7 +76,7 @@ def train_config_from_args(args):
     command line over them; an unknown key or bad JSON in the file is an error naming the file."""
     from dataclasses import fields
 
-    from hybridkd_lib.config import TrainConfig
+    from hybridkd_lib.config import TrainConfig, check_settings, config_from_settings
     from hybridkd_lib.results import UnreadableFile, read_json_file
 
     names = [f.name for f in fields(TrainConfig)]
@@ -91,14 +91,12 @@ def train_config_from_args(args):
             raise ValueError(f"config file {args.config} does not exist") from None
         except UnreadableFile as exc:
             raise ValueError(str(exc)) from None
-        unknown = sorted(set(settings) - set(names))
-        if unknown:
-            raise ValueError(f"config file {args.config}: unknown setting(s) {unknown}; valid: {', '.join(names)}")
+        check_settings(settings, f"config file {args.config}")
     settings.update(given)   # the command line wins over the file
     missing = [n for n in ("method", "out") if n not in settings]
     if missing:
         raise ValueError(f"train needs {' and '.join('--' + n for n in missing)} (on the command line or in --config)")
-    return TrainConfig(**settings)
+    return config_from_settings(settings)
 
 
 def cmd_train(args) -> int:
@@ -126,10 +124,10 @@ def cmd_bench(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from hybridkd_lib.reproduce import reproduce
+    from hybridkd_lib.book.reproduce import reproduce
 
     if args.status or args.launcher != "local":
-        from hybridkd_lib import cluster
+        from hybridkd_lib.book import cluster
 
         if args.status:
             rows = cluster.job_states(args.profile, args.results)
@@ -142,7 +140,7 @@ def cmd_reproduce(args) -> int:
                        nproc=args.nproc)
         return 0
     if args.dry_run:
-        from hybridkd_lib.dryrun import dry_run
+        from hybridkd_lib.book.dryrun import dry_run
 
         report = dry_run(args.profile, out=args.out, only=args.only or None)
     else:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hybridkd_lib.methods import BUILT_IN, get_method
+from hybridkd_lib.methods import BUILT_IN, get_method, methods_where
 from hybridkd_lib.results import check_writable_folder
 
 if TYPE_CHECKING:
@@ -84,6 +84,26 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def check_settings(settings: dict, what: str = "settings") -> None:
+    """A dict of ``TrainConfig`` fields, or an error naming ``what``, the unknown keys and the valid ones."""
+    names = [f.name for f in fields(TrainConfig)]
+    if not isinstance(settings, dict):
+        raise ValueError(f"{what}={settings!r} not allowed: expected a dict of TrainConfig fields ({', '.join(names)})")
+    unknown = sorted(set(settings) - set(names))
+    if unknown:
+        raise ValueError(f"{what}: unknown setting(s) {unknown}; valid: {', '.join(names)}")
+
+
+def config_from_settings(settings: dict, what: str = "settings") -> TrainConfig:
+    """The ``TrainConfig`` of a dict of its fields (a training notebook's ``config`` parameter, a ``--config``
+    file): a field left out takes the dataclass default (the only defaults); an unknown one is an error naming
+    ``what`` and the valid fields."""
+    check_settings(settings, what)
+    if "method" not in settings:
+        raise ValueError(f"{what} needs a method ({' | '.join(BUILT_IN)} or a plug-in's)")
+    return TrainConfig(**settings)
+
+
 # ----------------------------------------------------------------------------- validation
 def resolve_teacher_ckpt(path: str) -> Path:
     """A run directory (its ``model.pt``) or a ``.pt`` file."""
@@ -115,7 +135,7 @@ def _check_types(cfg: TrainConfig) -> None:
         if not ok:
             names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
             hint_json = (" (a JSON object, e.g. '{\"width\": 16}'; with papermill pass it as YAML: "
-                         f"-y '{f.name}: {{width: 16}}')" if dict in allowed else "")
+                         f"-y 'config: {{{f.name}: {{width: 16}}}}')" if dict in allowed else "")
             raise ValueError(f"{f.name}={value!r} not allowed: expected {names}{hint_json}")
 
 
@@ -167,7 +187,7 @@ def validate(cfg: TrainConfig, world_size: int = 1, check_out: bool = False) -> 
     if cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     check_loss_options(cfg.loss)
-    if method.teacher:
+    if cfg.method in methods_where(teacher=True):   # it loads a trained teacher
         if not cfg.teacher_ckpt:
             raise ValueError(f"method {cfg.method!r} needs --teacher-ckpt (a teacher run directory or .pt file)")
         path = resolve_teacher_ckpt(cfg.teacher_ckpt)

@@ -181,29 +181,8 @@ def bench(methods, Ts, student="spiking_resnet18", teacher="cifar_resnet18", bat
     return {"machine": machine, "records": records}
 
 
-def plan_setups(profile: str = "full") -> list[dict]:
-    """The distinct training set-ups (method, networks, input, T) of the plan's training runs."""
-    from hybridkd_lib.plan import plan
-
-    seen, out = set(), []
-    for run in plan(profile):
-        if not run.notebook.startswith("train"):
-            continue
-        p = run.params
-        spec = dict(method=p.get("method", "ann"), dataset=p["dataset"], T=p.get("T", 4),
-                    student=p.get("student", "spiking_resnet18"), teacher=p.get("teacher"),
-                    student_kw=p.get("student_kw", {}), teacher_kw=p.get("teacher_kw", {}),
-                    teacher_input_size=p.get("teacher_input_size"))
-        key = json.dumps({k: v for k, v in spec.items() if k != "T" or spec["dataset"] == "cifar10dvs"},
-                         sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            out.append(dict(spec, name=run.name))
-    return out
-
-
 def two_step_check(spec: dict, device: str, batch_size: int = 8, steps: int = 2) -> dict:
-    """Two training steps of one set-up (``plan_setups``) at full size on random inputs of the dataset's
+    """Two training steps of one set-up (``book.plan.plan_setups``) at full size on random inputs of the dataset's
     shape, bf16 autocast on CUDA; teachers are randomly initialised (no checkpoint is read)."""
     from hybridkd_lib.data import dataset_info
     from hybridkd_lib.config import TrainConfig

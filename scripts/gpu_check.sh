@@ -47,7 +47,8 @@ timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test
 
 timeout 150 "$PY" - "$OUT/setups_cuda_$stamp.json" <<'PYEOF'
 import json, sys
-from hybridkd_lib.efficiency import plan_setups, two_step_check
+from hybridkd_lib.book.plan import plan_setups
+from hybridkd_lib.efficiency import two_step_check
 from hybridkd_lib.results import git_commit, write_json
 records = []
 for spec in plan_setups("full"):

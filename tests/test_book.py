@@ -5,9 +5,9 @@ import re
 import papermill as pm
 import pytest
 
-from hybridkd_lib import report
-from hybridkd_lib.plan import NOTEBOOKS, plan
-from hybridkd_lib.reproduce import reproduce
+from hybridkd_lib.book import report
+from hybridkd_lib.book.plan import NOTEBOOKS, plan
+from hybridkd_lib.book.reproduce import TRAIN_NOTEBOOKS, reproduce
 from hybridkd_lib.results import REPO_ROOT
 
 
@@ -28,7 +28,9 @@ def test_smoke_profile_executes_every_notebook(smoke):
         d = root / "smoke" / run.name
         executed = json.loads((d / f"{run.notebook}.ipynb").read_text())
         # executed in its staging folder, then moved into place once it finished
-        assert executed["metadata"]["papermill"]["parameters"]["out"] == str(root / "smoke" / ".staging" / run.name)
+        params = executed["metadata"]["papermill"]["parameters"]
+        params = params["config"] if run.notebook in TRAIN_NOTEBOOKS else params   # training: one TrainConfig dict
+        assert params["out"] == str(root / "smoke" / ".staging" / run.name)
         assert (d / "result.json").is_file() and (d / ".run_key").is_file()
         if "out" in json.loads((d / "result.json").read_text()):
             assert json.loads((d / "result.json").read_text())["out"] == str(d)
@@ -97,7 +99,7 @@ def test_bad_parameter_fails_in_validation_cell(tmp_path):
     nb = REPO_ROOT / "notebooks" / "train_student.ipynb"
     out = tmp_path / "bad.ipynb"
     with pytest.raises(pm.PapermillExecutionError) as info:
-        pm.execute_notebook(str(nb), str(out), parameters={"method": "magic", "out": str(tmp_path / "run")},
+        pm.execute_notebook(str(nb), str(out), parameters={"config": {"method": "magic", "out": str(tmp_path / "run")}},
                             kernel_name="hybridkd", progress_bar=False, cwd=str(REPO_ROOT))
     assert "unknown method 'magic'; valid: ann, bptt, bptt_kd, ratebp, kd, hybrid" in str(info.value)
     cells = json.loads(out.read_text())["cells"]
@@ -164,14 +166,19 @@ def test_every_train_config_field_is_a_cli_option_and_a_notebook_parameter():
     every = [f for f in fields(TrainConfig)]
     assert {f.name for f in every if f.name != "progress"} <= options and "no_progress" in options
     assert all(f.metadata.get("help") for f in every)
-    shown = [f.name for f in every if f.name != "progress"]
-    assert set(shown) <= _parameters("train_student"), set(shown) - _parameters("train_student")
-    teacher_fields = {f.name for f in every if not f.metadata["student_only"]} - {"method", "progress"}
-    assert teacher_fields <= _parameters("train_teacher"), teacher_fields - _parameters("train_teacher")
+    # the training notebooks take every field through one ``config`` dict (TrainConfig's defaults the only ones):
+    # no field is a parameter of its own, so no notebook literal can shadow a default
+    launch_settings = {"config", "nproc", "nnodes", "rdzv_endpoint"}
+    assert _parameters("train_student") == launch_settings and _parameters("train_teacher") == launch_settings
+    from hybridkd_lib.config import config_from_settings
+
+    assert config_from_settings({"method": "ratebp"}) == TrainConfig(method="ratebp")
+    with pytest.raises(ValueError, match=r"config: unknown setting\(s\) \['epoch'\]; valid: method, dataset"):
+        config_from_settings({"method": "ratebp", "epoch": 3}, "config")
 
 
 def test_reproduce_nproc_keeps_the_global_batch_and_says_what_changed():
-    from hybridkd_lib.reproduce import with_nproc
+    from hybridkd_lib.book.reproduce import with_nproc
 
     said = []
     runs = with_nproc(plan("full"), 4, log=said.append)
@@ -252,3 +259,79 @@ def test_make_publish_commits_the_built_book_to_gh_pages(tmp_path):
     files = subprocess.run(["git", "-C", str(clone), "ls-tree", "--name-only", "gh-pages"], capture_output=True,
                            text=True).stdout.split()
     assert sorted(files) == [".nojekyll", "index.html"]
+
+
+def _prose(text: str) -> str:
+    """A page's text outside its code blocks (code cells, shell examples)."""
+    out, in_code = [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code:
+            out.append(line)
+    return "\n".join(out)
+
+
+RETYPED = {"epochs": r"\b\d+(?:-\d+)? (?:student |teacher )?epochs", "precise-BN batches": r"\d+ fixed training batches",
+           "digits split": r"[\d,]+ train / [\d,]+ test", "width": r"\bwidths? ?-?\d+", "batches": r"\d+ batches per epoch",
+           "runs": r"\b\d+ runs of"}
+
+
+def test_pages_format_their_scale_facts_from_the_plan():
+    """No page's prose (outside code) writes a scale fact as a literal number: each is glued from
+    ``report.page_facts`` or shown by a note formatted from the plan, and those values are the plan's."""
+    from hybridkd_lib import data
+    from hybridkd_lib.book.plan import ABLATION_EPOCHS, ABLATION_SEEDS, SCALE
+
+    found = [(page.name, m.group(0)) for page in sorted((REPO_ROOT / "book").glob("*.md"))
+             for pattern in RETYPED.values() for m in re.finditer(pattern, _prose(page.read_text()))]
+    assert found == [], found
+    train, test = data.digits_datasets(image_size=SCALE["quick"]["data_kw"]["image_size"])
+    q = SCALE["quick"]
+    note = report.profile_note("quick")
+    for fact in (f"{len(train):,} train / {len(test):,} test", f"ResNet widths {q['width']} instead of 64/128",
+                 f"teachers {q['teacher_epochs']} epochs, students {q['student_epochs']} instead of 300",
+                 f"from {q['precise_bn']} fixed training batches"):
+        assert fact in note, (fact, note)
+    assert f"students train {q['student_epochs']} epochs instead of 300" in report.cpu_reading_note("quick")
+    assert report.ablation_note().startswith(f"{len(ABLATION_SEEDS)} seeds each, {ABLATION_EPOCHS} student epochs "
+                                             f"(the quick profile trains {q['student_epochs']}")
+    choices = report.open_choices().to_string()
+    assert f"recomputed from {q['precise_bn']} fixed" in choices and f"digits' {len(train) // 64} batches" in choices
+    facts = report.page_facts()
+    full = plan("full")
+    assert facts["full_runs"] == len(full) and facts["quick_width"] == q["width"]
+    assert (facts["full_min_epochs"], facts["full_max_epochs"]) == (min(r.params["epochs"] for r in full if "epochs" in r.params),
+                                                                    max(r.params["epochs"] for r in full if "epochs" in r.params))
+
+
+def test_the_run_key_covers_the_method_not_the_book(tmp_path, monkeypatch):
+    """Editing the report code or a page leaves every run's key as it was; editing the loss or the learner
+    changes every training run's key (and so its dependents')."""
+    import shutil
+
+    from hybridkd_lib.book import reproduce as rp
+
+    copy = tmp_path / "repo"
+    shutil.copytree(REPO_ROOT / "hybridkd_lib", copy / "hybridkd_lib", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO_ROOT / "notebooks", copy / "notebooks")
+    shutil.copytree(REPO_ROOT / "book", copy / "book", ignore=shutil.ignore_patterns("_build", "data"))
+    monkeypatch.setattr(rp, "REPO_ROOT", copy)
+    monkeypatch.setattr(rp, "PACKAGE", copy / "hybridkd_lib")
+    monkeypatch.setattr(rp, "BOOK_MACHINERY", copy / "hybridkd_lib" / "book")
+    runs = plan("quick")
+    keys = lambda: {name: k["key"] for name, k in rp.run_keys(runs, "quick").items()}
+    before = keys()
+
+    def edit(rel):
+        with open(copy / rel, "a") as f:
+            f.write("\n# an edit\n")
+
+    for rel in ("hybridkd_lib/book/report.py", "hybridkd_lib/book/plan.py", "book/table_a.md", "book/intro.md"):
+        edit(rel)
+        assert keys() == before, rel
+    for rel in ("hybridkd_lib/losses.py", "hybridkd_lib/learner.py"):
+        edit(rel)
+        now = keys()
+        assert all(now[r.name] != before[r.name] for r in runs), rel
+        before = now

@@ -9,8 +9,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hybridkd_lib import cluster
-from hybridkd_lib.plan import plan
+from hybridkd_lib.book import cluster
+from hybridkd_lib.book.plan import plan
 from hybridkd_lib.results import REPO_ROOT
 from processes import alive, cmdline
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from hybridkd_lib import data, tinydata
+from hybridkd_lib import data
+from hybridkd_lib.book import tinydata
 
 
 def _write_cifar(root, name, per_class=3):

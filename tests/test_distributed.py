@@ -110,7 +110,7 @@ def test_bad_distributed_input_stops_before_training(tmp_path, monkeypatch):
 
 
 def test_teacher_checkpoint_of_another_architecture_or_class_count_named(tmp_path):
-    from hybridkd_lib.tinydata import write_timm_checkpoint
+    from hybridkd_lib.book.tinydata import write_timm_checkpoint
 
     train(_cfg(tmp_path / "t4", "ann", epochs=1, max_steps_per_epoch=1), log=lambda *_: None)
     p = _cli("--method", "kd", "--teacher-ckpt", str(tmp_path / "t4"), "--teacher-kw", '{"width": 8}',

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hybridkd_lib.dryrun import dry_run
-from hybridkd_lib.plan import plan
+from hybridkd_lib.book.dryrun import dry_run
+from hybridkd_lib.book.plan import plan
 
 REPORT = Path(os.environ.get("HYBRIDKD_TEST_REPORT", "/tmp/hybridkd_test_report"))
 RESULTS_PAGES = ("table_a", "table_b", "table_c", "fig_a", "fig_4")

@@ -40,7 +40,7 @@ def _rec(method, T, t, mem):
 
 
 def test_bench_claims_compute_every_target_ratio():
-    from hybridkd_lib import report
+    from hybridkd_lib.book import report
 
     recs = [_rec("forward_only", 8, 2.0, 1400), _rec("bptt", 1, 1.0, 1300), _rec("bptt", 8, 8.0, 4000),
             _rec("bptt_kd", 8, 8.0, 4000), _rec("hybrid", 8, 3.6, 1200), _rec("ratebp", 2, 1.2, 1100),
@@ -70,8 +70,9 @@ def test_bench_in_one_process_gives_the_same_records():
 
 
 def test_plan_setups_cover_every_network_of_the_full_plan_and_two_steps_run_at_full_size():
-    from hybridkd_lib.efficiency import plan_setups, two_step_check
-    from hybridkd_lib.plan import plan
+    from hybridkd_lib.book.plan import plan_setups
+    from hybridkd_lib.efficiency import two_step_check
+    from hybridkd_lib.book.plan import plan
 
     setups = plan_setups("full")
     runs = [r.params for r in plan("full") if r.notebook.startswith("train")]

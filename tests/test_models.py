@@ -247,7 +247,7 @@ def test_spike_pass_equals_spikingjelly_forward(name, channels_last):
 @pytest.mark.parametrize("fmt", ["safetensors", "ddp", "timm_train"])
 def test_timm_teacher_loads_every_checkpoint_format(tmp_path, fmt):
     """safetensors, a DDP ``module.``-prefixed ``state_dict``, timm train.py's dict (EMA preferred)."""
-    from hybridkd_lib.tinydata import write_timm_checkpoint
+    from hybridkd_lib.book.tinydata import write_timm_checkpoint
 
     path = write_timm_checkpoint("resnet34", tmp_path / f"r34.{'safetensors' if fmt == 'safetensors' else 'pth'}",
                                  fmt, seed=3)
@@ -263,7 +263,7 @@ def test_timm_teacher_loads_every_checkpoint_format(tmp_path, fmt):
 
 
 def test_vit_fine_tune_starts_from_an_imagenet_checkpoint_with_a_new_head(tmp_path):
-    from hybridkd_lib.tinydata import write_timm_checkpoint
+    from hybridkd_lib.book.tinydata import write_timm_checkpoint
 
     kw = dict(img_size=32, patch_size=8, depth=4, embed_dim=32, num_heads=2)
     path = write_timm_checkpoint("vit_small_patch16_224", tmp_path / "vit.pth", "timm_train", **kw)

@@ -127,7 +127,8 @@ def test_files_that_are_no_checkpoints(tmp_path):
 
 @pytest.mark.parametrize("name", ["data_batch_3", "batches.meta"])   # #20: a batch, and the meta file
 def test_truncated_cifar_batch_is_named(tmp_path, name):
-    from hybridkd_lib import data, tinydata
+    from hybridkd_lib import data
+    from hybridkd_lib.book import tinydata
 
     tinydata.write_cifar(tmp_path, "cifar10", n_images=8)
     bad = tmp_path / "cifar-10-batches-py" / name
@@ -190,7 +191,7 @@ def test_papermill_string_parameters_fail_in_the_validation_cell(tmp_path, param
     out = tmp_path / "bad.ipynb"
     with pytest.raises(pm.PapermillExecutionError) as info:
         pm.execute_notebook(str(REPO_ROOT / "notebooks" / "train_student.ipynb"), str(out),
-                            parameters=dict(params, method="ratebp", out=str(tmp_path / "run")),
+                            parameters={"config": dict(params, method="ratebp", out=str(tmp_path / "run"))},
                             kernel_name="hybridkd", progress_bar=False, cwd=str(REPO_ROOT))
     assert message in str(info.value)
     cells = json.loads(out.read_text())["cells"]
@@ -202,7 +203,7 @@ def test_papermill_string_parameters_fail_in_the_validation_cell(tmp_path, param
 
 
 def test_the_run_cache_key_covers_every_file_of_the_package():
-    from hybridkd_lib import reproduce
+    from hybridkd_lib.book import reproduce
 
     names = {str(p.relative_to(reproduce.PACKAGE)) for p in reproduce.code_files()}
     assert {"models/registry.py", "results.py", "report.py", "reported.json", "trainer.py", "cluster.py"} <= names

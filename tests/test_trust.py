@@ -14,8 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hybridkd_lib import checkpoint, children, cluster, reproduce
-from hybridkd_lib.plan import plan
+from hybridkd_lib import checkpoint, children
+from hybridkd_lib.book import cluster, reproduce
+from hybridkd_lib.book.plan import plan
 from hybridkd_lib.results import REPO_ROOT
 from processes import alive, cmdline
 

@@ -17,8 +17,8 @@ import pandas as pd
 
 from hybridkd_lib.methods import get_method, methods_where
 from hybridkd_lib.models import list_models, model_facts
-from hybridkd_lib.plan import Run, plan
-from hybridkd_lib.reproduce import default_results_root
+from hybridkd_lib.book.plan import Run, plan
+from hybridkd_lib.book.reproduce import default_results_root
 from hybridkd_lib.results import REPO_ROOT, UnreadableFile, read_result
 
 NOT_RUN = "not run"
@@ -97,19 +97,103 @@ def _measured(res: dict | None, ref=None) -> str:
     return _fmt(res["top1"], ref) + ("" if converged(res) else f" {NOT_CONVERGED}")
 
 
+def scale_facts(profile: str = "quick") -> dict:
+    """The scale facts the pages state about a CPU profile, each read off the plan (never retyped): the digits
+    split, the students' and teachers' epochs (and the full profile's CIFAR student epochs they replace),
+    the training batches of an epoch, the precise-BN batches, the widths, and the ablation's seeds and epochs."""
+    from hybridkd_lib import data
+    from hybridkd_lib.book.plan import ABLATION_EPOCHS, ABLATION_SEEDS, SCALE
+
+    import inspect
+
+    from hybridkd_lib.models import resnet
+
+    s = SCALE[profile]
+    default = lambda fn, name: inspect.signature(fn).parameters[name].default
+    full_sf = [r.params for r in plan("full") if r.params.get("student") == "spikingformer_4_256"]
+    train, test = data.digits_datasets(**{k: v for k, v in s["data_kw"].items() if k == "image_size"})
+    students = [r.params for r in plan(profile) if r.notebook == "train_student"]
+    full_cifar = {r.params["epochs"] for r in plan("full") if r.notebook == "train_student"
+                  and r.params["dataset"].startswith("cifar1") and r.params.get("student") != "spikingformer_4_256"}
+    batch = students[0]["batch_size"]
+    return {"profile": profile, "image_size": s["data_kw"].get("image_size", 8), "n_train": len(train),
+            "n_test": len(test), "batch_size": batch, "batches_per_epoch": len(train) // batch,
+            "student_epochs": s["student_epochs"], "teacher_epochs": s["teacher_epochs"],
+            "full_student_epochs": max(full_cifar), "precise_bn": s["precise_bn"], "width": s["width"],
+            "sf_dim": s["sf_dim"], "ablation_seeds": len(ABLATION_SEEDS), "ablation_epochs": ABLATION_EPOCHS,
+            "full_widths": sorted({default(resnet.resnet18_cifar, "width"), default(resnet.resnet19_cifar, "width")}),
+            "full_sf_dim": _full_size("spikingformer_4_256").feature_info[-1]["num_chs"],
+            "full_sf_lr": full_sf[0]["lr"]}
+
+
+def _full_size(name: str):
+    """Model ``name`` at its full (default) size, built on the meta device (no memory)."""
+    import torch
+
+    from hybridkd_lib.models import create_model
+
+    with torch.device("meta"):
+        return create_model(name)
+
+
+def page_facts() -> dict:
+    """The numbers the pages' prose states (as ``{glue:text}`NAME```), each read off the plan or the report's
+    constants, never retyped."""
+    from hybridkd_lib.book.plan import SCALE
+
+    full = plan("full")
+    vit = next(r.params for r in full if r.name == "cifar10_teacher_vit")
+    epochs = [r.params["epochs"] for r in full if "epochs" in r.params]
+    return {"quick_width": SCALE["quick"]["width"], "convergence_window": CONVERGENCE_WINDOW,
+            "convergence_tolerance": CONVERGENCE_TOLERANCE, "full_vit_epochs": vit["epochs"],
+            "full_vit_lr": vit["lr"], "full_vit_batch": vit["batch_size"], "full_runs": len(full),
+            "full_min_epochs": min(epochs), "full_max_epochs": max(epochs)}
+
+
+def glue_facts() -> None:
+    """Glue every ``page_facts`` value for the page's prose (nothing is displayed)."""
+    from myst_nb import glue
+
+    for name, value in page_facts().items():
+        glue(name, value, display=False)
+
+
+def cpu_reading_note(profile: str | None = None) -> str:
+    """How to read the measured rows of a CPU profile (Table A's page), from the plan (the book's profile, or
+    the quick one where the book shows the full profile)."""
+    from hybridkd_lib.book.plan import SCALE
+
+    profile = profile or book_profile()
+    f = scale_facts(profile if profile in SCALE else "quick")
+    return (f"How to read the measured rows of the CPU profiles: the {profile} profile's students train "
+            f"{f['student_epochs']} epochs instead of {f['full_student_epochs']}, so they drop the RateBP reference's "
+            f"1/T gradient scale (`loss={{\"ratebp_grad_scale\": false}}`; with it the same learning rate is a "
+            f"T-times smaller step, see [What the paper leaves open](open_choices.md)). Only the `full` profile, "
+            f"which keeps the reference's scale, is comparable with the paper's numbers.")
+
+
+def ablation_note() -> str:
+    """What the ablation profile trains and how long (the open-choices page), from the plan."""
+    f = scale_facts("quick")
+    return (f"{f['ablation_seeds']} seeds each, {f['ablation_epochs']} student epochs (the quick profile trains "
+            f"{f['student_epochs']}: at {f['ablation_epochs']}, the slowest students still moved by about a point "
+            f"between their last epochs, as the column of runs not converged shows); the table gives the "
+            f"final-epoch top-1's mean and sample standard deviation over the seeds.")
+
+
 def profile_note(profile: str | None = None) -> str:
-    from hybridkd_lib.plan import SCALE
+    from hybridkd_lib.book.plan import SCALE
 
     p = profile or book_profile()
     if p == "full":
         return "Profile **full**: the paper's settings (Table C)."
-    s = SCALE[p]
+    s, f = SCALE[p], scale_facts(p)
     return (f"Profile **{p}** (scaled down to run on a 2-core CPU): dataset scikit-learn digits "
-            f"({s['data_kw'].get('image_size', 8)}x{s['data_kw'].get('image_size', 8)}, 1,347 train / 450 test "
-            f"images) instead of CIFAR/ImageNet; ResNet widths {s['width']} instead of 64/128 "
-            f"(Spikingformer dim {s['sf_dim']} instead of 256); teachers {s['teacher_epochs']} epochs, students "
-            f"{s['student_epochs']} instead of 300, without the RateBP reference's 1/T gradient scale, Spikingformer "
-            f"at learning rate {s['sf_lr']:g} instead of 5e-4, students' BN statistics recomputed from "
+            f"({f['image_size']}x{f['image_size']}, {f['n_train']:,} train / {f['n_test']:,} test "
+            f"images) instead of CIFAR/ImageNet; ResNet widths {s['width']} instead of "
+            f"{'/'.join(map(str, f['full_widths']))} (Spikingformer dim {s['sf_dim']} instead of {f['full_sf_dim']}); teachers {s['teacher_epochs']} epochs, students "
+            f"{s['student_epochs']} instead of {f['full_student_epochs']}, without the RateBP reference's 1/T gradient scale, Spikingformer "
+            f"at learning rate {s['sf_lr']:g} instead of {f['full_sf_lr']:g}, students' BN statistics recomputed from "
             f"{s['precise_bn']} fixed training batches before each evaluation; seeds {list(s['seeds'])}. "
             f"Absolute accuracies are therefore "
             f"not comparable with the reported ones; the trends are.")
@@ -213,7 +297,7 @@ def table_b(profile: str | None = None) -> pd.DataFrame:
         if run.notebook == "train_student" and prm.get("student") == "spikingformer_4_256":
             res = result(run.name, p)
             t_acc = res.get("teacher_top1") if res else None
-            with_teacher = get_method(prm["method"]).teacher
+            with_teacher = prm["method"] in methods_where(teacher=True)
             teacher = (f"ViT-S/16 ({_fmt(t_acc)})" if with_teacher else "-")
             acc = _measured(res, t_acc if with_teacher else None)
             rows.append({"source": f"measured ({p})", "dataset": NICE.get(prm["dataset"], prm["dataset"]),
@@ -391,9 +475,9 @@ def open_choices() -> pd.DataFrame:
     from hybridkd_lib.losses import LossConfig
     from hybridkd_lib.models.spikingformer import SPIKINGFORMER_NEURON
     from hybridkd_lib.neurons import DEFAULT_NEURON
-    from hybridkd_lib.plan import SCALE
+    from hybridkd_lib.book.plan import SCALE
 
-    loss, n, sf = LossConfig(), DEFAULT_NEURON, SPIKINGFORMER_NEURON
+    loss, n, sf, facts = LossConfig(), DEFAULT_NEURON, SPIKINGFORMER_NEURON, scale_facts("quick")
     neuron = lambda c: (f"tau {c.tau} (leak {c.leak:.2f}), threshold {c.v_threshold}, "
                         f"{'soft' if c.v_reset is None else f'hard (to {c.v_reset})'} reset"
                         f"{', detached' if c.detach_reset else ''}, sigmoid surrogate alpha {c.surrogate_alpha}, "
@@ -408,8 +492,8 @@ def open_choices() -> pd.DataFrame:
          '`loss={"temperature": ..}`'),
         ("RateBP 1/T gradient scale", f"{loss.ratebp_grad_scale} (full profile); "
          f"{SCALE['quick']['student_loss']['ratebp_grad_scale']} (CPU profiles)",
-         "the RateBP reference scales the loss's gradient by 1/T (CustomEvaluator); the CPU profiles' 10 epochs "
-         "need the unscaled step (measured below)", '`loss={"ratebp_grad_scale": false}`'),
+         f"the RateBP reference scales the loss's gradient by 1/T (CustomEvaluator); the CPU profiles' "
+         f"{facts['student_epochs']} epochs need the unscaled step (measured below)", '`loss={"ratebp_grad_scale": false}`'),
         ("Alignment module, feature maps", "1x1 conv (no bias) + BN, no activation; resized to the teacher's grid",
          "the smallest map from the SNN's channels to the teacher's", "code: `hybrid.MapAlign`"),
         ("Alignment module, ViT tokens", "linear + LayerNorm + bilinear resize of the token grid + a learnable "
@@ -431,10 +515,10 @@ def open_choices() -> pd.DataFrame:
         ("Rate-pass value after max-pooling of spikes", "the pooled rates (the reference's construction)",
          "the value differs from the spiking network's time average (SEW-ResNet-34's stem, Spikingformer's "
          "tokenizer); see Tutorial 2", '`rate_value="spike_mean"`'),
-        ("BN statistics for evaluation", "the running averages (full profile); recomputed from 8 fixed "
-         "training batches before each evaluation (quick profile)",
-         "on digits' 21 batches per epoch the running averages' sampling noise alone moved a ResNet-19 "
-         "student's test top-1 by up to 0.9 points with its weights held fixed", "`precise_bn=N`"),
+        ("BN statistics for evaluation", f"the running averages (full profile); recomputed from {facts['precise_bn']} "
+         f"fixed training batches before each evaluation (quick profile)",
+         f"on digits' {facts['batches_per_epoch']} batches per epoch the running averages' sampling noise alone moved "
+         f"a ResNet-19 student's test top-1 by up to 0.9 points with its weights held fixed", "`precise_bn=N`"),
         ("Accuracy reported", f"{ACCURACY} (best epoch's recorded too)",
          "the RateBP reference logs the best epoch; the final one needs no test-set selection", "-"),
         ("Grad-CAM layer", "the output of the last stage (the map the head pools)",
@@ -463,7 +547,7 @@ ABLATION_FILE = REPO_ROOT / "book" / "data" / "ablation" / "ablation_quick.json"
 
 def ablation_records(results_dir: Path | None = None) -> list[dict]:
     """One record per finished run of the ``ablation`` profile (variant, seed, accuracies, provenance)."""
-    from hybridkd_lib.plan import ABLATION_SEEDS, ABLATIONS, ablation_run_name
+    from hybridkd_lib.book.plan import ABLATION_SEEDS, ABLATIONS, ablation_run_name
 
     folder = Path(results_dir or default_results_root() / "ablation")
     recs = []

@@ -14,9 +14,10 @@ A run's parameter ``"@NAME"`` is a reference to run NAME's result folder.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
-from hybridkd_lib.methods import BENCH_METHODS, BUILT_IN, get_method, methods_where
+from hybridkd_lib.methods import BENCH_METHODS, BUILT_IN, methods_where
 
 PROFILES = ("smoke", "quick", "full", "ablation")
 # Table B: the RateBP methods on Spikingformer (RateBP alone, Vanilla KD, ours)
@@ -102,7 +103,7 @@ def _cpu_plan(profile: str) -> list[Run]:
         runs.append(Run(f"sf_{method}", "train_student", dict(
             common, method=method, student="spikingformer_4_256", student_kw={"dim": s["sf_dim"]},
             teacher="vit_small_patch16_224", teacher_kw=s["vit"],
-            teacher_ckpt="@teacher_vit" if get_method(method).teacher else None, loss=dict(s["student_loss"]),
+            teacher_ckpt="@teacher_vit" if method in methods_where(teacher=True) else None, loss=dict(s["student_loss"]),
             precise_bn=s["precise_bn"], T=4, epochs=s["student_epochs"],
             lr=s["sf_lr"], weight_decay=0.05, optimizer="adamw"), [f"Table B {method}"]))
     runs.append(Run("cam", "cam", dict(run=f"@hybrid_r18_r18_T{cam_T}", n_images=4), ["Fig. A"]))
@@ -148,7 +149,7 @@ def _full_plan() -> list[Run]:
         for method in TABLE_B_METHODS:
             runs.append(Run(f"{ds}_sf_{method}", "train_student", dict(
                 dataset=ds, method=method, student="spikingformer_4_256", teacher="vit_small_patch16_224",
-                teacher_ckpt=f"@{ds}_teacher_vit" if get_method(method).teacher else None,
+                teacher_ckpt=f"@{ds}_teacher_vit" if method in methods_where(teacher=True) else None,
                 teacher_input_size=224, T=4, epochs=400, batch_size=64, lr=5e-4, weight_decay=6e-2,
                 optimizer="adamw", device="cuda", seed=0), [f"Table B {ds} {method}"], time_h=JOB_HOURS["spikingformer"]))
     imagenet = dict(dataset="imagenet", batch_size=512, lr=0.2, weight_decay=2e-5, optimizer="sgd", epochs=100,
@@ -232,4 +233,23 @@ def order(runs: list[Run]) -> list[Run]:
 
     for r in runs:
         visit(r)
+    return out
+
+
+def plan_setups(profile: str = "full") -> list[dict]:
+    """The distinct training set-ups (method, networks, input, T) of the plan's training runs."""
+    seen, out = set(), []
+    for run in plan(profile):
+        if not run.notebook.startswith("train"):
+            continue
+        p = run.params
+        spec = dict(method=p.get("method", "ann"), dataset=p["dataset"], T=p.get("T", 4),
+                    student=p.get("student", "spiking_resnet18"), teacher=p.get("teacher"),
+                    student_kw=p.get("student_kw", {}), teacher_kw=p.get("teacher_kw", {}),
+                    teacher_input_size=p.get("teacher_input_size"))
+        key = json.dumps({k: v for k, v in spec.items() if k != "T" or spec["dataset"] == "cifar10dvs"},
+                         sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(dict(spec, name=run.name))
     return out

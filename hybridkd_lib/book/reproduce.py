@@ -8,8 +8,8 @@ and an HTML rendering goes to ``results/_site/runs/<profile>/<run>.html``.
 
 A run is up to date when its recorded key (``.run_key``) equals its key now and
 every file its dependents read is there (``DONE_FILES``). The key hashes the
-run's parameters, its notebook and the library's code, and the keys of the runs
-it reads (a teacher's key is part of its students', a trained model's part of
+run's parameters, its notebook and the library code a result can depend on
+(``code_files``: not this sub-package), and the keys of the runs it reads (a teacher's key is part of its students', a trained model's part of
 the Grad-CAM run's), so a changed teacher re-runs its students. ``status`` says
 for each run why it would run (``reproduce --dry-plan``). A failed run does not
 stop the others (its dependents wait); failures are listed, exit status non-zero.
@@ -30,7 +30,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from hybridkd_lib import children
-from hybridkd_lib.plan import Run, plan
+from hybridkd_lib.book.plan import Run, plan
 from hybridkd_lib.results import (REPO_ROOT, UnreadableFile, atomic_write_text, check_writable_folder, read_result,
                                   write_json)
 
@@ -46,10 +46,17 @@ def default_results_root() -> Path:
     return Path(os.environ.get("HYBRIDKD_RESULTS", REPO_ROOT / "results"))
 
 
+BOOK_MACHINERY = Path(__file__).resolve().parent   # this sub-package: it plans, runs and draws; no run executes it
+
+
 def code_files() -> list[Path]:
-    """Every file of the package (its code and data files): a run's result may depend on any of them."""
+    """The library code a run's result can depend on: every code and data file of the package outside the book's
+    machinery (``hybridkd_lib/book/``: plan, reproduce, cluster, dry run, report, which the method's modules never
+    import). An edit of a caption or a table leaves every run up to date; an edit of the loss, the learner or a
+    model makes them stale. A run's parameters, its notebook and the keys of the runs it reads are hashed
+    beside (``run_keys``)."""
     return sorted(p for p in PACKAGE.rglob("*") if p.is_file() and p.suffix in (".py", ".json")
-                  and "__pycache__" not in p.parts)
+                  and "__pycache__" not in p.parts and BOOK_MACHINERY not in p.resolve().parents)
 
 
 def code_version() -> str:
@@ -155,7 +162,7 @@ def ipc_kernel_manager():
     return IPCKernelManager
 
 
-def execute(run: Run, key: dict, profile_dir: Path, site_dir: Path, kernel: str = KERNEL, log=print,
+def execute(run: Run, key: dict, profile_dir: Path, site_dir: Path, kernel: str = KERNEL,
             keep_checkpoints: bool = True):
     """Run ``run``'s notebook in its staging folder, then put the finished run in place; with
     ``keep_checkpoints=False`` its epoch checkpoints (the resume state) are removed first."""
@@ -172,8 +179,8 @@ def execute(run: Run, key: dict, profile_dir: Path, site_dir: Path, kernel: str 
     atomic_write_text(stage / ".run_key", json.dumps(key) + "\n")
     (stage / "result.json").unlink(missing_ok=True)
     params = dict(resolve(run.params, profile_dir), out=str(stage))
-    if run.notebook in TRAIN_NOTEBOOKS:
-        params["nproc"] = run.nproc
+    if run.notebook in TRAIN_NOTEBOOKS:   # a training notebook takes its settings as one TrainConfig dict
+        params = {"config": params, "nproc": run.nproc}
     executed = stage / f"{run.notebook}.ipynb"
     pm.execute_notebook(str(REPO_ROOT / "notebooks" / f"{run.notebook}.ipynb"), str(executed),
                         parameters=params, kernel_name=kernel, cwd=str(REPO_ROOT), progress_bar=False,
@@ -253,7 +260,10 @@ def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, 
     """Execute the profile (or the given ``runs`` of it); returns ``{"ran": [...], "skipped": [...],
     "failed": {name: reason}, "seconds": {name: wall time}, "plan": [(run, state, why), ...]}``.
     ``dry_plan``: only say what would run and why. ``keep_checkpoints=False``: a finished run keeps its
-    model and results but not its epoch checkpoints (the dry run's choice: it never resumes a finished run)."""
+    model and results but not its epoch checkpoints (the dry run's choice: it never resumes a finished run).
+    The whole ``ablation`` profile, once every run finished, also rewrites the committed records the book shows
+    (``report.write_ablation_file``)."""
+    whole_plan = runs is None and not only
     runs = with_nproc(plan(profile) if runs is None else runs, nproc, log)
     keys = run_keys(runs, profile)
     by_name = {r.name: r for r in runs}
@@ -293,7 +303,7 @@ def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, 
             continue
         t0 = time.perf_counter()
         try:
-            execute(run, keys[run.name], profile_dir, site_dir, kernel, log, keep_checkpoints)
+            execute(run, keys[run.name], profile_dir, site_dir, kernel, keep_checkpoints)
         except KeyboardInterrupt:   # Ctrl-C or SIGTERM (cli): the kernel and its children end with this process
             log(f"stopped {run.name} (its notebook kernel, {run.notebook}.ipynb, and what it started); it resumes "
                 f"from {profile_dir / '.staging' / run.name} when the same command runs again")
@@ -308,4 +318,8 @@ def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, 
         log(f"ran {run.name} in {time.perf_counter() - t0:.0f} s")
     log(f"{profile}: {len(report['ran'])} ran, {len(report['skipped'])} up to date, "
         f"{len(report['failed'])} failed" + (f": {', '.join(report['failed'])}" if report["failed"] else ""))
+    if profile == "ablation" and whole_plan and not report["failed"]:
+        from hybridkd_lib.book.report import write_ablation_file
+
+        log(f"wrote {write_ablation_file(profile_dir)} (the records the book shows where results/ablation is absent)")
     return report

@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from hybridkd_lib import tinydata
-from hybridkd_lib.plan import CHECKPOINTS, Run, plan
-from hybridkd_lib.reproduce import reproduce
+from hybridkd_lib.book import tinydata
+from hybridkd_lib.book.plan import CHECKPOINTS, Run, plan
+from hybridkd_lib.book.reproduce import reproduce
 from hybridkd_lib.results import REPO_ROOT
 
 DRY_STEPS = 2
