@@ -232,6 +232,13 @@ def register_method(method: Method) -> Method:
     return method
 
 
+def unregister_method(name: str) -> None:
+    """Remove a plug-in's method from the registry (a built-in one stays)."""
+    if name in BUILT_IN:
+        raise ValueError(f"method {name!r} is built in and stays registered")
+    METHODS.pop(name, None)
+
+
 for _m in (
     Method("ann", trains="teacher", propagation="ann", title="ANN teacher"),
     Method("bptt", trains="student", propagation="bptt", title="BPTT"),

@@ -43,8 +43,8 @@ class Hint(Method):
                 "hint": self.hint * sum(hints) / len(hints)}
 
 
-HINT = register_method(Hint("hint", trains="student", propagation="rate", teacher=True, aligns=True, features=True,
-                            terms=("ce", "hint"), title="FitNets hint (plug-in)"))
+HINT = Hint("hint", trains="student", propagation="rate", teacher=True, aligns=True, features=True,
+            terms=("ce", "hint"), title="FitNets hint (plug-in)")
 
 
 # ----------------------------------------------------------------------------- the plug-in student
@@ -68,11 +68,32 @@ class SpikingVGG4(SpikingStageModel):
         self.feature_info = [{"num_chs": w, "reduction": 2 ** k, "kind": "map"} for k, w in enumerate(widths)]
 
 
-@register_model("student", ("width", "in_chans", "T", "neuron_cfg"), display="Spiking VGG-4", classes=10,
-                small={"width": 4}, source="tests/test_plugins.py (a plug-in example)")
 def spiking_vgg4(num_classes=10, **kw):
     """A small 4-stage spiking VGG (plug-in example)."""
     return SpikingVGG4(num_classes, **kw)
+
+
+def register() -> None:
+    """What the plug-in adds: the ``hint`` method and the ``spiking_vgg4`` student."""
+    register_method(HINT)
+    register_model("student", ("width", "in_chans", "T", "neuron_cfg"), display="Spiking VGG-4", classes=10,
+                   small={"width": 4}, source="tests/test_plugins.py (a plug-in example)")(spiking_vgg4)
+
+
+if __name__ != "test_plugins":   # imported as a plug-in (--plugin tests/test_plugins.py)
+    register()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def plugin_registered():
+    """Registered for this module's tests only, so the other test modules see the library's own registry."""
+    from hybridkd_lib.methods import unregister_method
+    from hybridkd_lib.models import unregister_model
+
+    register()
+    yield
+    unregister_method("hint")
+    unregister_model("spiking_vgg4")
 
 
 # ----------------------------------------------------------------------------- tests

@@ -318,3 +318,32 @@ def test_step_in_backward_equals_optimizer_step(optimizer):
     before = [p.detach().clone() for p in b.parameters()]
     b.step_loss(x, y)[0].backward()
     assert all(torch.equal(p, q) for p, q in zip(b.parameters(), before))
+
+
+def test_clip_grad_norm_clips_every_gradient_and_keeps_the_update_after_backward():
+    """``clip_grad_norm`` (timm's meaning: the global L2 norm of the trained gradients) on the CPU: the
+    step-in-backward trick is not installed (the log says so) and the update sees the clipped gradients."""
+    from hybridkd_lib.step import TrainingStep
+
+    x, y = torch.randn(8, 1, 8, 8), torch.arange(8)
+    cfg = TrainConfig(method="ratebp", student_kw={"width": 4}, T=2, clip_grad_norm=0.01)
+    torch.manual_seed(0)
+    learner = Learner(cfg, 10, (1, 8, 8)).train()
+    said = []
+    clipped = TrainingStep(learner, make_optimizer(cfg, learner.trainable()), torch.device("cpu"),
+                           clip_grad_norm=cfg.clip_grad_norm, log=said.append)
+    assert clipped.tricks.in_backward is None and len(said) == 1 and "step-in-backward" in said[0]
+    before = [p.detach().clone() for p in learner.trainable()]
+    clipped(x, y)
+    grads = [p.grad for p in learner.trainable() if p.grad is not None]
+    assert len(grads) == len(before) and float(torch.nn.utils.get_total_norm(grads)) <= 0.01 * (1 + 1e-4)
+    # the SGD update (lr 0.1, no momentum state yet) moved each weight by lr * (its clipped gradient + decay)
+    moved = [(p.detach() - b) for p, b in zip(learner.trainable(), before)]
+    assert all(torch.isfinite(m).all() for m in moved) and any(m.abs().sum() > 0 for m in moved)
+    plain = TrainingStep(Learner(cfg, 10, (1, 8, 8)).train(), make_optimizer(cfg, learner.trainable()),
+                         torch.device("cpu"), log=said.append)
+    assert plain.tricks.in_backward is not None and len(said) == 1   # no clipping: the trick, nothing said
+    plain.close()
+    with pytest.raises(ValueError, match="clip_grad_norm=0 not allowed; clip_grad_norm must be > 0"):
+        from hybridkd_lib.config import validate
+        validate(TrainConfig(method="ratebp", clip_grad_norm=0))

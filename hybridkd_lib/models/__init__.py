@@ -1,9 +1,10 @@
 """Model registry: spiking students and ANN teachers on one stage protocol."""
 from hybridkd_lib.models.registry import (WEIGHT_OPTIONS, ModelFacts, check_model_kwargs, check_model_name,
-                                          create_model, list_models, model_facts, register_model)
+                                          create_model, list_models, model_facts, register_model,
+                                          unregister_model)
 from hybridkd_lib.models.stages import SpikingStageModel, StageModel
 from hybridkd_lib.models import zoo  # noqa: F401  (registers the models)
 
 __all__ = ["create_model", "list_models", "register_model", "check_model_name", "check_model_kwargs",
-           "model_facts", "ModelFacts", "WEIGHT_OPTIONS",
+           "model_facts", "ModelFacts", "WEIGHT_OPTIONS", "unregister_model",
            "StageModel", "SpikingStageModel"]

@@ -59,6 +59,14 @@ def register_model(role: str, options: tuple | None = None, *, display: str, sou
     return deco
 
 
+def unregister_model(name: str) -> None:
+    """Remove a plug-in's model from the registry (the library's own stay)."""
+    if name in _MODELS and _MODELS[name].__module__.startswith("hybridkd_lib."):
+        raise ValueError(f"model {name!r} is the library's own and stays registered")
+    for table in (_MODELS, _ROLES, _OPTIONS, _FACTS):
+        table.pop(name, None)
+
+
 def model_facts(name: str) -> ModelFacts:
     check_model_name(name)
     return _FACTS[name]
