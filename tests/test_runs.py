@@ -202,11 +202,14 @@ def test_papermill_string_parameters_fail_in_the_validation_cell(tmp_path, param
     assert not (tmp_path / "run").exists()
 
 
-def test_the_run_cache_key_covers_every_file_of_the_package():
+def test_the_run_cache_key_covers_every_file_of_the_method_and_none_of_the_book():
+    """#22: the key covers every code file a run can execute (the package outside ``book/``), and not the
+    book's machinery (plan, reproduce, cluster, dry run, report, reported.json)."""
     from hybridkd_lib.book import reproduce
 
     names = {str(p.relative_to(reproduce.PACKAGE)) for p in reproduce.code_files()}
-    assert {"models/registry.py", "results.py", "report.py", "reported.json", "trainer.py", "cluster.py"} <= names
+    assert {"models/registry.py", "results.py", "trainer.py", "losses.py", "learner.py", "methods.py", "step.py"} <= names
     every = {str(p.relative_to(reproduce.PACKAGE)) for p in reproduce.PACKAGE.rglob("*.py")
              if "__pycache__" not in p.parts}
-    assert every <= names
+    assert every - names == {n for n in every if n.startswith("book/")}
+    assert not any(n.startswith("book/") for n in names)
