@@ -160,18 +160,9 @@ def _add_plugin_option(parser) -> None:
                              "register_method, hybridkd_lib.models.register_model); repeatable")
 
 
-def plugin_args(argv: list[str]) -> list[str]:
-    """The ``--plugin`` values of a command line (``--plugin X`` or ``--plugin=X``), in order."""
-    found = []
-    for i, a in enumerate(argv):
-        if a == "--plugin" and i + 1 < len(argv):
-            found.append(argv[i + 1])
-        elif a.startswith("--plugin="):
-            found.append(a.split("=", 1)[1])
-    return found
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from hybridkd_lib.methods import BENCH_METHODS   # the registry's facts import no torch
+
     p = argparse.ArgumentParser(prog="python -m hybridkd_lib",
                                 description="HybridKD: hybrid block-wise ANN-guided distillation of SNNs")
     sub = p.add_subparsers(dest="command", required=True)
@@ -196,8 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--teacher", default="cifar_resnet18")
     b.add_argument("--T", type=int, nargs="+", default=[1, 2, 4, 8])
     b.add_argument("--methods", nargs="+", default=None,
-                   help="forward_only | bptt | bptt_ckpt | bptt_kd | ratebp | kd | hybrid | a plug-in's student "
-                        "method (default: all of them)")
+                   help=" | ".join(BENCH_METHODS) + " | a plug-in's student method (default: all of them)")
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--input-size", type=int, default=32)
     b.add_argument("--device", default="cpu")
@@ -264,14 +254,13 @@ def _streams_to_devnull() -> None:
 def main(argv=None) -> int:
     if sys.stdout is None or sys.stderr is None:   # started with a closed stdout or stderr
         _streams_to_devnull()
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_as_interrupt)
     try:
-        if plugin_args(argv):
+        if getattr(args, "plugin", None):
             from hybridkd_lib import plugins
 
-            for spec in plugin_args(argv):
+            for spec in args.plugin:
                 plugins.load(spec)
         return args.func(args)
     except BrokenPipeError:   # the reader of stdout went away (| head): nothing more to say

@@ -7,6 +7,7 @@ no result says "not run".
 """
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 import os
@@ -97,6 +98,7 @@ def _measured(res: dict | None, ref=None) -> str:
     return _fmt(res["top1"], ref) + ("" if converged(res) else f" {NOT_CONVERGED}")
 
 
+@functools.lru_cache(maxsize=None)
 def scale_facts(profile: str = "quick") -> dict:
     """The scale facts the pages state about a CPU profile, each read off the plan (never retyped): the digits
     split, the students' and teachers' epochs (and the full profile's CIFAR student epochs they replace),
