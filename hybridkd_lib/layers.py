@@ -35,7 +35,9 @@ class SpikeMeanValue(Temporal):
     """A non-linear layer between LIFs (max-pooling of spikes), in the RateBP modes.
 
     In the rate pass its value ``f(mean_t x_t)`` differs from the time average
-    ``mean_t f(x_t)`` the spiking network computes (max of rates >= mean of maxes).
+    ``mean_t f(x_t)`` the spiking network computes: for a max-pool, the max of the rates is at most
+    the mean of the per-step maxima (two neurons firing alternately: 0.5 against 1), so the rate
+    pass under-states pooled activity.
     ``value="rate"`` (the reference's construction, the default) keeps ``f(r)``;
     ``value="spike_mean"`` records ``mean_t f(x_t)`` in the spike pass and uses it as the
     rate pass's value, with ``f(r)``'s gradient (as a LIF does with its rate).

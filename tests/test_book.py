@@ -74,6 +74,34 @@ def test_missing_results_render_not_run(tmp_path, monkeypatch):
     assert (report.runs_index()["status"] == "not run").all()
 
 
+def test_cpu_tables_read_each_cell_against_the_ablations_seed_spread(tmp_path, monkeypatch):
+    """The seed spread the committed ablation measured sits beside every measured row of Tables A and B."""
+    import statistics
+
+    monkeypatch.setenv("HYBRIDKD_RESULTS", str(tmp_path))     # no ablation results here: the committed file
+    records = json.loads(report.ABLATION_FILE.read_text())["records"]
+    std = lambda variant: statistics.stdev(r["top1"] for r in records if r["variant"] == variant)
+    a = report.table_a("quick")
+    measured = a[a["source"].str.startswith("measured")].set_index("student")
+    assert measured.loc["R18", "seed spread"].startswith(f"±{std('default'):.2f} (ablation 'default'")
+    assert measured.loc["R19", "seed spread"].startswith(f"±{std('r19_T8_quick'):.2f} (ablation 'r19_T8_quick'")
+    assert (a[a["source"] == "reported"]["seed spread"] == report.MISSING).all()
+    b = report.table_b("quick")
+    widest = max(std(v) for v in ("default", "no_hybrid_kd", "no_hybrid_ce", "hybrid_mean", "r19_T8_quick"))
+    assert (b[b["source"].str.startswith("measured")]["seed spread"].str.startswith(f"±{widest:.2f} (largest")).all()
+    assert report.seed_spreads().keys().isdisjoint({"r19_T8_reference_1/T"})   # another regime: not a yardstick
+    assert report.scale_claims_note("full") == ""
+    assert "accuracy claims of Tables A and B need the `full` profile" in report.scale_claims_note("quick")
+
+
+def test_a_difference_smaller_than_the_seed_spread_is_marked_within_seed_noise():
+    accs = {"T=2": 97.0, "T=4": 97.56, "T=8": 97.78}
+    assert report.noise_labels(accs, 0.38) == {"T=2": "", "T=4": "within seed noise of T=8", "T=8": "best"}
+    assert report.noise_marks(accs, 0.38) == "T=4 within seed noise of T=8 (best)"
+    assert report.noise_marks(accs, 0.1) == "every difference from T=8 (best) exceeds the spread"
+    assert report.noise_marks({"T=2": 97.0}, 0.38) == ""
+
+
 def test_a_run_still_moving_is_marked_not_converged():
     """Final-epoch accuracy in the cell; "not converged" when it moved > 1 point over the last 3 epochs."""
     hist = lambda *accs: [{"epoch": i + 1, "top1": a} for i, a in enumerate(accs)]
@@ -120,20 +148,32 @@ def test_notebooks_are_committed_without_outputs():
             assert sum("parameters" in c["metadata"].get("tags", []) for c in code) == 1, nb.name
 
 
-# each tutorial through papermill with small settings a student might choose (the book executes the defaults)
+# each tutorial through papermill with small settings a student might choose (the book executes the defaults);
+# tutorial_hybrid also with the ResNet-19 <- ResNet-34 pair its exercise 4 invites
+_TINY_TRAINING = {"teacher_epochs": 1, "student_epochs": 1, "max_steps_per_epoch": 2}
 TUTORIAL_RUNS = {
-    "tutorial_lif": ({"taus": [2, 4], "T": 12, "train_steps": 20, "n_neurons": 5}, ["threshold current", "train accuracy"]),
-    "tutorial_ratebp": ({"Ts": [1, 2], "depths": [1, 2], "seeds": [0, 1], "cost_batch": 4, "tau": 2,
-                         "gap_students": ["sew_resnet34"]}, ["time-varying", "spike pass (s)", "max gap, stage outputs"]),
-    "tutorial_hybrid": ({"width": 4, "teacher_width": 8, "T": 2}, ["by hand", "changed by one step", "8 -> 16"]),
+    "tutorial_lif": ("tutorial_lif", {"taus": [2, 4], "T": 12, "train_steps": 20, "n_neurons": 5, "alphas": [0.5, 50.0]},
+                     ["threshold current", "held-out accuracy", "predicted within T=8", "surrogate, alpha 50.0"]),
+    "tutorial_ratebp": ("tutorial_ratebp", {"Ts": [1, 2], "depths": [1, 2], "seeds": [0, 1], "cost_batch": 4, "tau": 2,
+                                            "gap_students": ["sew_resnet34"]},
+                        ["time-varying", "spike pass (s)", "max gap, stage outputs", "MB per step", "max-pool of two"]),
+    "tutorial_hybrid": ("tutorial_hybrid", {"width": 4, "teacher_width": 8, "T": 2, **_TINY_TRAINING},
+                        ["by hand", "changed by one step", "8 -> 16", "ratio L / step: [2.0]",
+                         "the last stage and the head get none: True", "ours (hybrid), seed 2"]),
+    "tutorial_hybrid_r19_r34": ("tutorial_hybrid", {"student": "spiking_resnet19", "teacher": "cifar_resnet34", "width": 4,
+                                                    "teacher_width": 8, "T": 2, **_TINY_TRAINING},
+                                ["stage 4", "4 -> 8", "gradient reaches SNN stages 1..2: True",
+                                 "the last stage and the head get none: True", "Vanilla KD, seed 1"]),
 }
 
 
 @pytest.mark.parametrize("name", sorted(TUTORIAL_RUNS))
 def test_tutorials_run_through_papermill(name, tmp_path):
-    params, expected = TUTORIAL_RUNS[name]
+    notebook, params, expected = TUTORIAL_RUNS[name]
+    if notebook == "tutorial_hybrid":
+        params = dict(params, runs_dir=str(tmp_path / "runs"))
     out = tmp_path / f"{name}.ipynb"
-    pm.execute_notebook(str(REPO_ROOT / "notebooks" / f"{name}.ipynb"), str(out), parameters=params,
+    pm.execute_notebook(str(REPO_ROOT / "notebooks" / f"{notebook}.ipynb"), str(out), parameters=params,
                         kernel_name="hybridkd", cwd=str(REPO_ROOT), progress_bar=False)
     cells = json.loads(out.read_text())["cells"]
     text = "".join("".join(o.get("data", {}).get("text/plain", "")) + "".join(o.get("text", ""))

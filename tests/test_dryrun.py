@@ -82,5 +82,9 @@ def test_the_book_builds_from_the_dry_run_with_every_results_cell_measured(dry):
     assert 'href="../book/api.html#hybridkd_lib.ratebp.rate_forward"' in tutorial
     assert "colab.research.google.com/github/hybridkd/hybridkd-book/blob/main/notebooks/tutorial_ratebp.ipynb" \
         in tutorial
+    for name in ("tutorial_lif", "tutorial_ratebp", "tutorial_hybrid"):   # answers folded, the set-up cell removed
+        page = pages[f"notebooks/{name}.html"]
+        assert "<summary><b>Solutions</b>" in page and "<summary><b>Check your understanding</b>" in page, name
+        assert "REPOSITORY = " not in page and "compute time of this run" in page, name
     missing_refs = [w for w in dry["book_warnings"] if re.search(r"reference|citation|not found|undefined", w, re.I)]
     assert missing_refs == []

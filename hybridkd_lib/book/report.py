@@ -201,6 +201,77 @@ def profile_note(profile: str | None = None) -> str:
             f"not comparable with the reported ones; the trends are.")
 
 
+# ----------------------------------------------------------------------------- seed noise of the CPU profiles
+WITHIN_NOISE = "within seed noise"
+
+
+def seed_spreads() -> dict[str, float]:
+    """The ablation's seed spread (sample std over its seeds of the final-epoch top-1) per variant that keeps
+    the quick profile's settings (it does not change the 1/T gradient scale), from ``results/ablation`` or the
+    committed file; {} when neither holds a variant with 2 or more seeds."""
+    from hybridkd_lib.book.plan import ABLATIONS
+
+    records, _ = _ablation_records_or_file()
+    by_variant: dict[str, list[float]] = {}
+    for r in records:
+        if r["variant"] in ABLATIONS and "ratebp_grad_scale" not in ABLATIONS[r["variant"]][1]:
+            by_variant.setdefault(r["variant"], []).append(r["top1"])
+    return {v: float(pd.Series(accs).std()) for v, accs in by_variant.items() if len(accs) >= 2}
+
+
+def seed_spread_for(run_names: list[str]) -> tuple[float, str] | None:
+    """The seed spread a CPU-profile cell of these runs is read against, and where it came from: the ablation's
+    seeds of one of these runs with its own settings (variant loss ``{}``), else the largest spread the
+    ablation measured (no ablation of these runs). None without ablation records."""
+    from hybridkd_lib.book.plan import ABLATIONS
+
+    spreads = seed_spreads()
+    if not spreads:
+        return None
+    for variant, (base, loss) in ABLATIONS.items():
+        if base in run_names and not loss and variant in spreads:
+            return spreads[variant], f"ablation {variant!r}: {base}'s seeds"
+    widest = max(spreads, key=spreads.get)
+    return spreads[widest], f"largest of the ablation's variants ({widest!r}); no ablation of these runs"
+
+
+def noise_labels(accs: dict[str, float], spread: float) -> dict[str, str]:
+    """Per cell (``accs``: label -> top-1, cells not run left out): "best", "within seed noise of <best>" where
+    its difference from the best is smaller than the seed ``spread``, else ""."""
+    if len(accs) < 2:
+        return {label: "" for label in accs}
+    best = max(accs, key=accs.get)
+    return {label: "best" if label == best else f"{WITHIN_NOISE} of {best}" if accs[best] - a < spread else ""
+            for label, a in accs.items()}
+
+
+def noise_marks(accs: dict[str, float], spread: float) -> str:
+    """One row's cells read against the seed spread: which lie within it of the best one."""
+    labels = noise_labels(accs, spread)
+    if len(labels) < 2:
+        return ""
+    best = next(label for label, mark in labels.items() if mark == "best")
+    close = [label for label, mark in labels.items() if mark.startswith(WITHIN_NOISE)]
+    if not close:
+        return f"every difference from {best} (best) exceeds the spread"
+    return f"{', '.join(close)} {WITHIN_NOISE} of {best} (best)"
+
+
+def scale_claims_note(profile: str | None = None) -> str:
+    """One sentence for the CPU profiles: what this scale shows and what needs the full profile ('' for full)."""
+    p = profile or book_profile()
+    if p == "full":
+        return ""
+    return (f"At the {p} profile's scale the book demonstrates the pipeline, the efficiency (Fig. 4) and Fig. A; "
+            f"the accuracy claims of Tables A and B need the `full` profile. Each measured row gives the seed "
+            f"spread the committed ablation measured (the sample standard deviation of the final top-1 over "
+            f"its seeds), and a difference between cells smaller than it is marked *{WITHIN_NOISE}*.")
+
+
+def _spread_text(spread: tuple[float, str] | None) -> str:
+    return "-" if spread is None else f"±{spread[0]:.2f} ({spread[1]})"
+
+
 # ----------------------------------------------------------------------------- Table A
 def table_a(profile: str | None = None) -> pd.DataFrame:
     """Rows: reported CIFAR rows and the measured rows of this profile; columns T=2..8, "acc (gap)"."""
@@ -223,11 +294,17 @@ def table_a(profile: str | None = None) -> pd.DataFrame:
                 t_res = t_res or res.get("teacher_top1")
             row_cells[T] = res
         t_acc = t_res
-        rows.append({"source": f"measured ({p})", "dataset": NICE.get(ds, ds),
-                     "teacher": f"{_short(teacher)} ({_fmt(t_acc) if t_acc is not None else NOT_RUN})",
-                     "student": _short(student),
-                     **{f"T={T}": _measured(row_cells[T], t_acc) for T in (2, 4, 6, 8)}})
-    return pd.DataFrame(rows)
+        row = {"source": f"measured ({p})", "dataset": NICE.get(ds, ds),
+               "teacher": f"{_short(teacher)} ({_fmt(t_acc) if t_acc is not None else NOT_RUN})",
+               "student": _short(student),
+               **{f"T={T}": _measured(row_cells[T], t_acc) for T in (2, 4, 6, 8)}}
+        if p != "full":
+            spread = seed_spread_for(list(cells.values()))
+            row["seed spread"] = _spread_text(spread)
+            accs = {f"T={T}": res["top1"] for T, res in row_cells.items() if res is not None}
+            row["seed noise"] = noise_marks(accs, spread[0]) if spread else ""
+        rows.append(row)
+    return missing_as_dash(pd.DataFrame(rows)) if p != "full" else pd.DataFrame(rows)
 
 
 def misprint_notes() -> str:
@@ -306,8 +383,19 @@ def table_b(profile: str | None = None) -> pd.DataFrame:
                          "method": get_method(prm["method"]).title, "teacher": teacher,
                          "student": "Spikingformer-4-256" + (f" (dim {prm['student_kw']['dim']})"
                                                              if prm.get("student_kw", {}).get("dim") else ""),
-                         "T": prm["T"], "top-1 (%)": acc})
-    return pd.DataFrame(rows)
+                         "T": prm["T"], "top-1 (%)": acc, "_run": run.name, "_top1": res["top1"] if res else None})
+    df = pd.DataFrame(rows)
+    measured = df["source"] != "reported"
+    if p != "full" and measured.any():   # the seed spread and noise marks of the measured rows, per dataset
+        for _, group in df[measured].groupby("dataset"):
+            spread = seed_spread_for(list(group["_run"]))
+            accs = {m: a for m, a in zip(group["method"], group["_top1"]) if pd.notna(a)}
+            labels = noise_labels(accs, spread[0]) if spread else {}
+            for i, method in zip(group.index, group["method"]):
+                df.loc[i, "seed spread"] = _spread_text(spread)
+                df.loc[i, "seed noise"] = labels.get(method, "")
+        df = missing_as_dash(df)
+    return df.drop(columns=["_run", "_top1"], errors="ignore")
 
 
 # ----------------------------------------------------------------------------- Table C
