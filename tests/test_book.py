@@ -153,7 +153,7 @@ def test_notebooks_are_committed_without_outputs():
 _TINY_TRAINING = {"teacher_epochs": 1, "student_epochs": 1, "max_steps_per_epoch": 2}
 TUTORIAL_RUNS = {
     "tutorial_lif": ("tutorial_lif", {"taus": [2, 4], "T": 12, "train_steps": 20, "n_neurons": 5, "alphas": [0.5, 50.0]},
-                     ["threshold current", "held-out accuracy", "predicted within T=8", "surrogate, alpha 50.0"]),
+                     ["theta/tau (T -> inf)", "held-out accuracy", "predicted within T=8", "surrogate, alpha 50.0"]),
     "tutorial_ratebp": ("tutorial_ratebp", {"Ts": [1, 2], "depths": [1, 2], "seeds": [0, 1], "cost_batch": 4, "tau": 2,
                                             "gap_students": ["sew_resnet34"]},
                         ["time-varying", "spike pass (s)", "max gap, stage outputs", "MB per step", "max-pool of two"]),
