@@ -269,7 +269,7 @@ def scale_claims_note(profile: str | None = None) -> str:
 
 
 def _spread_text(spread: tuple[float, str] | None) -> str:
-    return "-" if spread is None else f"±{spread[0]:.2f} ({spread[1]})"
+    return MISSING if spread is None else f"±{spread[0]:.2f} ({spread[1]})"
 
 
 # ----------------------------------------------------------------------------- Table A
