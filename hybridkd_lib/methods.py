@@ -123,15 +123,16 @@ class Method:
 
         if self.propagation == "ann":
             return StepOutputs(y, learner.model(teacher_input(x, learner.teacher_input_size)), learner=learner)
+        single_pass = self.propagation == "bptt" or ratebp.rate_is_bptt(learner.T)
         teacher = None
-        if self.teacher and self.propagation == "bptt":
+        if self.teacher and single_pass:
             teacher = self._teacher_outputs(learner, x)
-        if self.propagation == "bptt":
+        if single_pass:   # BPTT; RateBP at T=1, whose rate pass gives BPTT's gradients (ratebp.rate_is_bptt)
             y_s, y_m, feats = self._student_outputs(learner, x)
         else:   # RateBP: the spike pass, then the rate pass (with hybrids: the teacher suffixes on its features)
             y_s, y_m, feats = ratebp.rate_forward(learner.student, x, fn=lambda _, xx: self._student_outputs(learner, xx),
                                                   value=learner.rate_value, between_passes=learner.between_passes)
-        if self.teacher and self.propagation == "rate":
+        if self.teacher and not single_pass:
             teacher = self._teacher_outputs(learner, x)
         y_a, t_feats = teacher if teacher is not None else (None, [])
         return StepOutputs(y, y_s, y_a, list(y_m), list(feats), list(t_feats), learner)

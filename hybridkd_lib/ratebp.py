@@ -9,7 +9,8 @@ and every BN uses the recorded statistics, so between LIFs only non-linear layer
 spike pass: ``value="rate"`` keeps the reference's construction (pool the rates),
 ``value="spike_mean"`` uses the recorded time average there (``layers.SpikeMeanValue``).
 The graph is one batch-B pass: its memory does not grow with T. BPTT is the other
-mode of the same model (``set_mode``).
+mode of the same model (``set_mode``). At T=1 the two passes compute what BPTT's one pass
+does, so a RateBP step takes that pass there (``rate_is_bptt``).
 """
 from __future__ import annotations
 
@@ -71,6 +72,14 @@ def rate_forward(model: nn.Module, x: torch.Tensor, fn=None, value: str = "rate"
         return model(x) if fn is None else fn(model, x)
     finally:
         set_mode(model, "bptt")
+
+
+def rate_is_bptt(T: int) -> bool:
+    """True at ``T == 1``: there the spike pass is one step, every rate is that step's spike, every
+    eligibility its surrogate derivative and every BN's recorded statistics the batch's own, so the rate
+    pass computes BPTT's values and gradients (``tests/test_ratebp.py`` checks it on every student). A
+    RateBP step then takes BPTT's single pass (``methods.Method.outputs``) instead of two."""
+    return T == 1
 
 
 def scale_gradient(loss: torch.Tensor, T: int) -> torch.Tensor:

@@ -342,3 +342,63 @@ def test_float64_step_on_every_student(name, method):
     grads = [p.grad for p in m.parameters()]
     assert all(g is not None and g.dtype == torch.float64 for g in grads)
     assert any(g.abs().max() > 0 for g in grads)
+
+
+# ----------------------------------------------------------------------------- T=1: RateBP is BPTT
+def _param_grads(m):
+    return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", list_models("student"))
+def test_two_pass_ratebp_at_T1_gives_bptt_gradients_on_every_student(name):
+    """The fact behind ``ratebp.rate_is_bptt``: at T=1 the spike pass plus the rate pass give BPTT's logits
+    and every parameter's gradient (float64, to rounding), so a step may take BPTT's single pass."""
+    assert ratebp.rate_is_bptt(1) and not ratebp.rate_is_bptt(2)
+    torch.manual_seed(0)
+    m = create_model(name, num_classes=10, T=1, **model_facts(name).small).double().train()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    c = torch.randn(4, 10, dtype=torch.float64)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    (ratebp.rate_forward(m, x) * c).sum().backward()
+    two_pass = _param_grads(m)
+    m.zero_grad(set_to_none=True)
+    m.load_state_dict(state)   # the same BN running statistics before the BPTT step
+    (m(x) * c).sum().backward()
+    bptt = _param_grads(m)
+    assert two_pass.keys() == bptt.keys() and any(g.abs().max() > 0 for g in bptt.values())
+    for n in bptt:
+        torch.testing.assert_close(two_pass[n], bptt[n], atol=1e-10, rtol=1e-9, msg=n)
+
+
+@pytest.mark.parametrize("method", ["ratebp", "hybrid"])
+def test_ratebp_step_at_T1_takes_one_pass(method, monkeypatch):
+    """A RateBP-based step at T=1 runs no spike pass (BPTT's one pass) and gives the two-pass step's loss and
+    gradients (float64, to rounding); at T=2 it runs the spike pass."""
+    from hybridkd_lib.config import TrainConfig
+    from hybridkd_lib.learner import Learner
+
+    spike_passes = []
+    real_spike_pass = ratebp.spike_pass
+    monkeypatch.setattr(ratebp, "spike_pass", lambda *a, **k: spike_passes.append(1) or real_spike_pass(*a, **k))
+
+    def step(T, two_pass=False):
+        torch.manual_seed(0)
+        cfg = TrainConfig(method=method, student="spiking_resnet18", teacher="cifar_resnet18", T=T,
+                          student_kw={"width": 8}, teacher_kw={"width": 8})
+        learner = Learner(cfg, 10, (3, 16, 16)).double().train()
+        x, y = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.randint(10, (4,))
+        spike_passes.clear()
+        with monkeypatch.context() as mp:
+            if two_pass:
+                mp.setattr(ratebp, "rate_is_bptt", lambda T: False)
+            loss, _, _ = learner(x, y)
+        loss.backward()
+        grads = {n: p.grad for n, p in learner.named_parameters() if p.grad is not None}
+        return float(loss.detach()), grads, len(spike_passes)
+
+    loss1, grads1, passes1 = step(1)
+    loss2, grads2, passes2 = step(1, two_pass=True)
+    assert (passes1, passes2, step(2)[2]) == (0, 1, 1)
+    assert abs(loss1 - loss2) < 1e-12 and grads1.keys() == grads2.keys()
+    for n in grads1:
+        torch.testing.assert_close(grads1[n], grads2[n], atol=1e-10, rtol=1e-9, msg=n)
