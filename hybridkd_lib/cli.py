@@ -114,12 +114,20 @@ def cmd_bench(args) -> int:
 
     out = bench(args.methods or list(bench_methods()), args.T, student=args.student, teacher=args.teacher, batch_size=args.batch_size,
                 input_size=args.input_size, device=args.device, steps=args.steps, warmup=args.warmup,
-                student_kw=args.student_kw, teacher_kw=args.teacher_kw, out=args.out, timeout_s=args.timeout)
+                student_kw=args.student_kw, teacher_kw=args.teacher_kw, out=args.out, timeout_s=args.timeout,
+                compile=args.compile)
     if args.out:
         print(f"wrote {args.out}")
-    print(f"\n{'method':>12} {'T':>3} {'s/step':>8} {'peak MB':>8} {'img/s':>8}")
+    print(f"\n{'method':>12} {'T':>3} {'s/step':>8} {'peak MB':>8} {'img/s':>8} {'x floor':>8} {'compile s':>9}")
     for r in out["records"]:
-        print(f"{r['method']:>12} {r['T']:>3} {r['step_time_s']:>8.3f} {r['peak_mem_mb']:>8.0f} {r['images_per_s']:>8.1f}")
+        mem = "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
+        print(f"{r['method']:>12} {r['T']:>3} {r['step_time_s']:>8.3f} {mem:>8} {r['images_per_s']:>8.1f} "
+              f"{r['floor_ratio']:>8.2f} {r['compile_s']:>9.1f}")
+    from hybridkd_lib.book.report import bench_claims
+
+    claims = bench_claims(out["records"])
+    if "claim" in claims:
+        print("\n" + claims.drop(columns=["run"]).to_string(index=False))
     return 0
 
 
@@ -198,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=None, help="JSON file for the records")
     b.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
                    help="stop a configuration's process still running after this long (an error naming it)")
+    b.add_argument("--compile", action="store_true",
+                   help="run the spike pass as compiled kernels (torch.compile; its build time is reported apart)")
     _add_plugin_option(b)
     b.set_defaults(func=cmd_bench)
 

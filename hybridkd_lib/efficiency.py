@@ -4,10 +4,12 @@ Each (method, T) runs in a fresh process so that the CPU peak RSS belongs to
 that configuration alone (CUDA: ``torch.cuda.max_memory_allocated``). Inputs
 are synthetic CIFAR-shaped tensors: these are speed/memory figures, never accuracy.
 
-Methods: ``forward_only`` (graph-free forward over T, no training: the floor's
-first part), ``bptt``, ``bptt_ckpt`` (BPTT with per-stage gradient
-checkpointing), ``bptt_kd``, ``ratebp``, ``kd``, ``hybrid`` (ours). Every
-method's step is the trainer's step (``step.TrainingStep``: the layout of ``speed.layout``, bf16 autocast
+Methods: ``forward_only`` (graph-free forward over T, no training), ``conv_floor`` (the
+convolutions and linear layers of one ``ratebp`` step, timed alone: ``floor``), ``bptt``,
+``bptt_ckpt`` (BPTT with per-stage gradient checkpointing), ``bptt_kd``, ``ratebp``, ``kd``,
+``hybrid`` (ours). Every record also carries its own step's floor (``conv_floor_s``: the dense
+products of one step of that method, timed alone in the same process) and ``floor_ratio``, its
+step time over that floor. Every method's step is the trainer's step (``step.TrainingStep``: the layout of ``speed.layout``, bf16 autocast
 on CUDA, and the CPU memory tricks of ``speed.apply``: the optimizer update of each parameter inside
 backward, block temporaries overwritten, freed heap pages returned to the OS).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import platform
 import statistics
 import sys
@@ -25,7 +28,7 @@ from pathlib import Path
 import torch
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
-from hybridkd_lib import children, speed
+from hybridkd_lib import children, floor, lif_backend, speed
 from hybridkd_lib.methods import BENCH_VARIANTS, bench_methods
 from hybridkd_lib.step import TrainingStep, autocast, peak_mem_mb, place, reset_peak
 
@@ -40,8 +43,11 @@ def _bptt_ckpt_logits(student, x):
 
 
 def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, input_size: int,
-            device: str, steps: int = 3, warmup: int = 1, student_kw=None, teacher_kw=None) -> dict:
-    """Median step time and peak memory of one configuration, in this process."""
+            device: str, steps: int = 3, warmup: int = 1, student_kw=None, teacher_kw=None,
+            compile: bool = False) -> dict:
+    """Median step time and peak memory of one configuration, in this process; ``compile``: the spike pass as
+    compiled kernels (``speed.apply``), whose build time (the first warm-up step's excess over the median
+    step) is reported apart as ``compile_s``."""
     from hybridkd_lib.config import TrainConfig
     from hybridkd_lib.learner import Learner, make_optimizer
 
@@ -54,7 +60,8 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
                       student_kw=student_kw or {}, teacher_kw=teacher_kw or {})
     learner = place(Learner(cfg, 10, (3, input_size, input_size)).train(), dev)   # as the trainer
     opt = make_optimizer(cfg, learner.trainable())
-    train_step = TrainingStep(learner, opt, dev)   # as the trainer (its CPU memory tricks: speed.enabled())
+    train_step = TrainingStep(learner, opt, dev, compile_spike_pass=compile)   # as the trainer (speed.apply)
+    compiled = any(getattr(m, "spike_loop", None) == "compiled" for m in learner.modules())
     x = torch.randn(batch_size, 3, input_size, input_size, device=dev)
     y = torch.randint(10, (batch_size,), device=dev)
     x = x.contiguous(memory_format=speed.layout(learner, dev))
@@ -75,20 +82,32 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
+    if compiled:
+        warmup = max(warmup, 1)   # the kernels are built in the first step, never a timed one
+    warmup_times = []
     for _ in range(warmup):
-        step()
-    sync()
-    reset_peak(dev)
-    times = []
-    for _ in range(steps):
         t0 = time.perf_counter()
         step()
         sync()
-        times.append(time.perf_counter() - t0)
-    peak = peak_mem_mb(dev)
-    med = statistics.median(times)
+        warmup_times.append(time.perf_counter() - t0)
+    reset_peak(dev)
+    times, peak = [], None
+    if method != "conv_floor":   # the floor's record is its timed products alone (no memory figure)
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - t0)
+        peak = round(peak_mem_mb(dev), 1)
+    calls = floor.record(step, learner)   # one more step, its dense calls listed (not timed)
+    sync()
+    floor_s = floor.time_calls(calls, dev, repeats=steps)
+    med = statistics.median(times) if times else floor_s
     return {"method": method, "T": T, "step_time_s": round(med, 4), "step_times_s": [round(t, 4) for t in times],
-            "peak_mem_mb": round(peak, 1), "images_per_s": round(batch_size / med, 2), "device": device_name(dev),
+            "peak_mem_mb": peak, "images_per_s": round(batch_size / med, 2), "device": device_name(dev),
+            "conv_floor_s": round(floor_s, 4), "floor_ratio": round(med / floor_s, 3), "dense_calls": len(calls),
+            "lif_implementation": lif_backend.bound(dev), "spike_loop": "compiled" if compiled else "fused",
+            "compile_s": round(max(warmup_times[0] - med, 0.0), 2) if compiled else 0.0,
             "batch_size": batch_size, "input_size": input_size, "student": student, "teacher": teacher,
             "student_kw": student_kw or {}, "threads": torch.get_num_threads()}
 
@@ -135,14 +154,16 @@ def _child_failure(method: str, T: int, rc: int, stderr: str) -> str:
 def bench(methods, Ts, student="spiking_resnet18", teacher="cifar_resnet18", batch_size=32, input_size=32,
           device="cpu", steps=3, warmup=1, student_kw=None, teacher_kw=None, log=print,
           fresh_process: bool | None = None, out: str | Path | None = None,
-          timeout_s: float | None = CHILD_TIMEOUT_S) -> dict:
-    """Every (method, T); returns ``{"machine": ..., "records": [...]}``. ``fresh_process`` (default: on the
-    CPU only, where peak RSS cannot be reset) runs each configuration in its own process; on CUDA the
-    peak is ``max_memory_allocated`` after a reset, so one process serves them all. ``out``: a JSON
-    file rewritten (atomically) after every configuration, so a later failure keeps the earlier ones.
-    ``timeout_s``: a configuration's process still running after that long is stopped (an error naming it)."""
+          timeout_s: float | None = CHILD_TIMEOUT_S, compile: bool = False) -> dict:
+    """Every (method, T); returns ``{"machine": ..., "records": [...]}``. ``fresh_process`` (default: on)
+    runs each configuration in its own process: on the CPU because peak RSS cannot be reset, on CUDA because
+    spikingjelly reads the LIF implementation ``lif_backend.choose`` picked (``machine["lif_choice"]``)
+    when it is imported (``False``: one process, with the implementation this process has bound). ``out``:
+    a JSON file rewritten (atomically) after every configuration, so a later failure keeps the earlier ones.
+    ``timeout_s``: a configuration's process still running after that long is stopped (an error naming it).
+    ``compile``: the spike pass as compiled kernels (``run_one``)."""
     if fresh_process is None:
-        fresh_process = torch.device(device).type == "cpu"
+        fresh_process = True
     check_bench_args(methods, Ts, steps, warmup, batch_size, input_size, out)
     from hybridkd_lib.models import check_model_kwargs, check_model_name
 
@@ -155,15 +176,18 @@ def bench(methods, Ts, student="spiking_resnet18", teacher="cifar_resnet18", bat
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "python": platform.python_version(), "torch": torch.__version__,
                "git_commit": git_commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    choice = lif_backend.choose(device, log=log)   # CUDA: the fastest correct kernels for BPTT's LIF
+    machine["lif_choice"] = choice
+    child_env = {**os.environ, lif_backend.VARIABLE: choice["implementation"]}
     records = []
     for T in Ts:
         for m in methods:
             spec = dict(method=m, T=T, student=student, teacher=teacher, batch_size=batch_size,
                         input_size=input_size, device=device, steps=steps, warmup=warmup,
-                        student_kw=student_kw, teacher_kw=teacher_kw)
+                        student_kw=student_kw, teacher_kw=teacher_kw, compile=compile)
             if fresh_process:
                 p = children.run([sys.executable, "-m", "hybridkd_lib.efficiency", json.dumps(spec)],
-                                 f"bench configuration {m} T={T}", timeout_s)
+                                 f"bench configuration {m} T={T}", timeout_s, env=child_env)
                 if p.returncode != 0:
                     raise RuntimeError(_child_failure(m, T, p.returncode, p.stderr))
                 rec = json.loads(p.stdout.strip().splitlines()[-1])
@@ -176,8 +200,9 @@ def bench(methods, Ts, student="spiking_resnet18", teacher="cifar_resnet18", bat
             records.append(rec)
             if out is not None:
                 write_json(out, {"machine": machine, "records": records})
-            log(f"{m:>12} T={T}: {rec['step_time_s']:.3f} s/step, {rec['peak_mem_mb']:.0f} MB, "
-                f"{rec['images_per_s']:.1f} img/s")
+            mem = "" if rec["peak_mem_mb"] is None else f", {rec['peak_mem_mb']:.0f} MB"
+            log(f"{m:>12} T={T}: {rec['step_time_s']:.3f} s/step{mem}, {rec['images_per_s']:.1f} img/s, "
+                f"{rec['floor_ratio']:.2f}x its conv floor")
     return {"machine": machine, "records": records}
 
 

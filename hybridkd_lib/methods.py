@@ -271,15 +271,16 @@ def methods_where(**facts) -> tuple[str, ...]:
     return tuple(n for n, m in METHODS.items() if all(getattr(m, k) == v for k, v in facts.items()))
 
 
-# benchmark variants of a training method (Fig. 4): the forward pass alone, BPTT with recomputed blocks
-BENCH_VARIANTS = {"forward_only": "bptt", "bptt_ckpt": "bptt"}
+# benchmark variants of a training method (Fig. 4): the forward pass alone, the dense products of a RateBP
+# step timed alone (``floor``), BPTT with recomputed blocks
+BENCH_VARIANTS = {"forward_only": "bptt", "conv_floor": "ratebp", "bptt_ckpt": "bptt"}
 
 
 def bench_methods(built_in_only: bool = False) -> tuple[str, ...]:
     """What ``bench`` measures: every student method (``built_in_only``: the paper's), with the variants
     next to the method they vary."""
     students = [m for m in methods_where(trains="student") if m != "bptt" and (m in BUILT_IN or not built_in_only)]
-    return ("forward_only", "bptt", "bptt_ckpt") + tuple(students)
+    return ("forward_only", "conv_floor", "bptt", "bptt_ckpt") + tuple(students)
 
 
 BENCH_METHODS = bench_methods(built_in_only=True)   # Fig. 4's methods

@@ -99,7 +99,9 @@ class LIF(nn.Module):
             surrogate_function=surrogate.Sigmoid(alpha=cfg.surrogate_alpha),
             detach_reset=cfg.detach_reset, step_mode="m")
         self.mode = "bptt"
-        self.spike_loop = "fused"   # "plain": the readable charge / fire / reset loop (same records)
+        # "plain": the readable charge / fire / reset loop (spike_equations); "compiled": those equations as
+        # one compiled kernel (set by speed.apply); "fused": the in-place eager loop (same records)
+        self.spike_loop = "fused"
         self.writes_over_input = False   # spike pass: spikes over the input (set by speed.apply)
         self.rate: torch.Tensor | None = None  # [B, ...] recorded by the spike pass
         self.elig: torch.Tensor | None = None  # [B, ...]
@@ -175,48 +177,15 @@ class LIF(nn.Module):
         self.elig = elig.mul_(in_scale / T)
         return spikes
 
-    # ---- the plain spike step: the tutorial's equations, one line each (``spike_loop = "plain"``)
-    def neuronal_charge(self, v: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
-        """``u_t = lambda * v_{t-1} + x_t`` (``x_t / tau`` with ``decay_input``)."""
-        return self.cfg.leak * v + (x_t / self.cfg.tau if self.cfg.decay_input else x_t)
-
-    def neuronal_fire(self, u: torch.Tensor) -> torch.Tensor:
-        """``s_t = H(u_t - theta)``."""
-        return (u >= self.v_threshold).to(u.dtype)
-
-    def neuronal_reset(self, u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """Soft: ``v_t = u_t - theta * s_t``; hard: ``v_t = u_t * (1 - s_t) + v_reset * s_t``."""
-        if self.cfg.v_reset is None:
-            return u - self.v_threshold * s
-        return u * (1 - s) + self.cfg.v_reset * s
-
-    def surrogate_grad(self, u: torch.Tensor) -> torch.Tensor:
-        """``sigma'_alpha(u - theta) = alpha * sig * (1 - sig)``, ``sig = sigmoid(alpha * (u - theta))``."""
-        sig = torch.sigmoid(self.cfg.surrogate_alpha * (u - self.v_threshold))
-        return self.cfg.surrogate_alpha * sig * (1 - sig)
-
     @torch.no_grad()
     def spike_forward_plain(self, x: torch.Tensor) -> torch.Tensor:
-        """``spike_forward`` written plainly: charge, fire, reset per step, and the eligibility
-        ``e = mean_t ef_t * sg_t`` with ``ef_t = du_t/dx`` (the RateBP derivation; Tutorial 2)."""
-        cfg, lam, T = self.cfg, self.cfg.leak, x.shape[0]
-        in_scale = 1.0 / cfg.tau if cfg.decay_input else 1.0
-        v = torch.zeros_like(x[0], dtype=state_dtype(x.dtype))
-        ef, elig, spikes = torch.full_like(v, in_scale), torch.zeros_like(v), []
-        for t in range(T):
-            u = self.neuronal_charge(v, x[t].to(v.dtype))
-            sg = self.surrogate_grad(u)
-            elig += ef * sg
-            s = self.neuronal_fire(u)
-            if cfg.v_reset is None:   # d v_t / d u_t along the kept path (the reset's own term only if not detached)
-                dv = 1.0 if cfg.detach_reset else 1.0 - self.v_threshold * sg
-            else:
-                dv = (1.0 - s) if cfg.detach_reset else (1.0 - s) - (u - cfg.v_reset) * sg
-            ef = in_scale + lam * dv * ef      # d u_{t+1} / dx through v_t
-            v = self.neuronal_reset(u, s)
-            spikes.append(s)
-        spikes = torch.stack(spikes).to(x.dtype)
-        self.rate, self.elig = spikes.mean(0, dtype=v.dtype), elig / T
+        """``spike_forward`` written plainly (``spike_equations``); ``spike_loop = "compiled"`` runs the same
+        equations as one compiled kernel (``compiled_spike_equations``)."""
+        equations = compiled_spike_equations() if self.spike_loop == "compiled" else spike_equations
+        cfg = self.cfg
+        spikes, self.rate, self.elig = equations(x, cfg.leak, self.v_threshold, cfg.surrogate_alpha,
+                                                 1.0 / cfg.tau if cfg.decay_input else 1.0, cfg.v_reset,
+                                                 cfg.detach_reset)
         return spikes
 
     def rate_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -245,3 +214,46 @@ class _RateLIF(torch.autograd.Function):
     def backward(ctx, grad_rate):
         (elig,) = ctx.saved_tensors
         return grad_rate * elig, None, None
+
+
+def spike_equations(x: torch.Tensor, lam: float, thr: float, alpha: float, in_scale: float,
+                    v_reset: float | None, detach_reset: bool):
+    """The spike pass of one LIF layer, one equation a line: ``x`` ``[T, B, ...]`` -> ``(spikes [T, B, ...],
+    rate [B, ...], eligibility [B, ...])``, with the state in ``state_dtype(x.dtype)``.
+
+    Per step: charge ``u_t = lambda * v_{t-1} + in_scale * x_t``; surrogate derivative
+    ``sg_t = alpha * sig * (1 - sig)``, ``sig = sigmoid(alpha * (u_t - theta))``; eligibility ``e += ef_t * sg_t``
+    with ``ef_t = du_t/dx`` along the kept path (the RateBP derivation; Tutorial 2); fire ``s_t = H(u_t - theta)``;
+    reset: soft ``v_t = u_t - theta * s_t``, hard ``v_t = u_t * (1 - s_t) + v_reset * s_t``. ``rate = mean_t s_t``,
+    ``e`` is divided by T."""
+    T = x.shape[0]
+    v = torch.zeros_like(x[0], dtype=state_dtype(x.dtype))
+    ef, elig, spikes = torch.full_like(v, in_scale), torch.zeros_like(v), []
+    for t in range(T):
+        u = lam * v + in_scale * x[t].to(v.dtype)
+        sig = torch.sigmoid(alpha * (u - thr))
+        sg = alpha * sig * (1 - sig)
+        elig = elig + ef * sg
+        s = (u >= thr).to(u.dtype)
+        if v_reset is None:   # d v_t / d u_t along the kept path (the reset's own term only if not detached)
+            dv = 1.0 if detach_reset else 1.0 - thr * sg
+            v = u - thr * s
+        else:
+            dv = (1.0 - s) if detach_reset else (1.0 - s) - (u - v_reset) * sg
+            v = u * (1 - s) + v_reset * s
+        ef = in_scale + lam * dv * ef      # d u_{t+1} / dx through v_t
+        spikes.append(s)
+    spikes = torch.stack(spikes)
+    return spikes.to(x.dtype), spikes.mean(0), elig / T
+
+
+_COMPILED = None
+
+
+def compiled_spike_equations():
+    """``spike_equations`` compiled (``torch.compile``, inductor: C++ on the CPU, Triton on CUDA), built on
+    first use; shapes are dynamic, so one kernel serves every layer of a T."""
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(spike_equations, dynamic=True)
+    return _COMPILED

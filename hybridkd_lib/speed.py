@@ -23,6 +23,10 @@ convolution kernels compute it correctly.
 
 ``enabled()`` is on by default; ``set_enabled(False)`` (or ``with disabled(): ...``) makes ``apply``
 install nothing, which ``tests/test_trainer.py`` uses to show that a run's weights do not change.
+
+``apply(..., compile_spike_pass=True)`` (off by default; ``bench --compile``) runs every LIF's spike pass as one
+compiled kernel of its plain equations (``neurons.spike_equations`` through ``torch.compile``: C++ on the CPU,
+Triton on CUDA) where ``compiler_works()``; without a working compiler it says so once and the fused loop runs.
 """
 from __future__ import annotations
 
@@ -151,19 +155,57 @@ def write_over_temporaries(model: nn.Module, on: bool = True) -> int:
     return switched
 
 
+_COMPILER_PROBLEM: dict = {}
+
+
+def compiler_works(device: torch.device | str = "cpu") -> str | None:
+    """None where ``torch.compile`` builds and runs a spike-pass kernel on ``device``'s type, else why not
+    (checked once per process and device type)."""
+    kind = torch.device(device).type
+    if kind not in _COMPILER_PROBLEM:
+        from hybridkd_lib.neurons import compiled_spike_equations, spike_equations
+
+        try:
+            x = torch.randn(2, 3, 4, device=device)
+            got = compiled_spike_equations()(x, 0.2, 1.0, 4.0, 1.0, None, True)
+            want = spike_equations(x, 0.2, 1.0, 4.0, 1.0, None, True)
+            same = all(torch.allclose(a, b) for a, b in zip(got, want))
+            _COMPILER_PROBLEM[kind] = None if same else "the compiled kernel's records differ from the plain loop's"
+        except Exception as e:   # no C++ compiler, no Triton, a broken toolchain: say which, then run eagerly
+            _COMPILER_PROBLEM[kind] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+    return _COMPILER_PROBLEM[kind]
+
+
+def use_compiled_spike_pass(model: nn.Module, device: torch.device | str, log=print) -> bool:
+    """Every LIF of ``model`` runs its spike pass as the compiled kernel, where ``compiler_works``; else says
+    so (once per process) and leaves the fused loop. Returns whether it compiled."""
+    problem = compiler_works(device)
+    if problem is not None:
+        if not _COMPILER_PROBLEM.get(("said", torch.device(device).type)):
+            log(f"compiled spike pass unavailable on {torch.device(device).type} ({problem}); the fused loop runs")
+            _COMPILER_PROBLEM[("said", torch.device(device).type)] = True
+        return False
+    for m in model.modules():
+        if hasattr(m, "spike_loop"):
+            m.spike_loop = "compiled"
+    return True
+
+
 def apply(learner: nn.Module, opt: torch.optim.Optimizer | None = None, data_parallel: bool = False,
-          step_in_backward: bool | None = None) -> Tricks:
+          step_in_backward: bool | None = None, compile_spike_pass: bool = False, log=print) -> Tricks:
     """Install the tricks on ``learner`` (already on its device) when ``enabled()``: temporaries
     overwritten (CPU), freed pages returned (CPU), the optimizer stepped in backward (``opt`` given and
-    ``step_in_backward``, by default: one process on the CPU). Returns the ``Tricks`` the step calls;
-    nothing is installed when off."""
+    ``step_in_backward``, by default: one process on the CPU), the compiled spike pass
+    (``compile_spike_pass``). Returns the ``Tricks`` the step calls; nothing is installed when off."""
     device = next(learner.parameters()).device
     if step_in_backward is None:
         step_in_backward = device.type == "cpu" and not data_parallel
     if not _ENABLED:
         return Tricks(device)
+    student = getattr(learner, "student", learner)   # a learner's spiking model (None: it trains an ANN)
+    if compile_spike_pass and student is not None:
+        use_compiled_spike_pass(student, device, log)
     if device.type == "cpu":
-        student = getattr(learner, "student", learner)   # a learner's spiking model (None: it trains an ANN)
         if student is not None:
             write_over_temporaries(student)
         if hasattr(learner, "between_passes"):

@@ -51,11 +51,11 @@ class TrainingStep:
     learner, or DDP around it with ``data_parallel``) on ``x`` ``[B, C, H, W]`` / ``[T, B, C, H, W]`` and
     labels ``y`` ``[B]`` already on ``device``. ``clip_grad_norm``: clip the trained gradients' global L2 norm
     (None: off); where set, the optimizer update stays after backward (no step-in-backward), and ``log``
-    says so."""
+    says so. ``compile_spike_pass``: the spike pass as compiled kernels (``speed.apply``)."""
 
     def __init__(self, learner: nn.Module, opt: torch.optim.Optimizer, device: torch.device,
                  module: nn.Module | None = None, data_parallel: bool = False,
-                 clip_grad_norm: float | None = None, log=print):
+                 clip_grad_norm: float | None = None, compile_spike_pass: bool = False, log=print):
         self.learner, self.opt, self.device = learner, opt, device
         self.module = module if module is not None else learner
         self.clip_grad_norm = clip_grad_norm
@@ -63,7 +63,8 @@ class TrainingStep:
         if clip_grad_norm is not None and device.type == "cpu" and not data_parallel and speed.enabled():
             log(f"clip_grad_norm={clip_grad_norm}: the optimizer steps after backward (the step-in-backward "
                 f"memory trick is not installed)")
-        self.tricks = speed.apply(learner, opt, step_in_backward=in_backward)
+        self.tricks = speed.apply(learner, opt, step_in_backward=in_backward, compile_spike_pass=compile_spike_pass,
+                                  log=log)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
         with autocast(self.device):

@@ -7,10 +7,11 @@
 #   2. two bf16 training steps of every distinct training set-up of the full plan, at full size, on
 #      random inputs of each dataset's shape;
 #   3. the Fig. 4 bench on synthetic CIFAR-shaped data, spiking_resnet18 <- cifar_resnet18,
-#      T in {1, 2, 4, 8}, every method, batch 128;
-#   4. a 200-step `hybrid` training throughput run at T=4, batch 128.
+#      T in {1, 2, 4, 8}, every method and the conv floor, batch 128, the spike pass compiled (Triton),
+#      BPTT's LIF on the fastest spikingjelly kernels that pass the equality check (lif_backend);
+#   4. a 200-step `hybrid` training throughput run at T=4, batch 128, compiled spike pass (goal 4,000 img/s).
 # Results (JSON, with the device name) go to OUT_DIR (default book/data/gpu/) -- commit them: CPU
-# machines cannot redo them. Budget: about 8 minutes on one H200.
+# machines cannot redo them. Budget: about 12 minutes on one H200 (the compiled kernels are built first).
 # Usage: bash scripts/gpu_check.sh [OUT_DIR]   (PY=... picks another interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +43,7 @@ assert torch.cuda.is_available(), "no CUDA device"
 print("torch", torch.__version__, "on", torch.cuda.get_device_name(0))
 PYEOF
 
-timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_ratebp.py \
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_ratebp.py \
   -k "cuda or single_lif or fp32" 2>&1 | tee "$OUT/pytest_cuda_$stamp.log"
 
 timeout 150 "$PY" - "$OUT/setups_cuda_$stamp.json" <<'PYEOF'
@@ -60,16 +61,17 @@ write_json(sys.argv[1], {"kind": "full_plan_setups", "git_commit": git_commit(),
 assert all(r["finite"] for r in records), "a non-finite loss"
 PYEOF
 
-timeout 200 "$PY" -m hybridkd_lib bench --device cuda --T 1 2 4 8 --batch-size 128 --steps 10 --warmup 3 \
-  --methods forward_only bptt bptt_ckpt bptt_kd ratebp kd hybrid --out "$OUT/bench_cuda_$stamp.json"
+timeout 420 "$PY" -m hybridkd_lib bench --device cuda --T 1 2 4 8 --batch-size 128 --steps 10 --warmup 3 \
+  --methods forward_only conv_floor bptt bptt_ckpt bptt_kd ratebp kd hybrid --compile \
+  --out "$OUT/bench_cuda_$stamp.json"
 
 timeout 120 "$PY" - "$OUT/throughput_cuda_$stamp.json" <<'PYEOF'
 import json, sys
 from hybridkd_lib.efficiency import run_one
 from hybridkd_lib.results import git_commit, write_json
 rec = run_one("hybrid", 4, "spiking_resnet18", "cifar_resnet18", batch_size=128, input_size=32,
-              device="cuda", steps=200, warmup=10)
-rec.update(kind="throughput", steps=200, git_commit=git_commit(), target_images_per_s=2100,
+              device="cuda", steps=200, warmup=10, compile=True)
+rec.update(kind="throughput", steps=200, git_commit=git_commit(), target_images_per_s=4000,
            epoch_s_cifar10=round(50000 / rec["images_per_s"], 1),
            hours_300_epochs=round(300 * 50000 / rec["images_per_s"] / 3600, 2))
 write_json(sys.argv[1], rec)

@@ -50,3 +50,25 @@ def test_bf16_training_step_on_cuda(method):
         losses.append(float(loss.detach()))
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
+
+
+@cuda
+def test_compiled_spike_pass_on_cuda_records_what_the_plain_loop_records():
+    """The compiled spike pass on CUDA (Triton) against the plain loop: the same spikes and rates; the
+    eligibility to float32 rounding (Triton's sigmoid need not be ATen's to the last bit)."""
+    from hybridkd_lib.neurons import compiled_spike_equations, spike_equations
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 16, 8, 8, device="cuda") * 1.5
+    got = compiled_spike_equations()(x, 0.2, 1.0, 4.0, 1.0, None, True)
+    want = spike_equations(x, 0.2, 1.0, 4.0, 1.0, None, True)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    torch.testing.assert_close(got[2], want[2], atol=1e-6, rtol=1e-5)
+
+
+@cuda
+def test_lif_choice_on_cuda_names_a_bound_implementation_that_agrees():
+    from hybridkd_lib import lif_backend
+
+    choice = lif_backend.choose("cuda", shape=(4, 8, 16, 8, 8), log=print)
+    assert choice["implementation"] in ("cuda", "triton", "torch") and "torch" in choice["checked"]

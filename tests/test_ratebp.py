@@ -402,3 +402,33 @@ def test_ratebp_step_at_T1_takes_one_pass(method, monkeypatch):
     assert abs(loss1 - loss2) < 1e-12 and grads1.keys() == grads2.keys()
     for n in grads1:
         torch.testing.assert_close(grads1[n], grads2[n], atol=1e-10, rtol=1e-9, msg=n)
+
+
+# ----------------------------------------------------------------------------- the compiled spike pass
+def _spike_records(m, x, loop):
+    for lif in m.modules():
+        if isinstance(lif, LIF):
+            lif.spike_loop = loop
+    logits = ratebp.spike_pass(m, x)
+    return logits, [(lif.rate.clone(), lif.elig.clone()) for lif in m.modules() if isinstance(lif, LIF)]
+
+
+@pytest.mark.parametrize("name", list_models("student"))
+def test_compiled_spike_pass_records_what_the_plain_loop_records(name):
+    """``spike_loop = "compiled"`` (``speed.apply(compile_spike_pass=True)``) is the plain equations as one
+    compiled kernel: the same spikes (so every later layer's input), rates and eligibilities, bitwise in float32."""
+    from hybridkd_lib import speed
+
+    if speed.compiler_works("cpu") is not None:
+        pytest.skip(f"no working compiler here: {speed.compiler_works('cpu')}")
+    torch.manual_seed(0)
+    m = create_model(name, num_classes=10, T=3, **model_facts(name).small).train()
+    x = torch.randn(4, 3, 32, 32)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    plain_logits, plain = _spike_records(m, x, "plain")
+    m.load_state_dict(state)
+    compiled_logits, compiled = _spike_records(m, x, "compiled")
+    assert len(plain) == len(compiled) > 0 and any(r.sum() > 0 for r, _ in plain)
+    assert torch.equal(plain_logits, compiled_logits)
+    for (r1, e1), (r2, e2) in zip(plain, compiled):
+        assert torch.equal(r1, r2) and torch.equal(e1, e2)
