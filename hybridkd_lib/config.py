@@ -63,6 +63,8 @@ class TrainConfig:
     rate_value: str = _opt("rate", "rate pass after max-pooling of spikes: rate (the reference) | spike_mean", True)
     clip_grad_norm: float | None = _opt(None, "clip the global L2 norm of the trained gradients to this value before "
                                               "each update (timm's --clip-grad); None: off")
+    compile_spike_pass: bool = _opt(False, "run each LIF's spike pass as one compiled kernel (torch.compile: C++ on "
+                                           "the CPU, Triton on CUDA; same records); off: the fused eager loop", True)
     precise_bn: int = _opt(0, "before each evaluation, recompute the trained model's BN running statistics from "
                               "this many fixed training batches (weights unchanged); 0: keep the running averages")
     teacher_input_size: int | None = _opt(None, "resize inputs for the teacher (e.g. 224 for ViT-S/16 on CIFAR)")

@@ -57,10 +57,10 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
     torch.manual_seed(0)
     train_method = BENCH_VARIANTS.get(method, method)
     cfg = TrainConfig(method=train_method, student=student, teacher=teacher, T=T,
-                      student_kw=student_kw or {}, teacher_kw=teacher_kw or {})
+                      student_kw=student_kw or {}, teacher_kw=teacher_kw or {}, compile_spike_pass=compile)
     learner = place(Learner(cfg, 10, (3, input_size, input_size)).train(), dev)   # as the trainer
     opt = make_optimizer(cfg, learner.trainable())
-    train_step = TrainingStep(learner, opt, dev, compile_spike_pass=compile)   # as the trainer (speed.apply)
+    train_step = TrainingStep(learner, opt, dev, compile_spike_pass=cfg.compile_spike_pass)   # as the trainer
     compiled = any(getattr(m, "spike_loop", None) == "compiled" for m in learner.modules())
     x = torch.randn(batch_size, 3, input_size, input_size, device=dev)
     y = torch.randint(10, (batch_size,), device=dev)

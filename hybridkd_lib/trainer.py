@@ -177,7 +177,8 @@ def setup(cfg: TrainConfig, env: Distributed, log=print) -> tuple[Session, dict 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
     state = _resume(cfg, env, learner, opt, sched, log)
     step = TrainingStep(learner, opt, env.device, module=_data_parallel(learner, cfg, env), data_parallel=env.world > 1,
-                        clip_grad_norm=cfg.clip_grad_norm, log=log if env.main else (lambda *_: None))
+                        clip_grad_norm=cfg.clip_grad_norm, compile_spike_pass=cfg.compile_spike_pass,
+                        log=log if env.main else (lambda *_: None))
     return Session(cfg, env, learner, step, opt, sched, sampler, train_loader, test_loader, steps, num_classes,
                    check_every=1 if env.device.type == "cpu" else 50,
                    bn_batches=_fixed_batches(train_set, cfg, env, per_rank)), state

@@ -168,6 +168,26 @@ def test_speed_tricks_off_give_the_same_weights(tmp_path, teacher_run):
     assert all(torch.equal(on[k], off[k]) for k in on)
 
 
+def test_compiled_spike_pass_trains_the_weights_of_the_plain_equations(tmp_path, teacher_run, monkeypatch):
+    """``compile_spike_pass=True`` in a hybrid run: every LIF's spike pass is the compiled kernel, and the run's
+    weights are byte for byte those of the same run with the plain equations run eagerly in its place."""
+    from hybridkd_lib import neurons, speed
+
+    if speed.compiler_works("cpu") is not None:
+        pytest.skip(f"no working compiler here: {speed.compiler_works('cpu')}")
+    loops = []
+    real = neurons.LIF.spike_forward_plain
+    monkeypatch.setattr(neurons.LIF, "spike_forward_plain", lambda self, x: loops.append(self.spike_loop) or real(self, x))
+    train(_cfg(tmp_path / "compiled", "hybrid", teacher_ckpt=str(teacher_run), compile_spike_pass=True),
+          log=lambda *_: None)
+    assert loops and set(loops) == {"compiled"}
+    monkeypatch.setattr(neurons, "compiled_spike_equations", lambda: neurons.spike_equations)
+    train(_cfg(tmp_path / "plain", "hybrid", teacher_ckpt=str(teacher_run), compile_spike_pass=True),
+          log=lambda *_: None)
+    compiled, plain = _weights(tmp_path / "compiled" / "hybrid"), _weights(tmp_path / "plain" / "hybrid")
+    assert all(torch.equal(compiled[k], plain[k]) for k in compiled)
+
+
 def test_precise_bn_recomputes_the_same_statistics_from_the_same_batches(teacher_run):
     """BN statistics from fixed batches: two recomputations with the weights unchanged agree exactly,
     and differ from the running averages they replace."""
