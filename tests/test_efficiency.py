@@ -245,3 +245,15 @@ def test_without_a_working_compiler_the_fused_loop_runs_and_it_is_said_once(monk
     assert said == ["compiled spike pass unavailable on cpu (RuntimeError: InvalidCxxCompiler: no working C++ "
                     "compiler found); the fused loop runs"]
     assert {lif.spike_loop for lif in m.modules() if isinstance(lif, neurons.LIF)} == {"fused"}
+
+
+def test_fig4_names_the_kernels_each_run_used():
+    from hybridkd_lib.book import report
+
+    assert report.bench_kernels({"lif_implementation": "triton", "spike_loop": "compiled", "compile_s": 41.2}) == \
+        "LIF kernels `triton`, spike pass `compiled` (build 41.2 s)"
+    assert report.bench_kernels({}) == "LIF kernels `not recorded`, spike pass `fused`"   # a record from before
+    table = report.bench_table([dict(_rec("conv_floor", 8, 3.0, None), floor_ratio=1.0),
+                                dict(_rec("ratebp", 8, 3.3, 1210), floor_ratio=1.1)])
+    assert table.loc[("measured (test)", "conv_floor"), ("peak_mem_mb", 8)] == report.MISSING
+    assert table.loc[("measured (test)", "ratebp"), ("floor_ratio", 8)] == 1.1
