@@ -67,8 +67,10 @@ def add_train_options(parser) -> None:
             continue
         default = f.default_factory() if f.default_factory is not MISSING else f.default
         shown = "" if default is MISSING or f.name == "out" else f" (default: {json.dumps(default)})"
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_option_type(hints[f.name]),
-                            default=None, help=f.metadata.get("help", "") + shown)
+        kind = {"action": argparse.BooleanOptionalAction} if hints[f.name] is bool else \
+            {"type": _option_type(hints[f.name])}   # a switch: --name / --no-name
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                            help=f.metadata.get("help", "") + shown, **kind)
 
 
 def train_config_from_args(args):

@@ -39,7 +39,11 @@ def atomic_write(path: str | Path, write, binary: bool = False) -> Path:
 
 def _why(exc: BaseException) -> str:
     text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    why = text[0][:300] if text else type(exc).__name__
+    if "unexpected pos" in why:   # torch.save's writer: fewer bytes were written than it asked for
+        pos = why[why.index("unexpected pos"):]
+        why = f"the write stopped short: the disk is full or a file size limit was hit (torch.save: {pos})"
+    return why
 
 
 def _free_space(folder: Path) -> str:
