@@ -12,13 +12,14 @@ Modules and the library modules each imports (``tests/test_package.py`` checks t
     hybrid     -> data, layers, models
     ratebp     -> layers, neurons
     layers     -> neurons
-    efficiency -> children, config, data, learner, methods, models, results, speed, step
+    efficiency -> children, config, data, floor, learner, lif_backend, methods, models, results, speed, step
+    lif_backend -> children, neurons
     cam        -> checkpoint, config, data, learner, methods, results
     data       -> catalog
     catalog    -> results
     checkpoint -> results
-    speed      -> memory
-    neurons, distributed, children, memory, plugins, results -> (none)
+    speed      -> memory, neurons
+    neurons, distributed, children, floor, memory, plugins, results -> (none)
     models/    -> layers, neurons, plugins (the registry, students and teachers on one stage protocol)
 
 ``book/`` (plan, reproduce, cluster, dryrun, tinydata, report) is the book's machinery: it imports the

@@ -200,9 +200,9 @@ def bench(methods, Ts, student="spiking_resnet18", teacher="cifar_resnet18", bat
             records.append(rec)
             if out is not None:
                 write_json(out, {"machine": machine, "records": records})
-            mem = "" if rec["peak_mem_mb"] is None else f", {rec['peak_mem_mb']:.0f} MB"
-            log(f"{m:>12} T={T}: {rec['step_time_s']:.3f} s/step{mem}, {rec['images_per_s']:.1f} img/s, "
-                f"{rec['floor_ratio']:.2f}x its conv floor")
+            mem = "" if rec.get("peak_mem_mb") is None else f", {rec['peak_mem_mb']:.0f} MB"
+            ratio = "" if rec.get("floor_ratio") is None else f", {rec['floor_ratio']:.2f}x its conv floor"
+            log(f"{m:>12} T={T}: {rec['step_time_s']:.3f} s/step{mem}, {rec['images_per_s']:.1f} img/s{ratio}")
     return {"machine": machine, "records": records}
 
 
