@@ -108,6 +108,13 @@ class Method:
         """How many hybrids M_k a run of this method evaluates."""
         return learner.distiller.num_hybrids if self.hybrids else 0
 
+    def uses_spike_pass(self, T: int) -> bool:
+        """True where a step runs RateBP's graph-free spike pass (not BPTT, an ANN, or RateBP at T=1, which takes
+        BPTT's single pass: ``ratebp.rate_is_bptt``)."""
+        from hybridkd_lib import ratebp
+
+        return self.propagation == "rate" and not ratebp.rate_is_bptt(T)
+
     def has_unused_parameters(self, loss_cfg) -> bool:
         """True where some trained parameter gets no gradient (A_k whose every term is switched off): DDP must
         then look for unused parameters. A term other than ``ce``/``kd`` is taken to use A_k."""
@@ -123,7 +130,7 @@ class Method:
 
         if self.propagation == "ann":
             return StepOutputs(y, learner.model(teacher_input(x, learner.teacher_input_size)), learner=learner)
-        single_pass = self.propagation == "bptt" or ratebp.rate_is_bptt(learner.T)
+        single_pass = not self.uses_spike_pass(learner.T)   # BPTT; RateBP at T=1
         teacher = None
         if self.teacher and single_pass:
             teacher = self._teacher_outputs(learner, x)

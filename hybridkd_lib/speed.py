@@ -25,7 +25,7 @@ convolution kernels compute it correctly.
 install nothing, which ``tests/test_trainer.py`` uses to show that a run's weights do not change.
 
 ``apply(..., compile_spike_pass=True)`` (off by default; ``bench --compile``) runs every LIF's spike pass as one
-compiled kernel of its plain equations (``neurons.spike_equations`` through ``torch.compile``: C++ on the CPU,
+compiled kernel (in a method whose step has a spike pass: ``Method.uses_spike_pass``) of its plain equations (``neurons.spike_equations`` through ``torch.compile``: C++ on the CPU,
 Triton on CUDA) where ``compiler_works()``; without a working compiler it says so once and the fused loop runs.
 """
 from __future__ import annotations
@@ -203,7 +203,8 @@ def apply(learner: nn.Module, opt: torch.optim.Optimizer | None = None, data_par
     if not _ENABLED:
         return Tricks(device)
     student = getattr(learner, "student", learner)   # a learner's spiking model (None: it trains an ANN)
-    if compile_spike_pass and student is not None:
+    spec = getattr(learner, "spec", None)             # a learner's method: does its step run the spike pass?
+    if compile_spike_pass and student is not None and (spec is None or spec.uses_spike_pass(learner.T)):
         use_compiled_spike_pass(student, device, log)
     if device.type == "cpu":
         if student is not None:

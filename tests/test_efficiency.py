@@ -257,3 +257,16 @@ def test_fig4_names_the_kernels_each_run_used():
                                 dict(_rec("ratebp", 8, 3.3, 1210), floor_ratio=1.1)])
     assert table.loc[("measured (test)", "conv_floor"), ("peak_mem_mb", 8)] == report.MISSING
     assert table.loc[("measured (test)", "ratebp"), ("floor_ratio", 8)] == 1.1
+
+
+def test_compile_is_installed_only_where_a_step_has_a_spike_pass():
+    """BPTT and RateBP at T=1 (BPTT's single pass) run no spike pass: nothing is compiled for them."""
+    from hybridkd_lib import speed
+    from hybridkd_lib.config import TrainConfig
+    from hybridkd_lib.learner import Learner
+
+    for method, T, compiled in (("bptt", 4, False), ("ratebp", 1, False), ("ratebp", 2, True)):
+        learner = Learner(TrainConfig(method=method, T=T, student_kw={"width": 4}), 10, (3, 16, 16))
+        speed.apply(learner, compile_spike_pass=True, log=lambda *_: None)
+        loops = {m.spike_loop for m in learner.student.modules() if hasattr(m, "spike_loop")}
+        assert loops == ({"compiled"} if compiled and speed.compiler_works("cpu") is None else {"fused"}), method
