@@ -47,7 +47,7 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
             compile: bool = False) -> dict:
     """Median step time and peak memory of one configuration, in this process; ``compile``: the spike pass as
     compiled kernels (``speed.apply``), whose build time (the first warm-up step's excess over the median
-    step) is reported apart as ``compile_s``."""
+    step; 0 for ``conv_floor``, which times no steps) is reported apart as ``compile_s``."""
     from hybridkd_lib.config import TrainConfig
     from hybridkd_lib.learner import Learner, make_optimizer
 
@@ -107,7 +107,7 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
             "peak_mem_mb": peak, "images_per_s": round(batch_size / med, 2), "device": device_name(dev),
             "conv_floor_s": round(floor_s, 4), "floor_ratio": round(med / floor_s, 3), "dense_calls": len(calls),
             "lif_implementation": lif_backend.bound(dev), "spike_loop": "compiled" if compiled else "fused",
-            "compile_s": round(max(warmup_times[0] - med, 0.0), 2) if compiled else 0.0,
+            "compile_s": round(max(warmup_times[0] - med, 0.0), 2) if compiled and times else 0.0,
             "batch_size": batch_size, "input_size": input_size, "student": student, "teacher": teacher,
             "student_kw": student_kw or {}, "threads": torch.get_num_threads()}
 
@@ -153,17 +153,14 @@ def _child_failure(method: str, T: int, rc: int, stderr: str) -> str:
 
 def bench(methods, Ts, student="spiking_resnet18", teacher="cifar_resnet18", batch_size=32, input_size=32,
           device="cpu", steps=3, warmup=1, student_kw=None, teacher_kw=None, log=print,
-          fresh_process: bool | None = None, out: str | Path | None = None,
+          fresh_process: bool = True, out: str | Path | None = None,
           timeout_s: float | None = CHILD_TIMEOUT_S, compile: bool = False) -> dict:
-    """Every (method, T); returns ``{"machine": ..., "records": [...]}``. ``fresh_process`` (default: on)
-    runs each configuration in its own process: on the CPU because peak RSS cannot be reset, on CUDA because
+    """Every (method, T); returns ``{"machine": ..., "records": [...]}``. ``fresh_process`` runs each configuration in its own process: on the CPU because peak RSS cannot be reset, on CUDA because
     spikingjelly reads the LIF implementation ``lif_backend.choose`` picked (``machine["lif_choice"]``)
     when it is imported (``False``: one process, with the implementation this process has bound). ``out``:
     a JSON file rewritten (atomically) after every configuration, so a later failure keeps the earlier ones.
     ``timeout_s``: a configuration's process still running after that long is stopped (an error naming it).
     ``compile``: the spike pass as compiled kernels (``run_one``)."""
-    if fresh_process is None:
-        fresh_process = True
     check_bench_args(methods, Ts, steps, warmup, batch_size, input_size, out)
     from hybridkd_lib.models import check_model_kwargs, check_model_name
 

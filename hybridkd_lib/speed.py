@@ -24,9 +24,11 @@ convolution kernels compute it correctly.
 ``enabled()`` is on by default; ``set_enabled(False)`` (or ``with disabled(): ...``) makes ``apply``
 install nothing, which ``tests/test_trainer.py`` uses to show that a run's weights do not change.
 
-``apply(..., compile_spike_pass=True)`` (off by default; ``bench --compile``) runs every LIF's spike pass as one
-compiled kernel (in a method whose step has a spike pass: ``Method.uses_spike_pass``) of its plain equations (``neurons.spike_equations`` through ``torch.compile``: C++ on the CPU,
-Triton on CUDA) where ``compiler_works()``; without a working compiler it says so once and the fused loop runs.
+``apply(..., compile_spike_pass=True)`` (off by default; ``TrainConfig.compile_spike_pass``, ``bench --compile``)
+runs every LIF's spike pass as one compiled kernel of its plain equations (``neurons.spike_equations`` through
+``torch.compile``: C++ on the CPU, Triton on CUDA), in a method whose step has a spike pass
+(``Method.uses_spike_pass``), where ``compiler_works()``; without a working compiler it says so once and the
+fused loop runs.
 """
 from __future__ import annotations
 
@@ -155,7 +157,8 @@ def write_over_temporaries(model: nn.Module, on: bool = True) -> int:
     return switched
 
 
-_COMPILER_PROBLEM: dict = {}
+_COMPILER_PROBLEM: dict[str, str | None] = {}   # device type -> None (works) or why not
+_COMPILER_PROBLEM_SAID: set[str] = set()          # device types whose problem was logged
 
 
 def compiler_works(device: torch.device | str = "cpu") -> str | None:
@@ -179,11 +182,11 @@ def compiler_works(device: torch.device | str = "cpu") -> str | None:
 def use_compiled_spike_pass(model: nn.Module, device: torch.device | str, log=print) -> bool:
     """Every LIF of ``model`` runs its spike pass as the compiled kernel, where ``compiler_works``; else says
     so (once per process) and leaves the fused loop. Returns whether it compiled."""
-    problem = compiler_works(device)
+    problem, kind = compiler_works(device), torch.device(device).type
     if problem is not None:
-        if not _COMPILER_PROBLEM.get(("said", torch.device(device).type)):
-            log(f"compiled spike pass unavailable on {torch.device(device).type} ({problem}); the fused loop runs")
-            _COMPILER_PROBLEM[("said", torch.device(device).type)] = True
+        if kind not in _COMPILER_PROBLEM_SAID:
+            log(f"compiled spike pass unavailable on {kind} ({problem}); the fused loop runs")
+            _COMPILER_PROBLEM_SAID.add(kind)
         return False
     for m in model.modules():
         if hasattr(m, "spike_loop"):

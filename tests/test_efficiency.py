@@ -238,6 +238,7 @@ def test_without_a_working_compiler_the_fused_loop_runs_and_it_is_said_once(monk
 
     monkeypatch.setattr(neurons, "compiled_spike_equations", broken)
     monkeypatch.setattr(speed, "_COMPILER_PROBLEM", {})
+    monkeypatch.setattr(speed, "_COMPILER_PROBLEM_SAID", set())
     m = create_model("spiking_resnet18", width=4, T=2)
     said = []
     assert speed.use_compiled_spike_pass(m, "cpu", log=said.append) is False
