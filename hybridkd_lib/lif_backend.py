@@ -110,6 +110,11 @@ def choose(device: torch.device | str, shape: tuple = CHECK_SHAPE, candidates: t
     if os.environ.get(VARIABLE, "auto") != "auto":   # the user's own choice is kept
         log(f"BPTT's LIF on {dev}: {os.environ[VARIABLE]} (set by {VARIABLE})")
         return {"implementation": os.environ[VARIABLE], "checked": {}, "set_by": VARIABLE}
+    return check_and_pick(dev, shape, candidates, log)
+
+
+def check_and_pick(dev: torch.device, shape: tuple, candidates: tuple, log=print) -> dict:
+    """``choose``'s checks on ``dev``: the torch reference, then each candidate, each in its own process."""
     with tempfile.TemporaryDirectory(prefix="hybridkd_lif_") as folder:
         reference = check("torch", str(dev), Path(folder), shape)
         if "error" in reference:

@@ -271,3 +271,17 @@ def test_compile_is_installed_only_where_a_step_has_a_spike_pass():
         speed.apply(learner, compile_spike_pass=True, log=lambda *_: None)
         loops = {m.spike_loop for m in learner.student.modules() if hasattr(m, "spike_loop")}
         assert loops == ({"compiled"} if compiled and speed.compiler_works("cpu") is None else {"fused"}), method
+
+
+def test_lif_checks_run_each_candidate_and_say_why_one_is_not_taken():
+    """``choose``'s CUDA path, run on the CPU: spikingjelly ignores the variable there and binds its one
+    implementation, so every candidate is refused as a fallback and torch is kept."""
+    from hybridkd_lib import lif_backend
+
+    said = []
+    choice = lif_backend.check_and_pick(torch.device("cpu"), (3, 2, 4, 5, 5), ("cuda", "triton"), log=said.append)
+    assert choice["implementation"] == "torch" and choice["checked"]["torch"].endswith(" s")
+    for name in ("cuda", "triton"):
+        assert choice["checked"][name] == "not taken: spikingjelly bound 'torch-reference' instead"
+    assert said == [f"BPTT's LIF on cpu: torch (torch: {choice['checked']['torch']}; cuda: not taken: spikingjelly "
+                    f"bound 'torch-reference' instead; triton: not taken: spikingjelly bound 'torch-reference' instead)"]
