@@ -3,13 +3,14 @@
 Modules and the library modules each imports (``tests/test_package.py`` checks this map)::
 
     cli        -> book, catalog, config, data, efficiency, methods, plugins, results, trainer
-    trainer    -> checkpoint, children, config, data, distributed, learner, results, step
+    trainer    -> checkpoint, children, config, data, distributed, learner, results, spikecosts, step
     step       -> layers, speed
     learner    -> checkpoint, config, methods, models
     methods    -> hybrid, learner, losses, plugins, ratebp
     config     -> data, losses, methods, models, neurons, ratebp, results
     losses     -> methods
     hybrid     -> data, layers, models
+    spikecosts -> hybrid, layers, neurons, ratebp
     ratebp     -> layers, neurons
     layers     -> neurons
     efficiency -> children, config, data, floor, learner, lif_backend, methods, models, results, speed, step

@@ -276,3 +276,11 @@ class GlobalAvgPool(nn.Module):
 
     def forward(self, x):
         return x.flatten(-2).mean(-1)
+
+
+class MatMul(nn.Module):
+    """``a @ b`` as a module (no parameters), so that hooks see the operands of a product of activations
+    (spiking attention's ``K^T V`` and ``(K^T V)^T Q``; ``spikecosts`` counts them)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a @ b

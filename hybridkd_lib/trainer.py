@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from hybridkd_lib import checkpoint, children, data, results
+from hybridkd_lib import checkpoint, children, data, results, spikecosts
 from hybridkd_lib.config import TrainConfig, check_writable_folder, validate
 from hybridkd_lib.distributed import Distributed, broadcast_from_main, init_distributed
 from hybridkd_lib.learner import Learner, make_optimizer
@@ -433,10 +433,23 @@ def _run_epochs(s: Session, state: dict | None, on_epoch_end, log) -> dict:
     final = evaluate(s.learner, s.test_loader, env, with_teacher=True)
     result = _result(s, final, history, train_time)
     if env.main:
+        result["spike_costs"] = inference_costs(s)
         _save_final(s, result)
         log(f"done: top1 {result['top1']:.2f}% -> {out / 'result.json'}")
     env.barrier()
     return result
+
+
+def inference_costs(s: Session) -> dict:
+    """What the trained network costs at inference (``spikecosts.learner_costs``): firing rates, synaptic
+    operations and energy of the student, or the MACs of a teacher run, counted once on this process's test set
+    (the whole test set in a single-process run), in float32 without autocast."""
+    learner, was = s.learner, s.learner.training
+    learner.eval()
+    try:
+        return spikecosts.learner_costs(learner, (s.env.put(x, y)[0] for x, y in s.test_loader))
+    finally:
+        learner.train(was)
 
 
 def _save_epoch(s: Session, epoch: int, history: list, train_time: float) -> None:

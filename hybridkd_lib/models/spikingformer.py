@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from hybridkd_lib.layers import RateBatchNorm1d, RateBatchNorm2d, SpikeMeanValue, conv
+from hybridkd_lib.layers import MatMul, RateBatchNorm1d, RateBatchNorm2d, SpikeMeanValue, conv
 from hybridkd_lib.models.resnet import neuron_config
 from hybridkd_lib.models.stages import SpikingStageModel
 from hybridkd_lib.neurons import LIF, NeuronConfig
@@ -51,6 +51,7 @@ class SpikingSelfAttention(nn.Module):
         self.v, self.lif_v = _proj(dim, dim, False), LIF(cfg)
         self.lif_attn = LIF(cfg, v_threshold=0.5)
         self.proj = _proj(dim, dim, True)
+        self.kv_product, self.attn_product = MatMul(), MatMul()   # modules, so that hooks see the operands
 
     def forward(self, x):  # [..., D, N]
         *lead, D, N = x.shape
@@ -58,8 +59,8 @@ class SpikingSelfAttention(nn.Module):
         split = lambda t: t.reshape(*lead, self.heads, D // self.heads, N)  # [..., H, d, N]
         q, k, v = (split(lif(p(h))) for p, lif in
                    ((self.q, self.lif_q), (self.k, self.lif_k), (self.v, self.lif_v)))
-        kv = k @ v.transpose(-1, -2)            # [..., H, d, d] = K^T V (channels-first)
-        out = kv.transpose(-1, -2) @ q * self.scale  # [..., H, d, N] = ((Q K^T) V)^T
+        kv = self.kv_product(k, v.transpose(-1, -2))              # [..., H, d, d] = K^T V (channels-first)
+        out = self.attn_product(kv.transpose(-1, -2), q) * self.scale  # [..., H, d, N] = ((Q K^T) V)^T
         return self.proj(self.lif_attn(out.reshape(*lead, D, N)))
 
 

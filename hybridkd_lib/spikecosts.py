@@ -1,0 +1,259 @@
+"""What a trained network costs at inference: firing rates, synaptic operations and energy.
+
+Counted from the real tensors of inference forwards (eval mode, ``[T, B, ...]`` inside a student) with
+forward hooks, so max-pooling, strides, padding and residual adds count what they do:
+
+- every LIF layer: its firing rate (spikes per neuron and timestep), its mean over the images and the spread
+  (standard deviation) of the images' own rates;
+- every Conv1d/Conv2d/Linear and the attention products (``layers.MatMul``) whose input, as seen in that call,
+  is events (0/1 spikes, or the non-negative integer spike counts of a SEW ADD): **accumulates** (ACs), each
+  event of value ``c`` adding ``c`` times to every output it reaches (the fan-out through the kernel, its stride
+  and padding, counted on the real map: ``sum(conv(events summed over channels, ones kernel)) * C_out/groups``);
+- every such layer whose input is not events (the first conv on the image, anything after a real-valued
+  path or an average pool): dense **multiply-accumulates** (MACs), ``output elements * fan-in``.
+
+BatchNorm is counted as folded into the convolution before it (no operations of its own, as inference runs
+it); LIF updates, adds and pooling are not counted, as the usual SNN energy figures count them.
+A static image is encoded once (the student's ``encoder``: identical at every step), so its MACs count once.
+
+``ann_macs_per_image``: the same network with one timestep, all dense, the ANN it would be.
+Energy: ``e_ac * ACs + e_mac * MACs`` with ``EnergyModel``'s per-operation figures.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybridkd_lib.layers import MatMul
+from hybridkd_lib.neurons import LIF
+
+
+@dataclass(frozen=True)
+class EnergyModel:
+    """Energy per operation in picojoules. Defaults: 45 nm CMOS, 32-bit floating point, Horowitz (ISSCC 2014,
+    "Computing's energy problem"): an add 0.9 pJ (an accumulate), a multiply 3.7 pJ + an add (a MAC, 4.6 pJ);
+    the figures most SNN papers use."""
+
+    pj_per_ac: float = 0.9
+    pj_per_mac: float = 4.6
+    source: str = "Horowitz, ISSCC 2014: 45 nm, 32-bit float (add 0.9 pJ; multiply 3.7 pJ + add)"
+
+    def __post_init__(self):
+        for name in ("pj_per_ac", "pj_per_mac"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name}={value!r} not allowed; an energy per operation is a number >= 0 (pJ)")
+
+    def microjoules(self, acs: float, macs: float) -> float:
+        return (self.pj_per_ac * acs + self.pj_per_mac * macs) * 1e-6
+
+
+COUNTED = (nn.Conv1d, nn.Conv2d, nn.Linear, MatMul)
+
+
+def _events(x: torch.Tensor) -> str:
+    """``"spikes"`` (0/1), ``"counts"`` (non-negative integers) or ``"real"``: what a layer's input is."""
+    if bool(((x == 0) | (x == 1)).all()):
+        return "spikes"
+    if bool((x >= 0).all()) and bool((x == x.round()).all()):
+        return "counts"
+    return "real"
+
+
+def _conv_acs(m: nn.Module, x: torch.Tensor) -> float:
+    """Accumulates of a convolution whose input ``x`` (``[N, C, ...]``) is events: every event times the
+    outputs it reaches (through the kernel, stride, padding and dilation), times ``C_out / groups``."""
+    if m.padding_mode != "zeros":
+        raise ValueError(f"counting a convolution with padding_mode={m.padding_mode!r}; only 'zeros' is counted")
+    conv = F.conv2d if isinstance(m, nn.Conv2d) else F.conv1d
+    ones = x.new_ones((1, 1) + tuple(m.kernel_size), dtype=torch.float64)
+    reach = conv(x.to(torch.float64).sum(1, keepdim=True), ones, None, m.stride, m.padding, m.dilation)
+    return float(reach.sum()) * m.out_channels / m.groups
+
+
+def _dense_macs(m: nn.Module, inputs: tuple, out: torch.Tensor) -> float:
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        return float(out.numel()) * (m.in_channels // m.groups) * int(torch.tensor(m.kernel_size).prod())
+    if isinstance(m, nn.Linear):
+        return float(out.numel()) * m.in_features
+    return float(out.numel()) * inputs[0].shape[-1]   # a @ b: each output sums over a's last dimension
+
+
+def _acs(m: nn.Module, inputs: tuple, kinds: list[str]) -> float:
+    """Accumulates of a layer whose (first, or for a product either) input is events."""
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        return _conv_acs(m, inputs[0])
+    if isinstance(m, nn.Linear):
+        return float(inputs[0].to(torch.float64).sum()) * m.out_features
+    a, b = inputs   # a [..., n, m] @ b [..., m, p] -> [..., n, p]: an event a_ij adds row b_j (p values) to
+    n, p = a.shape[-2], b.shape[-1]   # output row i; an event b_jk adds column a_:j (n values) to output column k
+    lead = lambda t: t.numel() // (t.shape[-2] * t.shape[-1])   # broadcast leading dims: the output's count
+    out_lead = max(lead(a), lead(b))
+    options = []
+    if kinds[0] != "real":
+        options.append(float(a.to(torch.float64).sum()) * p * out_lead / lead(a))
+    if kinds[1] != "real":
+        options.append(float(b.to(torch.float64).sum()) * n * out_lead / lead(b))
+    return min(options)
+
+
+class _Counter:
+    """Forward hooks that count operations and spikes of one network over the images it is shown."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.images = model, 0
+        self.ops: dict[str, dict] = {}
+        self.lifs: dict[str, dict] = {}
+        self.handles = []
+        for name, m in model.named_modules():
+            if isinstance(m, LIF):
+                self.lifs[name] = {"spikes": 0.0, "neuron_steps": 0.0, "rate_sum": 0.0, "rate_sq": 0.0, "neurons": 0}
+                self.handles.append(m.register_forward_hook(self._lif_hook(name)))
+            elif isinstance(m, COUNTED):
+                kind = "matmul" if isinstance(m, MatMul) else type(m).__name__.lower()
+                self.ops[name] = {"kind": kind, "input": "spikes", "synops": 0.0, "macs": 0.0, "calls": 0}
+                self.handles.append(m.register_forward_hook(self._op_hook(name)))
+
+    def _lif_hook(self, name):
+        def hook(m, inputs, out):
+            rec = self.lifs[name]
+            s = out.detach().to(torch.float64)   # [T, B, ...]
+            per_image = s.transpose(0, 1).flatten(1).mean(1)   # [B]: each image's rate over T and neurons
+            rec["spikes"] += float(s.sum())
+            rec["neuron_steps"] += float(s.numel())
+            rec["rate_sum"] += float(per_image.sum())
+            rec["rate_sq"] += float(per_image.square().sum())
+            rec["neurons"] = s[0, 0].numel()
+        return hook
+
+    def _op_hook(self, name):
+        def hook(m, inputs, out):
+            rec = self.ops[name]
+            rec["calls"] += 1
+            kinds = [_events(t) for t in inputs[:2]] if isinstance(m, MatMul) else [_events(inputs[0])]
+            if all(k == "real" for k in kinds):
+                rec["macs"] += _dense_macs(m, inputs, out)
+                rec["input"] = "real"
+            else:
+                rec["synops"] += _acs(m, inputs, kinds)
+                if rec["input"] != "real" and "counts" in kinds:
+                    rec["input"] = "counts"
+        return hook
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _total_dense_macs(model: nn.Module, x: torch.Tensor) -> float:
+    """Dense MACs of one forward of ``model`` on ``x`` (all its counted layers), per image of the batch."""
+    total, handles = [0.0], []
+    for m in model.modules():
+        if isinstance(m, COUNTED):
+            handles.append(m.register_forward_hook(lambda m, i, o: total.__setitem__(0, total[0] + _dense_macs(m, i, o))))
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] / x.shape[-4 if x.dim() >= 4 else 0]
+
+
+def ann_macs(model: nn.Module, x: torch.Tensor) -> float:
+    """Multiply-accumulates per image of ``model`` as an ANN: a teacher as it is; a student with one timestep
+    (its LIFs acting as activations), on the static batch ``x`` (``[B, C, H, W]``; a frame sequence: its first frame)."""
+    was = model.training
+    model.eval()
+    try:
+        if not getattr(model, "spiking", False):
+            return _total_dense_macs(model, x)
+        T = model.T
+        model.T = 1
+        try:
+            return _total_dense_macs(model, x[:1] if x.dim() == model.input_ndim + 1 else x)
+        finally:
+            model.T = T
+    finally:
+        model.train(was)
+
+
+@torch.no_grad()
+def spike_costs(model: nn.Module, batches, energy: EnergyModel = EnergyModel(), teacher_macs: float | None = None) -> dict:
+    """Spike statistics and operation counts of a trained student over ``batches`` (an iterable of input
+    tensors ``[B, C, H, W]`` or ``[T, B, C, H, W]``, on the model's device), per image.
+
+    Returns ``firing_rate`` (spikes per neuron-timestep over every LIF layer), ``synops_per_image`` (ACs),
+    ``macs_per_image``, ``energy_uj_per_image``, ``ann_macs_per_image`` and its energy, ``energy_vs_ann``,
+    with ``teacher_macs`` also ``energy_vs_teacher``; ``layers`` (per LIF: ``rate``, ``rate_std`` over images,
+    ``neurons``) and ``ops`` (per counted layer: what its input was, ``synops``, ``macs``)."""
+    from hybridkd_lib.ratebp import set_mode
+
+    if not getattr(model, "spiking", False):
+        raise ValueError(f"spike_costs counts a spiking student; {type(model).__name__} is an ANN (use ann_macs)")
+    was = model.training
+    model.eval()
+    set_mode(model, "bptt")
+    counter, images, first = _Counter(model), 0, None
+    try:
+        for x in batches:
+            first = x if first is None else first
+            model(x)
+            images += x.shape[1] if x.dim() == model.input_ndim + 1 else x.shape[0]
+    finally:
+        counter.close()
+        model.train(was)
+    if not images:
+        raise ValueError("spike_costs was given no images")
+    layers = []
+    for name, r in counter.lifs.items():
+        if not r["neuron_steps"]:
+            continue
+        mean = r["rate_sum"] / images
+        layers.append({"name": name, "neurons": r["neurons"], "rate": r["spikes"] / r["neuron_steps"],
+                       "rate_std": max(r["rate_sq"] / images - mean * mean, 0.0) ** 0.5})
+    ops = [{"name": n, "kind": r["kind"], "input": r["input"], "synops": r["synops"] / images,
+            "macs": r["macs"] / images} for n, r in counter.ops.items() if r["calls"]]
+    synops, macs = sum(o["synops"] for o in ops), sum(o["macs"] for o in ops)
+    spikes = sum(r["spikes"] for r in counter.lifs.values())
+    steps = sum(r["neuron_steps"] for r in counter.lifs.values())
+    dense = ann_macs(model, first)
+    out = {"images": images, "T": model.T, "energy_model": asdict(energy),
+           "bn": "folded into the convolution before it (no operations counted)",
+           "firing_rate": spikes / steps if steps else 0.0,
+           "synops_per_image": synops, "macs_per_image": macs,
+           "energy_uj_per_image": energy.microjoules(synops, macs),
+           "ann_macs_per_image": dense, "ann_energy_uj_per_image": energy.microjoules(0, dense),
+           "layers": layers, "ops": ops}
+    out["energy_vs_ann"] = out["energy_uj_per_image"] / out["ann_energy_uj_per_image"] if dense else None
+    if teacher_macs is not None:
+        out["teacher_macs_per_image"] = teacher_macs
+        out["teacher_energy_uj_per_image"] = energy.microjoules(0, teacher_macs)
+        out["energy_vs_teacher"] = out["energy_uj_per_image"] / out["teacher_energy_uj_per_image"]
+    return out
+
+
+def learner_costs(learner, batches, energy: EnergyModel = EnergyModel()) -> dict:
+    """``spike_costs`` of a run's student (with its teacher's MACs where the run has a teacher), or, for a
+    teacher run, the ANN's ``ann_macs_per_image`` and energy; ``batches``: input tensors on the device."""
+    from hybridkd_lib.hybrid import teacher_input
+
+    batches = iter(batches)
+    try:
+        first = next(batches)
+    except StopIteration:
+        raise ValueError("learner_costs was given no images") from None
+    if learner.student is None:   # an ANN run: what the teacher costs
+        macs = ann_macs(learner.model, teacher_input(first, learner.teacher_input_size))
+        return {"energy_model": asdict(energy), "ann_macs_per_image": macs,
+                "ann_energy_uj_per_image": energy.microjoules(0, macs)}
+    teacher = learner.teacher
+    t_macs = ann_macs(teacher, teacher_input(first, learner.teacher_input_size)) if teacher is not None else None
+    return spike_costs(learner.student, _chain(first, batches), energy, t_macs)
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
