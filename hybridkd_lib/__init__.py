@@ -2,7 +2,7 @@
 
 Modules and the library modules each imports (``tests/test_package.py`` checks this map)::
 
-    cli        -> book, catalog, config, data, efficiency, methods, plugins, results, trainer
+    cli        -> book, catalog, config, data, efficiency, methods, nirexport, plugins, results, trainer
     trainer    -> checkpoint, children, config, data, distributed, learner, results, spikecosts, step
     step       -> layers, speed
     learner    -> checkpoint, config, methods, models
@@ -11,6 +11,7 @@ Modules and the library modules each imports (``tests/test_package.py`` checks t
     losses     -> methods
     hybrid     -> data, layers, models
     spikecosts -> hybrid, layers, neurons, ratebp
+    nirexport  -> checkpoint, data, layers, models, neurons, results
     ratebp     -> layers, neurons
     layers     -> neurons
     efficiency -> children, config, data, floor, learner, lif_backend, methods, models, results, speed, step

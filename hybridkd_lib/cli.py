@@ -133,6 +133,21 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from hybridkd_lib import nirexport
+
+    path, graph = nirexport.export_run(args.run, args.to, dt=args.dt, approximate_soft_reset=args.approximate_soft_reset)
+    print(f"wrote {path}: {len(graph.nodes)} NIR nodes, {len(graph.edges)} edges, T={graph.metadata['T']}, "
+          f"dt={graph.metadata['dt']} s; approximations: {graph.metadata['approximations']}")
+    if args.check:
+        out = nirexport.check_run(args.run, graph)
+        print(f"snnTorch on the {out['images']} test images: same prediction {100 * out['prediction_agreement']:.2f} %, "
+              f"equal spike counts {100 * out['spike_count_agreement']:.2f} %; against the hard-reset student the "
+              f"graph describes: {100 * out['exact_prediction_agreement']:.2f} % and "
+              f"{100 * out['exact_spike_count_agreement']:.2f} %")
+    return 0
+
+
 def cmd_reproduce(args) -> int:
     from hybridkd_lib.book.reproduce import reproduce
 
@@ -212,6 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the spike pass as compiled kernels (torch.compile; its build time is reported apart)")
     _add_plugin_option(b)
     b.set_defaults(func=cmd_bench)
+
+    e = sub.add_parser("export", help="export a trained student to a NIR graph file (nir.write, HDF5)")
+    e.add_argument("--run", required=True, metavar="RUN_DIR", help="a finished student run (result.json, model.pt)")
+    e.add_argument("--to", required=True, metavar="FILE", help="the .nir file to write")
+    e.add_argument("--dt", type=float, default=1e-4,
+                   help="seconds per timestep of the continuous-time LIF (default 1e-4: what snnTorch's import assumes)")
+    e.add_argument("--approximate-soft-reset", action=argparse.BooleanOptionalAction, default=True,
+                   help="export a soft reset (subtract the threshold) as NIR's reset to 0 (default); "
+                        "--no-approximate-soft-reset refuses such a student")
+    e.add_argument("--check", action="store_true",
+                   help="then run the graph in snnTorch on the run's test set beside the student and print the agreement")
+    e.set_defaults(func=cmd_export)
 
     r = sub.add_parser("reproduce", help="execute the plan's runs through papermill (cached, dependency order)")
     r.add_argument("--profile", default="quick", help="smoke | quick | full | ablation")
