@@ -220,8 +220,9 @@ def check_run(run_dir: str | Path, graph=None, batch_size: int = 128, device: st
     test_set = _test_set(result)
     graph = graph if graph is not None else to_nir(model, tuple(test_set[0][0].shape[-3:]))
     images = torch.stack([test_set[i][0] for i in range(len(test_set))])
-    out = check_in_snntorch(model, graph, images.split(batch_size), device)
-    return dict(out, run=str(run_dir), student=result["student"], method=result["method"], dataset=result["dataset"])
+    labels = torch.tensor([int(test_set[i][1]) for i in range(len(test_set))])
+    out = check_in_snntorch(model, graph, list(zip(images.split(batch_size), labels.split(batch_size))), device)
+    return dict(out, run=str(run_dir), student=result["student"], run_method=result["method"], dataset=result["dataset"])
 
 
 def export_and_check(run: str | Path, out: str | Path, device: str = "cpu") -> dict:
@@ -290,7 +291,8 @@ def _snntorch_run(net, x, T):
 
 def check_in_snntorch(model: nn.Module, graph, batches, device: str | torch.device = "cpu") -> dict:
     """Import ``graph`` into snnTorch (``snntorch.import_from_nir``) and run it beside the student on ``batches``
-    (static inputs ``[B, C, H, W]``) for the student's T steps.
+    (static inputs ``[B, C, H, W]``, or ``(inputs, labels)`` pairs: then also both test top-1s, ``student_top1`` and
+    ``snntorch_top1``) for the student's T steps.
 
     Returns, over all images: ``prediction_agreement`` (fraction with the same top-1 as the student),
     ``spike_count_agreement`` (fraction of neuron x image spike counts over T that are equal, every LIF layer) and
@@ -313,15 +315,23 @@ def check_in_snntorch(model: nn.Module, graph, batches, device: str | torch.devi
     tally = {k: 0.0 for k in ("n", "same", "exact_same", "counts", "exact_counts", "cells", "last", "exact_last",
                               "last_cells")}
     diff = {"max_logit_difference": 0.0, "exact_max_logit_difference": 0.0}
-    for x in batches:
+    hits = {"student_top1": 0.0, "snntorch_top1": 0.0, "labelled": 0}
+    for item in batches:
+        x, y = item if isinstance(item, (tuple, list)) else (item, None)
         x = x.to(device)
         theirs, their_counts = _snntorch_run(net, x, T)
+        if y is not None:
+            y = y.to(device)
+            hits["snntorch_top1"] += float((theirs.argmax(-1) == y).sum())
+            hits["labelled"] += len(y)
         if sorted(their_counts) != sorted(n.replace(".", "_") for n in lif_names):
             raise RuntimeError(f"snnTorch built the neuron layers {sorted(their_counts)} from the graph; the student "
                                f"has {lif_names}")
         for prefix, ref in (("", model), ("exact_", twin)):
             logits, counts = _our_run(ref, x)
             tally[prefix + "same"] += float((logits.argmax(-1) == theirs.argmax(-1)).sum())
+            if y is not None and prefix == "":
+                hits["student_top1"] += float((logits.argmax(-1) == y).sum())
             diff[prefix + "max_logit_difference"] = max(diff[prefix + "max_logit_difference"],
                                                         float((logits - theirs).abs().max()))
             for k, name in enumerate(lif_names):
@@ -343,6 +353,8 @@ def check_in_snntorch(model: nn.Module, graph, batches, device: str | torch.devi
         out[prefix + "spike_count_agreement"] = tally[prefix + "counts"] / tally["cells"]
         out[prefix + "last_lif_spike_count_agreement"] = tally[prefix + "last"] / tally["last_cells"]
         out[prefix + "max_logit_difference"] = diff[prefix + "max_logit_difference"]
+    if hits["labelled"]:   # test top-1 (%) of the student and of the graph in snnTorch
+        out.update({k: 100.0 * hits[k] / hits["labelled"] for k in ("student_top1", "snntorch_top1")})
     return out
 
 

@@ -148,18 +148,49 @@ class _Counter:
             h.remove()
 
 
+class _FreeProducts(torch.overrides.TorchFunctionMode):
+    """Dense MACs of the products of activations that no counted module makes (a timm ViT's attention:
+    ``F.scaled_dot_product_attention`` or ``q @ k.T``), counted while no counted module is running."""
+
+    def __init__(self):
+        super().__init__()
+        self.macs, self.inside = 0.0, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not self.inside:
+            if func is F.scaled_dot_product_attention:   # q [..., N, d] k [..., S, d] v [..., S, e]
+                q, k, v = args[:3]
+                self.macs += float(q.numel() // q.shape[-1]) * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+            elif func in (torch.matmul, torch.Tensor.__matmul__, torch.bmm):
+                out = func(*args, **kwargs)
+                self.macs += float(out.numel()) * args[0].shape[-1]
+                return out
+        return func(*args, **kwargs)
+
+
 def _total_dense_macs(model: nn.Module, x: torch.Tensor) -> float:
-    """Dense MACs of one forward of ``model`` on ``x`` (all its counted layers), per image of the batch."""
-    total, handles = [0.0], []
+    """Dense MACs of one forward of ``model`` on ``x`` (its counted layers and any other product of activations),
+    per image of the batch."""
+    total, handles, free = [0.0], [], _FreeProducts()
+
+    def enter(m, i):
+        free.inside += 1
+
+    def leave(m, i, o):
+        free.inside -= 1
+        total[0] += _dense_macs(m, i, o)
+
     for m in model.modules():
         if isinstance(m, COUNTED):
-            handles.append(m.register_forward_hook(lambda m, i, o: total.__setitem__(0, total[0] + _dense_macs(m, i, o))))
+            handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
     try:
-        model(x)
+        with free:
+            model(x)
     finally:
         for h in handles:
             h.remove()
-    return total[0] / x.shape[-4 if x.dim() >= 4 else 0]
+    return (total[0] + free.macs) / x.shape[-4 if x.dim() >= 4 else 0]
 
 
 def ann_macs(model: nn.Module, x: torch.Tensor) -> float:

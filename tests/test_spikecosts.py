@@ -115,3 +115,13 @@ def test_bad_inputs_are_named():
         spikecosts.spike_costs(create_model("cifar_resnet18", num_classes=10, width=4), [torch.rand(1, 3, 8, 8)])
     with pytest.raises(ValueError, match="no images"):
         spikecosts.spike_costs(Tiny(), [])
+
+
+def test_a_vit_teacher_counts_its_attention_products():
+    # ViT at 16x16, patch 4: 16 tokens + class token = 17, dim 96, 3 heads, 4 blocks
+    vit = create_model("vit_small_patch16_224", num_classes=10, in_chans=1, img_size=16, patch_size=4, depth=4,
+                       embed_dim=96, num_heads=3)
+    N, D = 17, 96
+    linear = 4 * (N * D * 3 * D + N * D * D + 2 * N * D * 4 * D) + 16 * D * 16 + 10 * D   # qkv, proj, MLP; patches; head
+    attention = 4 * (2 * N * N * D)   # q k^T and (.) v over every head
+    assert spikecosts.ann_macs(vit, torch.rand(2, 1, 16, 16)) == linear + attention

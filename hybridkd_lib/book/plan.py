@@ -22,7 +22,7 @@ from hybridkd_lib.methods import BENCH_METHODS, BUILT_IN, methods_where
 PROFILES = ("smoke", "quick", "full", "ablation")
 # Table B: the RateBP methods on Spikingformer (RateBP alone, Vanilla KD, ours)
 TABLE_B_METHODS = tuple(m for m in methods_where(trains="student", propagation="rate") if m in BUILT_IN)
-NOTEBOOKS = ("train_teacher", "train_student", "efficiency", "cam")
+NOTEBOOKS = ("train_teacher", "train_student", "efficiency", "cam", "export")
 
 
 @dataclass
@@ -74,6 +74,21 @@ SCALE = {
 }
 
 
+# NIR's LIF resets to a value; the reference's students reset by subtraction. So each NIR check exports the
+# Table A student as trained (the reset approximated) and a twin trained with NIR's hard reset to 0 (exact).
+HARD_RESET = {"v_reset": 0.0}
+
+
+def nir_runs(student: Run, device: str) -> list[Run]:
+    """The export runs of a Table A student: it and its hard-reset twin (trained here), each exported to NIR
+    and checked in snnTorch (the Spike costs page)."""
+    tag = student.name.rsplit("_T", 1)[0].split("hybrid_", 1)[1]
+    twin = Run(f"{student.name}_hardreset", student.notebook, dict(student.params, neuron=HARD_RESET),
+               ["Spike costs"], nproc=student.nproc, time_h=student.time_h)
+    return [twin] + [Run(f"nir_{tag}{suffix}", "export", dict(run=f"@{r.name}", device=device), ["Spike costs"],
+                         time_h=2) for r, suffix in ((student, ""), (twin, "_hardreset"))]
+
+
 def _cpu_plan(profile: str) -> list[Run]:
     s = SCALE[profile]
     common = dict(dataset=s["dataset"], data_kw=s["data_kw"], device="cpu", batch_size=64,
@@ -107,6 +122,9 @@ def _cpu_plan(profile: str) -> list[Run]:
             precise_bn=s["precise_bn"], T=4, epochs=s["student_epochs"],
             lr=s["sf_lr"], weight_decay=0.05, optimizer="adamw"), [f"Table B {method}"]))
     runs.append(Run("cam", "cam", dict(run=f"@hybrid_r18_r18_T{cam_T}", n_images=4), ["Fig. A"]))
+    for tag in ("r18_r18", "r19_r34"):   # NIR export of the T=4 students, checked in snnTorch (Spike costs page)
+        base = next(r for r in runs if r.name == f"hybrid_{tag}_T{cam_T}")
+        runs += nir_runs(base, "cpu")
     runs.append(Run("efficiency", "efficiency", dict(
         student="spiking_resnet18", teacher="cifar_resnet18", student_kw=w, teacher_kw=w,
         Ts=list(s["bench_T"]), methods=list(BENCH_METHODS),
@@ -169,6 +187,8 @@ def _full_plan() -> list[Run]:
         teacher_ckpt="@cifar10dvs_teacher_r19", T=10, batch_size=128, lr=0.1, weight_decay=5e-4,
         optimizer="sgd", epochs=300, device="cuda", seed=0), ["Table C"], time_h=JOB_HOURS["cifar_snn"]))
     runs.append(Run("cam", "cam", dict(run="@imagenet_hybrid_sew_resnet34_resnet34", n_images=4), ["Fig. A"]))
+    for tag in ("r18_r18", "r19_r34"):
+        runs += nir_runs(next(r for r in runs if r.name == f"cifar10_hybrid_{tag}_T4"), "cuda")
     runs.append(Run("efficiency", "efficiency", dict(
         student="spiking_resnet18", teacher="cifar_resnet18", student_kw={}, teacher_kw={}, Ts=[1, 2, 4, 8],
         methods=list(BENCH_METHODS), batch_size=128,

@@ -273,6 +273,13 @@ def _spread_text(spread: tuple[float, str] | None) -> str:
 
 
 # ----------------------------------------------------------------------------- Table A
+RATE_A, ENERGY_A = "firing rate (T=2 / 4 / 6 / 8)", "energy vs teacher (T=2 / 4 / 6 / 8)"
+
+
+def _params_of(run_name: str | None, p: str) -> dict:
+    return next((r.params for r in runs(p) if r.name == run_name), {})
+
+
 def table_a(profile: str | None = None) -> pd.DataFrame:
     """Rows: reported CIFAR rows and the measured rows of this profile; columns T=2..8, "acc (gap)"."""
     p = profile or book_profile()
@@ -280,7 +287,8 @@ def table_a(profile: str | None = None) -> pd.DataFrame:
     for r in reported()["table_a"]:
         rows.append({"source": "reported", "dataset": r["dataset"], "teacher": f"{r['teacher']} ({r['teacher_top1']:.2f})",
                      "student": r["student"],
-                     **{f"T={T}": _fmt(r["T"][str(T)], r["teacher_top1"]) for T in (2, 4, 6, 8)}})
+                     **{f"T={T}": _fmt(r["T"][str(T)], r["teacher_top1"]) for T in (2, 4, 6, 8)},
+                     RATE_A: NOT_REPORTED, ENERGY_A: NOT_REPORTED})
     by_pair = {}
     for run in table_a_runs(p):
         key = (run.params["dataset"], run.params["teacher"], run.params["student"])
@@ -297,7 +305,10 @@ def table_a(profile: str | None = None) -> pd.DataFrame:
         row = {"source": f"measured ({p})", "dataset": NICE.get(ds, ds),
                "teacher": f"{_short(teacher)} ({_fmt(t_acc) if t_acc is not None else NOT_RUN})",
                "student": _short(student),
-               **{f"T={T}": _measured(row_cells[T], t_acc) for T in (2, 4, 6, 8)}}
+               **{f"T={T}": _measured(row_cells[T], t_acc) for T in (2, 4, 6, 8)},
+               RATE_A: " / ".join(_rate_text(row_cells[T]) for T in (2, 4, 6, 8)),
+               ENERGY_A: " / ".join(_energy_text(energy_vs_teacher(row_cells[T], _params_of(cells.get(T), p), p))
+                                    for T in (2, 4, 6, 8))}
         if p != "full":
             spread = seed_spread_for(list(cells.values()))
             row["seed spread"] = _spread_text(spread)
@@ -370,7 +381,8 @@ def table_b(profile: str | None = None) -> pd.DataFrame:
         t = f"{r['teacher']} ({r['teacher_top1']:.2f})" if r["teacher"] else "-"
         rows.append({"source": "reported", "dataset": r["dataset"], "method": r["method"], "teacher": t,
                      "student": r["student"], "T": r["T"],
-                     "top-1 (%)": _fmt(r["top1"], r["teacher_top1"]) if r["teacher_top1"] else _fmt(r["top1"])})
+                     "top-1 (%)": _fmt(r["top1"], r["teacher_top1"]) if r["teacher_top1"] else _fmt(r["top1"]),
+                     "firing rate": NOT_REPORTED, "energy vs teacher": NOT_REPORTED})
     for run in runs(p):
         prm = run.params
         if run.notebook == "train_student" and prm.get("student") == "spikingformer_4_256":
@@ -383,7 +395,10 @@ def table_b(profile: str | None = None) -> pd.DataFrame:
                          "method": get_method(prm["method"]).title, "teacher": teacher,
                          "student": "Spikingformer-4-256" + (f" (dim {prm['student_kw']['dim']})"
                                                              if prm.get("student_kw", {}).get("dim") else ""),
-                         "T": prm["T"], "top-1 (%)": acc, "_run": run.name, "_top1": res["top1"] if res else None})
+                         "T": prm["T"], "top-1 (%)": acc,
+                         "firing rate": _rate_text(res) if res else NOT_RUN,
+                         "energy vs teacher": _energy_text(energy_vs_teacher(res, prm, p)) if res else NOT_RUN,
+                         "_run": run.name, "_top1": res["top1"] if res else None})
     df = pd.DataFrame(rows)
     measured = df["source"] != "reported"
     if p != "full" and measured.any():   # the seed spread and noise marks of the measured rows, per dataset
@@ -776,3 +791,164 @@ def html_table(df: pd.DataFrame):
     # a wide table scrolls sideways on a phone instead of being cut at the screen's edge
     return HTML('<div style="overflow-x: auto; max-width: 100%">'
                 + df.to_html(index=False, escape=False, na_rep=NOT_RUN) + "</div>")
+
+
+# ----------------------------------------------------------------------------- spike costs (firing rates, energy)
+NOT_REPORTED = "not reported"
+
+
+def spike_costs(res: dict | None) -> dict | None:
+    """The ``spike_costs`` a finished run recorded (``spikecosts``), None where it has none."""
+    return (res or {}).get("spike_costs")
+
+
+def _teacher_run(prm: dict, p: str) -> dict | None:
+    """The result of the plan's teacher run for a student's teacher and data set (its ANN's MACs)."""
+    ref = prm.get("teacher_ckpt")
+    if isinstance(ref, str) and ref.startswith("@"):
+        return result(ref[1:], p)
+    for run in runs(p):
+        if run.notebook == "train_teacher" and run.params.get("teacher") == prm.get("teacher") \
+                and run.params.get("dataset") == prm.get("dataset"):
+            return result(run.name, p)
+    return None
+
+
+def energy_vs_teacher(res: dict | None, prm: dict, p: str) -> float | None:
+    """A student's energy per image over its teacher's (the teacher's MACs at ``pj_per_mac``): the run's own
+    figure where it had a teacher, else the plan's teacher run's MACs."""
+    c = spike_costs(res)
+    if not c:
+        return None
+    if c.get("energy_vs_teacher") is not None:
+        return c["energy_vs_teacher"]
+    t = spike_costs(_teacher_run(prm, p))
+    return c["energy_uj_per_image"] / t["ann_energy_uj_per_image"] if t and t.get("ann_energy_uj_per_image") else None
+
+
+def _rate_text(res) -> str:
+    c = spike_costs(res)
+    return f"{c['firing_rate']:.3f}" if c else MISSING
+
+
+def _energy_text(value) -> str:
+    return MISSING if value is None else f"{value:.3f}x"
+
+
+def student_costs(profile: str | None = None) -> pd.DataFrame:
+    """Every trained student of the profile: accuracy, firing rate, operations and energy per image."""
+    p = profile or book_profile()
+    rows = []
+    for run in runs(p):
+        prm = run.params
+        if run.notebook != "train_student":
+            continue
+        res = result(run.name, p)
+        c = spike_costs(res)
+        rows.append({"run": run.name, "student": _short(prm["student"]), "method": get_method(prm["method"]).title,
+                     "T": prm["T"], "top-1 (%)": f"{res['top1']:.2f}" if res else NOT_RUN,
+                     "firing rate": f"{c['firing_rate']:.3f}" if c else NOT_RUN,
+                     "SynOps (ACs) / image": f"{c['synops_per_image']:.3g}" if c else NOT_RUN,
+                     "MACs / image": f"{c['macs_per_image']:.3g}" if c else NOT_RUN,
+                     "ANN MACs / image": f"{c['ann_macs_per_image']:.3g}" if c else NOT_RUN,
+                     "energy (µJ / image)": f"{c['energy_uj_per_image']:.4g}" if c else NOT_RUN,
+                     "energy vs same ANN": _energy_text(c["energy_vs_ann"]) if c else NOT_RUN,
+                     "energy vs teacher": _energy_text(energy_vs_teacher(res, prm, p)) if c else NOT_RUN})
+    return pd.DataFrame(rows)
+
+
+def energy_model_note(profile: str | None = None) -> str:
+    """What the energy figures assume, from the runs' own records."""
+    p = profile or book_profile()
+    for run in runs(p):
+        c = spike_costs(result(run.name, p))
+        if c and "energy_model" in c and "bn" in c:
+            e = c["energy_model"]
+            return (f"Energy = {e['pj_per_ac']} pJ per accumulate (a spike reaching a synapse) + {e['pj_per_mac']} pJ "
+                    f"per multiply-accumulate ({e['source']}). BatchNorm is {c['bn']}. Counted over the "
+                    f"{c['images']} test images of each run.")
+    return "No run of this profile has recorded its spike costs yet (not run)."
+
+
+def layer_rates_plot(profile: str | None = None):
+    """Per student architecture: firing rate of every LIF layer (in network order), one line per run
+    (method, T); None if no run recorded its rates."""
+    import matplotlib.pyplot as plt
+
+    p = profile or book_profile()
+    by_student: dict[str, list] = {}
+    for run in runs(p):
+        if run.notebook == "train_student":
+            c = spike_costs(result(run.name, p))
+            if c and c.get("layers"):
+                label = f"{get_method(run.params['method']).title}, T={run.params['T']}"
+                by_student.setdefault(_short(run.params["student"]), []).append((label, c["layers"]))
+    if not by_student:
+        return None
+    fig, axes = plt.subplots(len(by_student), 1, figsize=(9, 2.8 * len(by_student)), squeeze=False)
+    for ax, (student, lines) in zip(axes[:, 0], by_student.items()):
+        for label, layers in lines:
+            rates = [layer["rate"] for layer in layers]
+            spread = [layer["rate_std"] for layer in layers]
+            xs = range(len(rates))
+            ax.plot(xs, rates, marker=".", label=label)
+            ax.fill_between(xs, [r - s for r, s in zip(rates, spread)], [r + s for r, s in zip(rates, spread)],
+                            alpha=0.12)
+        names = [layer["name"] for layer in lines[0][1]]
+        step = max(1, len(names) // 14)
+        ax.set_xticks(range(0, len(names), step), names[::step], rotation=35, ha="right", fontsize=7)
+        ax.set_ylabel("firing rate")
+        ax.set_title(f"measured ({p}): {student}", fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def costs_vs_T_plot(profile: str | None = None):
+    """Table A's students: average firing rate and energy relative to the teacher against T (None if not run)."""
+    import matplotlib.pyplot as plt
+
+    p = profile or book_profile()
+    rows = []
+    for run in table_a_runs(p):
+        res, prm = result(run.name, p), run.params
+        if spike_costs(res):
+            pair = f"{_short(prm['student'])} <- {_short(prm['teacher'])}"
+            rows.append({"pair": pair, "T": prm["T"], "firing rate": spike_costs(res)["firing_rate"],
+                         "energy vs teacher": energy_vs_teacher(res, prm, p)})
+    if not rows:
+        return None
+    df = pd.DataFrame(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    for ax, col in zip(axes, ("firing rate", "energy vs teacher")):
+        df.pivot(index="T", columns="pair", values=col).plot(ax=ax, marker="o", title=f"measured ({p}): {col}")
+        ax.legend(fontsize=7)
+    axes[1].axhline(1, color="k", lw=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def nir_checks(profile: str | None = None) -> pd.DataFrame:
+    """The NIR export runs: the student exported, read by snnTorch and run beside it on the whole test set."""
+    p = profile or book_profile()
+    rows = []
+    for run in runs(p):
+        if run.notebook != "export":
+            continue
+        r = result(run.name, p)
+        pct = lambda k: f"{100 * r[k]:.2f}" if r else NOT_RUN
+        hard = run.params["run"].endswith("_hardreset")
+        rows.append({"run": run.name, "student run": run.params["run"].lstrip("@"),
+                     "student resets": "to 0 (NIR's LIF: exact)" if hard else "by subtraction (the reference's)",
+                     "images": r["images"] if r else NOT_RUN, "T": r["T"] if r else NOT_RUN,
+                     "top-1 (%): student / in snnTorch": (f"{r['student_top1']:.2f} / {r['snntorch_top1']:.2f}"
+                                                          if r and "student_top1" in r else NOT_RUN),
+                     "same prediction (%)": pct("prediction_agreement"),
+                     "equal spike counts (%)": pct("spike_count_agreement"),
+                     "last LIF layer (%)": pct("last_lif_spike_count_agreement"),
+                     "max logit difference": f"{r['max_logit_difference']:.3g}" if r else NOT_RUN,
+                     "vs its hard-reset copy: same prediction (%)": pct("exact_prediction_agreement"),
+                     "vs its hard-reset copy: equal spike counts (%)": pct("exact_spike_count_agreement"),
+                     "read by": r["framework"] if r else NOT_RUN,
+                     "approximations": r["approximations"] if r else NOT_RUN})
+    return pd.DataFrame(rows)

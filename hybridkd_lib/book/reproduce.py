@@ -39,7 +39,8 @@ PACKAGE = REPO_ROOT / "hybridkd_lib"
 TRAIN_NOTEBOOKS = ("train_teacher", "train_student")
 # what a finished run leaves that its dependents (or the book) read
 DONE_FILES = {"train_teacher": ("result.json", "model.pt"), "train_student": ("result.json", "model.pt"),
-              "cam": ("result.json", "cam.png", "cam.npz"), "efficiency": ("result.json", "bench.json")}
+              "cam": ("result.json", "cam.png", "cam.npz"), "efficiency": ("result.json", "bench.json"),
+              "export": ("result.json", "model.nir")}
 
 
 def default_results_root() -> Path:
