@@ -599,7 +599,11 @@ def open_choices() -> pd.DataFrame:
     from hybridkd_lib.neurons import DEFAULT_NEURON
     from hybridkd_lib.book.plan import SCALE
 
+    from hybridkd_lib.nirexport import DEFAULT_DT
+    from hybridkd_lib.spikecosts import EnergyModel
+
     loss, n, sf, facts = LossConfig(), DEFAULT_NEURON, SPIKINGFORMER_NEURON, scale_facts("quick")
+    energy = EnergyModel()
     neuron = lambda c: (f"tau {c.tau} (leak {c.leak:.2f}), threshold {c.v_threshold}, "
                         f"{'soft' if c.v_reset is None else f'hard (to {c.v_reset})'} reset"
                         f"{', detached' if c.detach_reset else ''}, sigmoid surrogate alpha {c.surrogate_alpha}, "
@@ -645,6 +649,12 @@ def open_choices() -> pd.DataFrame:
          "the RateBP reference logs the best epoch; the final one needs no test-set selection", "-"),
         ("Grad-CAM layer", "the output of the last stage (the map the head pools)",
          "the seed: \"based on the output layer\"", "code: `cam.cam_models`"),
+        ("Energy per operation (Spike costs page)", f"{energy.pj_per_ac} pJ per accumulate, {energy.pj_per_mac} pJ per "
+         f"MAC ({energy.source}); BN folded, LIF updates and adds not counted",
+         "the figures most SNN papers use; the paper reports no energy", "`spikecosts.EnergyModel(pj_per_ac=.., pj_per_mac=..)`"),
+        ("NIR export: timestep and reset", f"dt {DEFAULT_DT} s; the soft reset written as NIR's reset to 0 (measured "
+         f"on the Spike costs page)", "snnTorch's NIR reader assumes dt 1e-4 s; NIR's LIF has no reset by subtraction",
+         "`export --dt ..`, `--no-approximate-soft-reset`; train with `neuron={\"v_reset\": 0.0}` for an exact export"),
     ]
     df = pd.DataFrame(rows, columns=["choice", "value used", "why", "parameter"])
     return df.apply(lambda col: col.str.replace(r"`([^`]+)`", r"<code>\1</code>", regex=True))
@@ -881,7 +891,8 @@ def layer_rates_plot(profile: str | None = None):
         if run.notebook == "train_student":
             c = spike_costs(result(run.name, p))
             if c and c.get("layers"):
-                label = f"{get_method(run.params['method']).title}, T={run.params['T']}"
+                label = f"{get_method(run.params['method']).title}, T={run.params['T']}" + (
+                    ", hard reset" if run.params.get("neuron") == {"v_reset": 0.0} else "")
                 by_student.setdefault(_short(run.params["student"]), []).append((label, c["layers"]))
     if not by_student:
         return None
