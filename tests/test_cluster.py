@@ -45,6 +45,17 @@ def _kill_tree(pid: int):
             pass
 
 
+def _with_dependents(name: str, profile: str = "smoke") -> set[str]:
+    """``name`` and every run of the profile that needs it, directly or through another run."""
+    runs = plan(profile)
+    lost = {name}
+    while True:
+        more = {r.name for r in runs if set(r.needs) & lost} - lost
+        if not more:
+            return lost
+        lost |= more
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2400)   # the whole smoke profile as jobs, twice
 def test_smoke_profile_as_local_jobs_survives_a_killed_job(tmp_path):
@@ -62,8 +73,11 @@ def test_smoke_profile_as_local_jobs_survives_a_killed_job(tmp_path):
     rows = _wait(results, lambda rows: all(r["state"] in SETTLED for r in rows.values()))
     assert rows[victim]["state"] == "failed" and "ended without a result" in rows[victim]["detail"]
     assert rows["hybrid_r19_r34_T2"]["state"] == "failed" and "needs teacher_r34" in rows["hybrid_r19_r34_T2"]["detail"]
+    lost = _with_dependents(victim)   # the student, its hard-reset twin, their NIR exports
+    assert {"hybrid_r19_r34_T2", "nir_r19_r34"} <= lost
+    assert all(rows[n]["state"] == "failed" for n in lost)
     done = {n for n, r in rows.items() if r["state"] == "up to date"}
-    assert done == set(names) - {victim, "hybrid_r19_r34_T2"}
+    assert done == set(names) - lost
 
     rc, out = _cli("reproduce", "--profile", "smoke", "--status", "--results", str(results))
     print(out)
@@ -73,7 +87,7 @@ def test_smoke_profile_as_local_jobs_survives_a_killed_job(tmp_path):
     assert rc == 0, out
     again = json.loads((results / "smoke" / "jobs.json").read_text())
     resubmitted = {n for n in names if again[n]["job_id"] != jobs[n]["job_id"]}
-    assert resubmitted == {victim, "hybrid_r19_r34_T2"}
+    assert resubmitted == lost
     rows = _wait(results, lambda rows: all(r["state"] in SETTLED for r in rows.values()))
     assert all(r["state"] == "up to date" for r in rows.values()), rows
     rc, out = _cli("reproduce", "--profile", "smoke", "--status", "--results", str(results))

@@ -126,7 +126,9 @@ def test_spikingformer_is_the_sources():
     assert _layer_types(m.stem.blocks) == ["LIF", "Conv2d", "BatchNorm2d"] * 2 + ["LIF", "MaxPool2d", "Conv2d",
                                                                           "BatchNorm2d"] * 2
     attn, mlp = m.stages[0].attn, m.stages[0].mlp
-    assert _layer_types(attn) == (["LIF"] + ["Conv1d", "BatchNorm1d", "LIF"] * 3 + ["LIF", "Conv1d", "BatchNorm1d"])
+    assert _layer_types(attn) == (["LIF"] + ["Conv1d", "BatchNorm1d", "LIF"] * 3 + ["LIF", "Conv1d", "BatchNorm1d"]
+                                  + ["MatMul", "MatMul"])   # K^T V and its product with Q, parameter-free
+    assert sum(p.numel() for p in attn.kv_product.parameters()) == 0
     assert [c.module.bias is not None for c in (attn.q[0], attn.k[0], attn.v[0], attn.proj[0])] == [False] * 3 + [True]
     assert attn.scale == 0.125 and attn.lif_attn.v_threshold == 0.5 and attn.lif_q.v_threshold == 1.0
     assert _layer_types(mlp) == ["LIF", "Conv1d", "BatchNorm1d", "LIF", "Conv1d", "BatchNorm1d"]

@@ -89,11 +89,16 @@ def test_counts_and_products():
 
 
 def test_every_student_is_counted_and_its_ann_equals_the_teacher():
+    torch.manual_seed(0)
     x = torch.rand(2, 3, 16, 16) * 2
     for name, kw in (("spiking_resnet18", {"width": 4}), ("spiking_resnet19", {"width": 4}),
                      ("sew_resnet34", {"width": 4}), ("preact_resnet34", {"width": 4}),
                      ("spikingformer_4_256", {"dim": 32})):
-        c = spikecosts.spike_costs(create_model(name, num_classes=10, T=2, **kw), [x])
+        model = create_model(name, num_classes=10, T=2, **kw)
+        if name == "sew_resnet34":   # every BN output 3 above its input: both spike maps of an ADD fire together
+            for bn in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+                torch.nn.init.constant_(bn.bias, 3.0)
+        c = spikecosts.spike_costs(model, [x])
         assert c["ann_macs_per_image"] > c["macs_per_image"] > 0, name
         assert 0 <= c["firing_rate"] <= 1 and all(0 <= r["rate"] <= 1 for r in c["layers"]), name
         kinds = {o["name"]: o["input"] for o in c["ops"]}

@@ -924,7 +924,7 @@ def costs_vs_T_plot(profile: str | None = None):
     for run in table_a_runs(p):
         res, prm = result(run.name, p), run.params
         if spike_costs(res):
-            pair = f"{_short(prm['student'])} <- {_short(prm['teacher'])}"
+            pair = f"{NICE.get(prm['dataset'], prm['dataset'])}: {_short(prm['student'])} <- {_short(prm['teacher'])}"
             rows.append({"pair": pair, "T": prm["T"], "firing rate": spike_costs(res)["firing_rate"],
                          "energy vs teacher": energy_vs_teacher(res, prm, p)})
     if not rows:
