@@ -271,6 +271,15 @@ class RateBatchNorm1d(_RateBatchNorm, nn.BatchNorm1d):
     _sample_dims = 2
 
 
+def residual_add(block: nn.Module, h: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """``h + shortcut`` (``[T, B, C, H, W]`` or ``[B, C, H, W]``). In a training-mode forward without autograd (the
+    spike pass) of a ``block`` whose ``adds_over_input`` is set (by ``speed.apply``: ``h`` is a temporary of the
+    block that nobody else reads), the sum is written over ``h``: no new ``[T, B, ...]`` tensor."""
+    if getattr(block, "adds_over_input", False) and block.training and not torch.is_grad_enabled():
+        return h.add_(shortcut)
+    return h + shortcut
+
+
 class GlobalAvgPool(nn.Module):
     """``[..., C, H, W]`` -> ``[..., C]`` (any leading dims)."""
 

@@ -139,14 +139,18 @@ class LIF(nn.Module):
         v_reset, detach_reset = self.cfg.v_reset, self.cfg.detach_reset
         spikes = x if self.writes_over_input else torch.empty_like(x)
         # state in fp32 for bf16 x (autocast), float64 for float64; no device tensor made from a Python float
-        v = torch.zeros_like(x[0], dtype=state_dtype(x.dtype))
-        elig = torch.zeros_like(v)
+        v = torch.empty_like(x[0], dtype=state_dtype(x.dtype))   # v_{-1} = 0: step 0 charges u_0 = x_0 directly
+        elig = torch.empty_like(v)          # e starts as step 0's term (no zero fill)
         p = torch.empty_like(v)            # sig * (1 - sig); the surrogate derivative is alpha * p
         bias = torch.full((), -alpha * thr, dtype=v.dtype, device=v.device)  # a fill kernel, no host copy
         ef: float | torch.Tensor = 1.0
         in_scale = 1.0 / self.cfg.tau if self.cfg.decay_input else 1.0   # du_t/dx_t
         for t in range(T):                 # 7 elementwise passes per step in the common case
-            if in_scale == 1.0:
+            if t == 0:
+                v.copy_(x[0])                              # u_0 = x_0 (v_{-1} = 0)
+                if in_scale != 1.0:
+                    v.mul_(in_scale)
+            elif in_scale == 1.0:
                 torch.add(x[t], v, alpha=lam, out=v)       # u_t = lambda * v_{t-1} + x_t
             else:
                 torch.add(x[t], v, alpha=lam / in_scale, out=v).mul_(in_scale)  # lambda * v + x_t / tau
@@ -154,7 +158,9 @@ class LIF(nn.Module):
             p.addcmul_(p, p, value=-1.0)
             s = spikes[t]
             torch.ge(v, thr, out=s)
-            if isinstance(ef, float):
+            if t == 0:                     # ef_0 = 1
+                torch.mul(p, alpha, out=elig)
+            elif isinstance(ef, float):
                 elig.add_(p, alpha=ef * alpha)
             else:
                 elig.addcmul_(ef, p, value=alpha)
@@ -171,7 +177,10 @@ class LIF(nn.Module):
                 v.sub_(s, alpha=thr)
             else:
                 v.mul_(1.0 - s).add_(s, alpha=v_reset)
-        self.rate = spikes.mean(0, dtype=v.dtype)
+        # rate = (sum_t s_t) / T into a [B, ...] tensor in x[t]'s layout: ``spikes.mean(0)`` of a channels_last
+        # [T, B, C, H, W] returns a contiguous tensor (a strided reduction ~6x slower than this, and every conv of
+        # the rate pass would then reorder its input back to channels_last)
+        self.rate = torch.sum(spikes, 0, dtype=v.dtype, out=torch.empty_like(v)).div_(T)
         # every path from x into u starts with the factor du/dx = in_scale and the ef recursion is
         # linear in it, so the eligibility of decay_input is the plain one times 1/tau
         self.elig = elig.mul_(in_scale / T)
@@ -224,11 +233,11 @@ def spike_equations(x: torch.Tensor, lam: float, thr: float, alpha: float, in_sc
     Per step: charge ``u_t = lambda * v_{t-1} + in_scale * x_t``; surrogate derivative
     ``sg_t = alpha * sig * (1 - sig)``, ``sig = sigmoid(alpha * (u_t - theta))``; eligibility ``e += ef_t * sg_t``
     with ``ef_t = du_t/dx`` along the kept path (the RateBP derivation; Tutorial 2); fire ``s_t = H(u_t - theta)``;
-    reset: soft ``v_t = u_t - theta * s_t``, hard ``v_t = u_t * (1 - s_t) + v_reset * s_t``. ``rate = mean_t s_t``,
-    ``e`` is divided by T."""
+    reset: soft ``v_t = u_t - theta * s_t``, hard ``v_t = u_t * (1 - s_t) + v_reset * s_t``. ``rate = (sum_t s_t) / T``,
+    ``e`` is divided by T; the records are in ``x[t]``'s layout (channels_last stays channels_last)."""
     T = x.shape[0]
-    v = torch.zeros_like(x[0], dtype=state_dtype(x.dtype))
-    ef, elig, spikes = torch.full_like(v, in_scale), torch.zeros_like(v), []
+    v = torch.zeros_like(x[0], dtype=state_dtype(x.dtype))   # [B, ...] in x[t]'s layout, as every record
+    ef, elig, count, spikes = torch.full_like(v, in_scale), torch.zeros_like(v), torch.zeros_like(v), []
     for t in range(T):
         u = lam * v + in_scale * x[t].to(v.dtype)
         sig = torch.sigmoid(alpha * (u - thr))
@@ -242,9 +251,9 @@ def spike_equations(x: torch.Tensor, lam: float, thr: float, alpha: float, in_sc
             dv = (1.0 - s) if detach_reset else (1.0 - s) - (u - v_reset) * sg
             v = u * (1 - s) + v_reset * s
         ef = in_scale + lam * dv * ef      # d u_{t+1} / dx through v_t
+        count = count + s
         spikes.append(s)
-    spikes = torch.stack(spikes)
-    return spikes.to(x.dtype), spikes.mean(0), elig / T
+    return torch.stack(spikes).to(x.dtype), count / T, elig / T
 
 
 _COMPILED = None

@@ -7,7 +7,8 @@ learner; the trainer and the benchmark both call it, and nothing in the algorith
 - writing over block temporaries: a block names the children whose input nobody else reads
   (``temporary_inputs``, e.g. ``("bn1", "act1", "bn2", "act2")``); in the graph-free spike pass on
   the CPU those LIFs and BNs write their output over their input (``writes_over_input``) instead
-  of allocating and page-faulting a new ``[T, B, ...]`` tensor;
+  of allocating and page-faulting a new ``[T, B, ...]`` tensor, and a block with ``adds_over_input`` writes its
+  residual sum over its own temporary (``layers.residual_add``);
 - returning freed heap pages to the OS (glibc ``malloc_trim``, see ``memory``) after every step
   and between RateBP's spike and rate passes (the learner's ``between_passes`` hook);
 - stepping the optimizer inside backward, so a step never holds every gradient at once
@@ -149,6 +150,9 @@ def write_over_temporaries(model: nn.Module, on: bool = True) -> int:
     pass; returns how many modules were switched."""
     switched = 0
     for block in model.modules():
+        if hasattr(block, "adds_over_input"):   # its residual add writes over its own temporary
+            block.adds_over_input = on
+            switched += 1
         for name in getattr(block, "temporary_inputs", ()):
             child = getattr(block, name)
             if hasattr(child, "writes_over_input"):

@@ -246,6 +246,26 @@ def test_spike_pass_equals_spikingjelly_forward(name, channels_last):
     assert torch.equal(in_place, got)
 
 
+def test_residual_add_writes_over_its_temporary_only_in_the_spike_pass():
+    """``layers.residual_add``: over ``h`` only in a training-mode forward without autograd of a block whose
+    ``adds_over_input`` is set (speed.apply); in eval, with autograd, or unset, a new tensor."""
+    from hybridkd_lib.layers import residual_add
+    from hybridkd_lib.models.resnet import BasicBlock
+    from hybridkd_lib.neurons import DEFAULT_NEURON
+
+    block = BasicBlock(4, 4, 1, True, DEFAULT_NEURON)
+    h, s = torch.randn(2, 3, 4, 5, 5), torch.randn(2, 3, 4, 5, 5)
+    want = h + s
+    for adds, training, grad, over in ((False, True, False, False), (True, False, False, False),
+                                       (True, True, True, False), (True, True, False, True)):
+        block.adds_over_input = adds
+        block.train(training)
+        hh = h.clone()
+        with torch.set_grad_enabled(grad):
+            out = residual_add(block, hh, s)
+        assert torch.equal(out, want) and (out.data_ptr() == hh.data_ptr()) == over, (adds, training, grad)
+
+
 @pytest.mark.parametrize("fmt", ["safetensors", "ddp", "timm_train"])
 def test_timm_teacher_loads_every_checkpoint_format(tmp_path, fmt):
     """safetensors, a DDP ``module.``-prefixed ``state_dict``, timm train.py's dict (EMA preferred)."""

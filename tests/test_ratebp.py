@@ -432,3 +432,27 @@ def test_compiled_spike_pass_records_what_the_plain_loop_records(name):
     assert torch.equal(plain_logits, compiled_logits)
     for (r1, e1), (r2, e2) in zip(plain, compiled):
         assert torch.equal(r1, r2) and torch.equal(e1, e2)
+
+
+@pytest.mark.parametrize("loop", ["fused", "plain", "compiled"])
+def test_spike_records_keep_the_input_layout(loop):
+    """Rate and eligibility ``[B, C, H, W]`` come out in ``x[t]``'s layout (channels_last stays channels_last, so the
+    rate pass's convolutions get them without a reorder), with the values of contiguous input."""
+    from hybridkd_lib import speed
+
+    if loop == "compiled" and speed.compiler_works("cpu") is not None:
+        pytest.skip(f"no working compiler here: {speed.compiler_works('cpu')}")
+    torch.manual_seed(0)
+    x = torch.randn(5 * 4, 8, 6, 6) * 1.5
+    records = {}
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        lif = LIF()
+        lif.spike_loop = loop
+        ratebp.set_mode(lif, "spike")
+        with torch.no_grad():
+            spikes = lif(x.contiguous(memory_format=fmt).unflatten(0, (5, 4)))
+        records[fmt] = spikes, lif.rate, lif.elig
+        for r in (lif.rate, lif.elig):
+            assert r.shape == (4, 8, 6, 6) and r.is_contiguous(memory_format=fmt), (loop, fmt, r.stride())
+    (s1, r1, e1), (s2, r2, e2) = records.values()
+    assert torch.equal(s1, s2) and torch.equal(r1, r2) and torch.equal(e1, e2) and r1.sum() > 0

@@ -152,10 +152,12 @@ def test_speed_tricks_off_give_the_same_weights(tmp_path, teacher_run):
     with speed.disabled():
         off = speed.apply(learner, opt)
         assert off.in_backward is None and learner.between_passes is None
-        assert not any(getattr(m, "writes_over_input", False) for m in learner.modules())
+        assert not any(getattr(m, "writes_over_input", False) or getattr(m, "adds_over_input", False)
+                       for m in learner.modules())
     on = speed.apply(learner, opt)
     assert on.in_backward is not None and learner.between_passes is not None
     assert sum(getattr(m, "writes_over_input", False) for m in learner.student.modules()) > 0
+    assert sum(getattr(m, "adds_over_input", False) for m in learner.student.modules()) > 0
     assert not any(getattr(m, "writes_over_input", False) for m in learner.teacher.modules())
     on.remove()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from hybridkd_lib.layers import GlobalAvgPool, RateBatchNorm2d, SpikeMeanValue, conv
+from hybridkd_lib.layers import GlobalAvgPool, RateBatchNorm2d, SpikeMeanValue, conv, residual_add
 from hybridkd_lib.models.stages import SpikingStageModel, StageModel
 from hybridkd_lib.neurons import DEFAULT_NEURON, LIF, NeuronConfig
 
@@ -29,6 +29,7 @@ class BasicBlock(nn.Module):
     """conv-BN-act-conv-BN + shortcut (identity or 1x1 conv + BN), act after the add."""
 
     temporary_inputs = ("bn1", "act1", "bn2", "act2")   # their input is read by nobody else (see speed.py)
+    adds_over_input = False   # the residual add writes over bn2's output in the spike pass (see speed.py)
 
     def __init__(self, cin, cout, stride, spiking, cfg, bias=False):
         super().__init__()
@@ -41,13 +42,15 @@ class BasicBlock(nn.Module):
 
     def forward(self, x):
         h = self.act1(self.bn1(self.conv1(x)))
-        return self.act2(self.bn2(self.conv2(h)) + self.shortcut(x))
+        h = self.bn2(self.conv2(h))   # the first map is freed here, not at return
+        return self.act2(residual_add(self, h, self.shortcut(x)))
 
 
 class SEWBlock(nn.Module):
     """SEW-ResNet block: (conv-BN-LIF) x 2, ADD identity / downsample (conv1x1-BN-LIF)."""
 
     temporary_inputs = ("bn1", "act1", "bn2", "act2")
+    adds_over_input = False   # the ADD writes over act2's spikes in the spike pass (see speed.py)
 
     def __init__(self, cin, cout, stride, spiking, cfg, bias=True):
         super().__init__()
@@ -60,13 +63,15 @@ class SEWBlock(nn.Module):
 
     def forward(self, x):
         h = self.act1(self.bn1(self.conv1(x)))
-        return self.act2(self.bn2(self.conv2(h))) + self.shortcut(x)
+        h = self.act2(self.bn2(self.conv2(h)))
+        return residual_add(self, h, self.shortcut(x))
 
 
 class PreActBlock(nn.Module):
     """Pre-activation block: LIF-conv-BN-LIF-conv-BN with a real-valued identity path."""
 
     temporary_inputs = ("bn1", "act2", "bn2")   # act1 reads x, which the shortcut reads too
+    adds_over_input = False   # the residual add writes over bn2's output in the spike pass (see speed.py)
 
     def __init__(self, cin, cout, stride, spiking, cfg, bias=True):
         super().__init__()
@@ -78,7 +83,8 @@ class PreActBlock(nn.Module):
 
     def forward(self, x):
         h = self.act2(self.bn1(self.conv1(self.act1(x))))
-        return self.bn2(self.conv2(h)) + self.shortcut(x)
+        h = self.bn2(self.conv2(h))
+        return residual_add(self, h, self.shortcut(x))
 
 
 BLOCKS = {"basic": BasicBlock, "sew": SEWBlock, "preact": PreActBlock}
