@@ -456,3 +456,29 @@ def test_spike_records_keep_the_input_layout(loop):
             assert r.shape == (4, 8, 6, 6) and r.is_contiguous(memory_format=fmt), (loop, fmt, r.stride())
     (s1, r1, e1), (s2, r2, e2) = records.values()
     assert torch.equal(s1, s2) and torch.equal(r1, r2) and torch.equal(e1, e2) and r1.sum() > 0
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "permuted", "strided steps", "tokens transposed"])
+@pytest.mark.parametrize("over_input", [False, True])
+def test_fused_loop_in_blocks_records_what_the_plain_equations_record(layout, over_input):
+    """The fused loop runs the elements of a step in blocks (``LIF.CPU_BLOCK``; here 7, which divides no map): the
+    spikes, rates and eligibilities of ``spike_equations`` in every memory layout, written over the input or not,
+    with the records in the input step's layout."""
+    from hybridkd_lib.neurons import spike_equations
+
+    torch.manual_seed(0)
+    base = torch.randn(6, 4, 8, 5, 5) * 1.5
+    x = {"contiguous": base,
+         "channels_last": base.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (6, 4)),
+         "permuted": base.permute(0, 3, 1, 2, 4).contiguous().permute(0, 2, 3, 1, 4),
+         "strided steps": torch.randn(12, 4, 8, 5, 5)[::2] * 1.5,
+         "tokens transposed": torch.randn(6, 4, 8, 7).transpose(-1, -2) * 1.5}[layout]
+    spikes, rate, elig = spike_equations(x, 0.2, 1.0, 4.0, 1.0, None, True)
+    lif = LIF()
+    lif.CPU_BLOCK, lif.writes_over_input = 7, over_input
+    ratebp.set_mode(lif, "spike")
+    with torch.no_grad():
+        got = lif(x.clone() if over_input else x)
+    assert torch.equal(got, spikes) and torch.equal(lif.rate, rate) and rate.sum() > 0
+    torch.testing.assert_close(lif.elig, elig, atol=1e-6, rtol=1e-5)
+    assert lif.rate.stride() == rate.stride() == lif.elig.stride()
