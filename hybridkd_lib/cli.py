@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--input-size", type=int, default=32)
     b.add_argument("--device", default="cpu")
-    b.add_argument("--steps", type=int, default=3, help="timed steps (median reported) after --warmup")
+    b.add_argument("--steps", type=int, default=3, help="timed steps after --warmup (peak memory is read after them), then as many again, each after one timing of the conv floor; the medians are reported")
     b.add_argument("--warmup", type=int, default=1)
     b.add_argument("--student-kw", type=_json, default={})
     b.add_argument("--teacher-kw", type=_json, default={})

@@ -47,7 +47,9 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
             compile: bool = False) -> dict:
     """Median step time and peak memory of one configuration, in this process; ``compile``: the spike pass as
     compiled kernels (``speed.apply``), whose build time (the first warm-up step's excess over the median
-    step; 0 for ``conv_floor``, which times no steps) is reported apart as ``compile_s``."""
+    step; 0 for ``conv_floor``, which times no steps) is reported apart as ``compile_s``. Peak memory is read after
+    ``steps`` timed steps; then the step's conv floor is timed ``steps`` times, each followed by one more timed
+    step, and the record gives the medians (``step_times_s``: all ``2 * steps`` steps)."""
     from hybridkd_lib.config import TrainConfig
     from hybridkd_lib.learner import Learner, make_optimizer
 
@@ -90,18 +92,27 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
         step()
         sync()
         warmup_times.append(time.perf_counter() - t0)
+    def timed_step():
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+
     reset_peak(dev)
     times, peak = [], None
     if method != "conv_floor":   # the floor's record is its timed products alone (no memory figure)
         for _ in range(steps):
-            t0 = time.perf_counter()
-            step()
-            sync()
-            times.append(time.perf_counter() - t0)
-        peak = round(peak_mem_mb(dev), 1)
+            timed_step()
+        peak = round(peak_mem_mb(dev), 1)   # before the floor's own tensors exist
     calls = floor.record(step, learner)   # one more step, its dense calls listed (not timed)
     sync()
-    floor_s = floor.time_calls(calls, dev, repeats=steps)
+    # the floor and more steps in turns: on a shared machine a slower minute then slows both sides of the ratio
+    floor_times = []
+    for i in range(steps):
+        floor_times.append(floor.time_calls(calls, dev, repeats=1, warmup=i == 0))
+        if method != "conv_floor":
+            timed_step()
+    floor_s = statistics.median(floor_times)
     med = statistics.median(times) if times else floor_s
     return {"method": method, "T": T, "step_time_s": round(med, 4), "step_times_s": [round(t, 4) for t in times],
             "peak_mem_mb": peak, "images_per_s": round(batch_size / med, 2), "device": device_name(dev),

@@ -112,9 +112,10 @@ def _products(call: DenseCall, device: torch.device) -> list:
 
 
 @torch.no_grad()
-def time_calls(calls: list[DenseCall], device: torch.device | str, repeats: int = 3) -> float:
+def time_calls(calls: list[DenseCall], device: torch.device | str, repeats: int = 3, warmup: bool = True) -> float:
     """Seconds the products of ``calls`` take on ``device``: per distinct call, one warm-up run of its
-    products, then the median of ``repeats`` timed runs, times how often the step made that call."""
+    products (``warmup``; leave it out only where the same calls ran before in this process), then the median of
+    ``repeats`` timed runs, times how often the step made that call."""
     device = torch.device(device)
 
     def sync():
@@ -124,8 +125,9 @@ def time_calls(calls: list[DenseCall], device: torch.device | str, repeats: int 
     total = 0.0
     for call, count in Counter(calls).items():
         ops = _products(call, device)
-        for op in ops:
-            op()
+        if warmup:
+            for op in ops:
+                op()
         sync()
         times = []
         for _ in range(max(1, repeats)):
