@@ -92,14 +92,15 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
         step()
         sync()
         warmup_times.append(time.perf_counter() - t0)
+    reset_peak(dev)
+    times, peak = [], None
+
     def timed_step():
         t0 = time.perf_counter()
         step()
         sync()
         times.append(time.perf_counter() - t0)
 
-    reset_peak(dev)
-    times, peak = [], None
     if method != "conv_floor":   # the floor's record is its timed products alone (no memory figure)
         for _ in range(steps):
             timed_step()

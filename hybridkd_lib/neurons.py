@@ -146,13 +146,14 @@ class LIF(nn.Module):
         rate = torch.empty(n, dtype=state_dtype(x.dtype), device=x.device)
         elig = torch.empty_like(rate)
         block = min(n, self.CPU_BLOCK if x.device.type == "cpu" else n)
-        v_buf, p_buf = torch.empty(block, dtype=rate.dtype, device=x.device), torch.empty(block, dtype=rate.dtype,
-                                                                                          device=x.device)
+        v_buf, p_buf = torch.empty(block, dtype=rate.dtype, device=x.device), torch.empty_like(rate[:block])
+        # -alpha * theta as a 0-dim tensor: a fill kernel, no host copy
+        bias = torch.full((), -self.cfg.surrogate_alpha * self.v_threshold, dtype=rate.dtype, device=x.device)
+        in_scale = 1.0 / self.cfg.tau if self.cfg.decay_input else 1.0   # du_t/dx_t
         for a in range(0, n, block):
             b = min(n, a + block)
-            self._spike_block(x_flat[:, a:b], s_flat[:, a:b], v_buf[:b - a], p_buf[:b - a], elig[a:b])
+            self._spike_block(x_flat[:, a:b], s_flat[:, a:b], v_buf[:b - a], p_buf[:b - a], elig[a:b], bias, in_scale)
             torch.sum(s_flat[:, a:b], 0, dtype=rate.dtype, out=rate[a:b])   # rate = (sum_t s_t) / T
-        in_scale = 1.0 / self.cfg.tau if self.cfg.decay_input else 1.0
         # every path from x into u starts with the factor du/dx = in_scale and the ef recursion is
         # linear in it, so the eligibility of decay_input is the plain one times 1/tau
         self.rate = rate.div_(T).as_strided(x[0].shape, x[0].stride())
@@ -161,15 +162,13 @@ class LIF(nn.Module):
 
     CPU_BLOCK = 131072   # elements per block of the fused loop on the CPU (512 KB of fp32 per temporary)
 
-    def _spike_block(self, x, spikes, v, p, elig) -> None:
+    def _spike_block(self, x, spikes, v, p, elig, bias, in_scale: float) -> None:
         """The T steps of one block of elements: ``x``, ``spikes`` ``[T, m]``; ``v``, ``p``, ``elig`` ``[m]``
-        (``elig`` gets the sum of ``ef_t * sg_t``)."""
+        (``elig`` gets the sum of ``ef_t * sg_t``); ``bias`` is ``-alpha * theta``, ``in_scale`` is ``du_t/dx_t``."""
         T = x.shape[0]
         lam, thr, alpha = self.cfg.leak, self.v_threshold, self.cfg.surrogate_alpha
         v_reset, detach_reset = self.cfg.v_reset, self.cfg.detach_reset
-        bias = torch.full((), -alpha * thr, dtype=v.dtype, device=v.device)  # a fill kernel, no host copy
         ef: float | torch.Tensor = 1.0
-        in_scale = 1.0 / self.cfg.tau if self.cfg.decay_input else 1.0   # du_t/dx_t
         for t in range(T):                 # 7 elementwise passes per step in the common case
             if t == 0:
                 v.copy_(x[0])                              # u_0 = x_0 (v_{-1} = 0)
