@@ -20,9 +20,9 @@ def cmd_datasets(args) -> int:
 
         data.get_datasets(args.download, root=args.data_root, download=True)
     rows = catalog.dataset_table(args.data_root)
-    print(f"{'name':<11} {'classes':>7}  {'input':<12} {'present':<8} expected path")
+    print(f"{'name':<13} {'classes':>7}  {'input':<12} {'present':<8} looked in")
     for r in rows:
-        print(f"{r['name']:<11} {r['classes']:>7}  {r['input']:<12} "
+        print(f"{r['name']:<13} {r['classes']:>7}  {r['input']:<12} "
               f"{'yes' if r['present'] else 'MISSING':<8} {r['path']}")
     from hybridkd_lib.book.plan import CHECKPOINTS
     from hybridkd_lib.results import REPO_ROOT
@@ -187,6 +187,7 @@ def _add_plugin_option(parser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from hybridkd_lib.methods import BENCH_METHODS   # the registry's facts import no torch
+    from hybridkd_lib import catalog
 
     p = argparse.ArgumentParser(prog="python -m hybridkd_lib",
                                 description="HybridKD: hybrid block-wise ANN-guided distillation of SNNs")
@@ -195,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("datasets", help="list datasets, where they are expected and whether present")
     d.add_argument("--data-root", default=None, help="data folder (default: $HYBRIDKD_DATA or ./data)")
     d.add_argument("--download", default=None, metavar="NAME",
-                   help="download NAME first (only cifar10, cifar100, cifar10dvs can be downloaded)")
+                   help="download NAME first (needs internet; only " + ", ".join(
+                       n for n, i in catalog.DATASETS.items() if i.downloadable) + " can be downloaded)")
     d.set_defaults(func=cmd_datasets)
 
     t = sub.add_parser("train", help="train one run (teacher, baseline or ours); resumes if interrupted")

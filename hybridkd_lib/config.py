@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hybridkd_lib.catalog import DATASETS
 from hybridkd_lib.methods import BUILT_IN, get_method, methods_where
 from hybridkd_lib.results import check_writable_folder
 
@@ -37,7 +38,7 @@ class TrainConfig:
 
     method: str = field(metadata={"help": " | ".join(BUILT_IN) + " or a plug-in's (what each does: hybridkd_lib.methods)",
                                   "student_only": False})
-    dataset: str = _opt("digits", "digits | cifar10 | cifar100 | imagenet | cifar10dvs | synthetic")
+    dataset: str = _opt("digits", " | ".join(DATASETS) + " (hybridkd_lib.catalog)")
     student: str = _opt("spiking_resnet18", "student architecture (a registered student model)", True)
     teacher: str = _opt("cifar_resnet18", "teacher architecture (the model trained by method ann)")
     teacher_ckpt: str | None = _opt(None, "teacher run directory or .pt file (bptt_kd, kd, hybrid)", True)
@@ -55,7 +56,8 @@ class TrainConfig:
     student_kw: dict = _opt(help='student keywords, e.g. {"width": 16}', student_only=True, factory=dict)
     teacher_kw: dict = _opt(help='teacher keywords, e.g. {"width": 16}; {"init_checkpoint": PATH} fine-tunes timm '
                                  "weights", factory=dict)
-    data_kw: dict = _opt(help='dataset options, e.g. {"image_size": 16} for digits', factory=dict)
+    data_kw: dict = _opt(help='dataset options, e.g. {"image_size": 16} for digits (the reader\'s keywords: '
+                              'hybridkd_lib.data)', factory=dict)
     loss: dict = _opt(help='loss weights, e.g. {"kd": 1.0, "hybrid_ce": 1.0, "temperature": 4.0} '
                            "(losses.LossConfig)", student_only=True, factory=dict)
     neuron: dict = _opt(help="LIF settings over the student's own, e.g. {\"tau\": 2.0} (neurons.NeuronConfig)",

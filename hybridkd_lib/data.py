@@ -9,6 +9,8 @@ frame (``ann_view``).
 """
 from __future__ import annotations
 
+import gzip
+import inspect
 import os
 import pickle
 from pathlib import Path
@@ -18,7 +20,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from hybridkd_lib.catalog import (DATASETS, DatasetInfo, DatasetNotFoundError, dataset_info,  # noqa: F401
-                                   dataset_table, default_data_root, expected_path, is_present)
+                                   dataset_table, default_data_root, expected_path, is_present, reader,
+                                   search_paths)
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -28,7 +31,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def _missing(name: str, root: Path) -> DatasetNotFoundError:
     info = dataset_info(name)
     return DatasetNotFoundError(
-        f"dataset {name!r} not found: looked in {expected_path(name, root)}. "
+        f"dataset {name!r} not found: looked in {' and '.join(map(str, search_paths(name, root)))}. "
         f"To obtain it: {info.how_to_get}. Set --data-root or $HYBRIDKD_DATA to use another folder.")
 
 
@@ -80,11 +83,133 @@ def digits_datasets(image_size: int = 8, channels: int = 1, test_fraction: float
     return train, test
 
 
-class _ShiftAugment(Dataset):
-    """Random integer translation (rolled, edges zeroed) of ``[C, H, W]`` samples."""
+# ----------------------------------------------------------------------------- Fashion-MNIST
+# the four IDX files of Fashion-MNIST (Xiao et al. 2017) -> their magic number (images 2051, labels 2049)
+FASHION_MNIST_FILES = {"train-images-idx3-ubyte": 2051, "train-labels-idx1-ubyte": 2049,
+                       "t10k-images-idx3-ubyte": 2051, "t10k-labels-idx1-ubyte": 2049}
 
-    def __init__(self, base: Dataset, max_shift: int):
-        self.base, self.max_shift = base, max_shift
+
+def _idx_problem(path: Path, head: bytes, size: int, magic: int) -> str | None:
+    """Why the IDX file ``path`` (``size`` bytes, starting with ``head``) cannot be read, or None."""
+    if len(head) < 4 or int.from_bytes(head[:4], "big") != magic:
+        found = int.from_bytes(head[:4], "big") if len(head) >= 4 else None
+        return f"wrong magic number {found} (expected {magic}: not an IDX {'image' if magic == 2051 else 'label'} file)"
+    ndim = head[3]
+    if len(head) < 4 + 4 * ndim:
+        return f"truncated: {size} bytes, shorter than its {4 + 4 * ndim}-byte header"
+    dims = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    want = 4 + 4 * ndim + int(np.prod(dims))
+    if size != want:
+        return f"{'truncated' if size < want else 'too long'}: {size} bytes where its header {dims} needs {want}"
+    return None
+
+
+def _unpack_idx(source: Path, target: Path, magic: int) -> None:
+    """Check ``source`` (an IDX file, gzipped or not) and write it uncompressed at ``target`` (atomically);
+    a damaged file is a one-line error naming it."""
+    try:
+        raw = gzip.decompress(source.read_bytes()) if source.suffix == ".gz" else source.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise ValueError(f"Fashion-MNIST file {source} is damaged ({type(exc).__name__}: {exc}); "
+                         f"replace it") from None
+    problem = _idx_problem(source, raw[:16], len(raw), magic)
+    if problem:
+        raise ValueError(f"Fashion-MNIST file {source} is unreadable: {problem}; replace it")
+    if source != target:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(raw)
+        os.replace(tmp, target)
+
+
+def fashion_mnist_files(root: Path, download: bool = False) -> Path:
+    """``<root>/FashionMNIST/raw/`` holding the four IDX files uncompressed, as torchvision reads them.
+
+    Each file is taken from that folder (plain or ``.gz``), else from the folders the catalogue names
+    (Debian's ``dataset-fashion-mnist``); ``.gz`` files are unpacked there first. torchvision's download
+    (``download=True``) runs only when no copy is found: it checks md5 sums that Debian's recompressed
+    files do not match."""
+    raw = Path(root) / dataset_info("fashion_mnist").marker
+    folders = search_paths("fashion_mnist", root)
+    find = lambda name: next((f / n for f in folders for n in (name, name + ".gz") if (f / n).is_file()), None)
+    if download and any(find(n) is None for n in FASHION_MNIST_FILES):
+        from torchvision import datasets
+
+        try:
+            datasets.FashionMNIST(str(root), train=True, download=True)
+        except Exception as exc:  # offline: the same clear error as a missing dataset
+            raise _missing("fashion_mnist", Path(root)) from exc
+    for name, magic in FASHION_MNIST_FILES.items():
+        source = find(name)
+        if source is None:
+            raise _missing("fashion_mnist", Path(root))
+        if source == raw / name:   # the uncompressed file torchvision reads: its header and size
+            with open(source, "rb") as f:
+                problem = _idx_problem(source, f.read(16), source.stat().st_size, magic)
+            if problem:
+                raise ValueError(f"Fashion-MNIST file {source} is unreadable: {problem}; replace it")
+        else:
+            _unpack_idx(source, raw / name, magic)
+    return raw
+
+
+def fashion_mnist_datasets(root: Path, download: bool = False, image_size: int = 28, n_train: int | None = None,
+                           n_test: int | None = None, augment: bool = False):
+    """Fashion-MNIST's 60,000 training and 10,000 test 28x28 grey images (10 classes), read by torchvision's
+    ``FashionMNIST`` from ``<root>/FashionMNIST/raw/`` (``fashion_mnist_files``), held in memory.
+
+    Samples are ``[1, image_size, image_size]`` (bilinear, antialiased resize), normalised with the training
+    images' mean and std. ``n_train``, ``n_test``: a fixed class-balanced subset of the training (test) images,
+    the same for every seed; ``augment``: random horizontal flip and 1-pixel shifts per 8 pixels (train only)."""
+    from torchvision import datasets
+
+    if image_size < 8:
+        raise ValueError(f"image_size={image_size!r} too small; valid: 8 or larger")
+    for what, n, total in (("n_train", n_train, 60000), ("n_test", n_test, 10000)):
+        if n is not None and not 10 <= n <= total:
+            raise ValueError(f"{what}={n!r} not allowed; valid: None (all {total:,}) or 10 to {total}")
+    fashion_mnist_files(Path(root), download)
+
+    def tensors(train: bool):
+        ds = datasets.FashionMNIST(str(root), train=train, download=False)
+        x = ds.data.unsqueeze(1).float() / 255.0                                   # [N, 1, 28, 28]
+        if image_size != 28:
+            x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
+                                                align_corners=False, antialias=image_size < 28)
+        return x, ds.targets.long()
+
+    (x_train, y_train), (x_test, y_test) = tensors(True), tensors(False)
+    if n_train is not None:
+        keep = balanced_subset(y_train, n_train)
+        x_train, y_train = x_train[keep], y_train[keep]
+    if n_test is not None:
+        keep = balanced_subset(y_test, n_test)
+        x_test, y_test = x_test[keep], y_test[keep]
+    mean, std = x_train.mean(), x_train.std()
+    train = TensorDataset((x_train - mean) / std, y_train)
+    test = TensorDataset((x_test - mean) / std, y_test)
+    return (_ShiftAugment(train, max_shift=max(1, image_size // 8), flip=True) if augment else train), test
+
+
+def balanced_subset(targets: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``n`` samples, as equal a share of every class as ``n`` allows, drawn with ``seed``
+    (sorted)."""
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.unique(targets)
+    picks = []
+    for i, c in enumerate(classes.tolist()):
+        idx = (targets == c).nonzero().flatten()
+        k = n // len(classes) + (1 if i < n % len(classes) else 0)
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:k]])
+    return torch.cat(picks).sort().values
+
+
+class _ShiftAugment(Dataset):
+    """Random integer translation (rolled, edges zeroed) of ``[C, H, W]`` samples, and with ``flip`` a random
+    horizontal flip."""
+
+    def __init__(self, base: Dataset, max_shift: int, flip: bool = False):
+        self.base, self.max_shift, self.flip = base, max_shift, flip
 
     def __len__(self):
         return len(self.base)
@@ -92,6 +217,8 @@ class _ShiftAugment(Dataset):
     def __getitem__(self, i):
         img, label = self.base[i]
         dy, dx = torch.randint(-self.max_shift, self.max_shift + 1, (2,)).tolist()
+        if self.flip and torch.rand(()) < 0.5:
+            img = torch.flip(img, dims=(-1,))
         return _shift(img, dy, dx), label
 
 
@@ -163,6 +290,16 @@ def cifar_datasets(name: str, root: Path, download: bool = False, verify_md5: bo
     except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as exc:
         raise ValueError(f"{name}: {_unreadable_cifar_file(cls, root, verify_md5) or 'a file'} is corrupt or "
                          f"truncated ({type(exc).__name__}: {exc}); replace it from the official tarball") from None
+
+
+def cifar10_datasets(root: Path, download: bool = False, verify_md5: bool = True, augment: bool = True):
+    """CIFAR-10 (``cifar_datasets``)."""
+    return cifar_datasets("cifar10", root, download, verify_md5, augment)
+
+
+def cifar100_datasets(root: Path, download: bool = False, verify_md5: bool = True, augment: bool = True):
+    """CIFAR-100 (``cifar_datasets``)."""
+    return cifar_datasets("cifar100", root, download, verify_md5, augment)
 
 
 def _unreadable_cifar_file(cls, root: Path, verify_md5: bool = True) -> str | None:
@@ -280,22 +417,12 @@ def synthetic_datasets(n_train: int = 512, n_test: int = 128, shape=(3, 32, 32),
 
 # ----------------------------------------------------------------------------- entry points
 def get_datasets(name: str, root: str | Path | None = None, download: bool = False, **options):
-    """``(train, test)`` datasets for ``name`` (see ``DATASETS``).
-
-    Options: digits: ``image_size``, ``channels``, ``seed``, ``augment``; cifar10/cifar100:
-    ``verify_md5``, ``augment``; cifar10dvs: ``T`` (frames), ``size``; synthetic: ``n_train``, ``n_test``, ``shape``.
-    """
-    dataset_info(name)
-    root = Path(root or default_data_root())
-    if name == "digits":
-        return digits_datasets(**options)
-    if name in ("cifar10", "cifar100"):
-        return cifar_datasets(name, root, download=download, **options)
-    if name == "imagenet":
-        return imagenet_datasets(root)
-    if name == "cifar10dvs":
-        return cifar10dvs_datasets(root, download=download, **options)
-    return synthetic_datasets(**options)
+    """``(train, test)`` datasets for ``name``, read by its registered reader (``catalog.DATASETS``); the
+    reader's keyword arguments are the options (``check_options`` lists them)."""
+    fn = reader(name)
+    params = inspect.signature(fn).parameters
+    fixed = {k: v for k, v in (("root", Path(root or default_data_root())), ("download", download)) if k in params}
+    return fn(**fixed, **options)
 
 
 def is_sequence(name: str) -> bool:
@@ -318,7 +445,7 @@ def ann_view(x: torch.Tensor) -> torch.Tensor:
 
 def in_memory(name: str) -> bool:
     """Datasets held as tensors in memory (worker processes would only add overhead)."""
-    return name in ("digits", "synthetic")
+    return dataset_info(name).in_memory
 
 
 def default_num_workers(name: str, local_world_size: int = 1) -> int:
@@ -339,11 +466,6 @@ def make_loader(dataset: Dataset, name: str, batch_size: int, train: bool, num_w
                       collate_fn=time_major_collate if is_sequence(name) else None)
 
 
-def _option_functions() -> dict:
-    return {"digits": digits_datasets, "cifar10": cifar_datasets, "cifar100": cifar_datasets,
-            "imagenet": imagenet_datasets, "cifar10dvs": cifar10dvs_datasets, "synthetic": synthetic_datasets}
-
-
 def _same_kind(value, default) -> bool:
     if isinstance(default, bool):
         return isinstance(value, bool)
@@ -358,13 +480,9 @@ def _same_kind(value, default) -> bool:
 
 def check_options(name: str, options: dict) -> None:
     """``data_kw`` of dataset ``name``: known keys of the right types, or an error listing the options."""
-    import inspect
-
     if not isinstance(options, dict):
         raise ValueError(f"data_kw={options!r} not allowed: expected a dict (a JSON object)")
-    params = {k: p for k, p in inspect.signature(_option_functions()[dataset_info(name)
-                                                                       .name]).parameters.items()
-              if k not in ("name", "root", "download")}
+    params = {k: p for k, p in inspect.signature(reader(name)).parameters.items() if k not in ("root", "download")}
     unknown = sorted(set(options) - set(params))
     if unknown:
         raise ValueError(f"data_kw key(s) {unknown} are not options of dataset {name!r}; options: "

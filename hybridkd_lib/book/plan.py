@@ -9,6 +9,10 @@ Profiles:
 - ``ablation``: the open choices of the hybrid loss and the 1/T gradient scale
   (``ABLATIONS``) on the quick scale, 3 seeds each (about 20 CPU-minutes; the
   "What the paper leaves open" page).
+- ``fashion``: the supplementary's claims tested on Fashion-MNIST on the CPU
+  (``_fashion_plan``): Table A's pairs at every T and the method comparison of
+  Table B, each cell over the same ``FASHION_SEEDS`` (paired comparisons); its
+  records are committed (``book/data/fashion/``, the "What the measurements say" page).
 
 A run's parameter ``"@NAME"`` is a reference to run NAME's result folder.
 """
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 
 from hybridkd_lib.methods import BENCH_METHODS, BUILT_IN, methods_where
 
-PROFILES = ("smoke", "quick", "full", "ablation")
+PROFILES = ("smoke", "quick", "full", "ablation", "fashion")
 # Table B: the RateBP methods on Spikingformer (RateBP alone, Vanilla KD, ours)
 TABLE_B_METHODS = tuple(m for m in methods_where(trains="student", propagation="rate") if m in BUILT_IN)
 NOTEBOOKS = ("train_teacher", "train_student", "efficiency", "cam", "export")
@@ -72,6 +76,15 @@ SCALE = {
                   bench_batch=32, bench_input=32, bench_steps=2,
                   vit_epochs=30, student_loss={"ratebp_grad_scale": False}, sf_lr=3e-3, precise_bn=8, vit=dict(img_size=16, patch_size=4, depth=4, embed_dim=96, num_heads=3)),
 }
+
+
+# The fashion profile: Fashion-MNIST at a scale whose whole plan runs in about an hour on 2 CPU cores (measured:
+# the "What the measurements say" page). Scaled down from the full profile: 16x16 images (bilinear, antialiased),
+# a fixed class-balanced subset of 2,000 training images (the same for every run) and of 2,000 test images,
+# widths 16, 5 student epochs; the quick profile's student settings otherwise (no 1/T gradient scale, precise BN).
+SCALE["fashion"] = dict(SCALE["quick"], dataset="fashion_mnist", data_kw={"image_size": 16, "n_train": 2000, "n_test": 2000},
+                        teacher_epochs=15, student_epochs=5, vit_epochs=30, seeds=(0, 1, 2))
+FASHION_SEEDS = SCALE["fashion"]["seeds"]
 
 
 # NIR's LIF resets to a value; the reference's students reset by subtraction. So each NIR check exports the
@@ -130,6 +143,40 @@ def _cpu_plan(profile: str) -> list[Run]:
         Ts=list(s["bench_T"]), methods=list(BENCH_METHODS),
         batch_size=s["bench_batch"], input_size=s["bench_input"], device="cpu", steps=s["bench_steps"]),
         ["Fig. 4"]))
+    return runs
+
+
+def _fashion_plan() -> list[Run]:
+    """The claims of the supplementary on Fashion-MNIST: Table A (R18 <- R18, R19 <- R34, our method, T = 2, 4,
+    6, 8) and Table B's comparison (RateBP alone, Vanilla KD, ours at T = 4) on Spikingformer <- ViT and on
+    R18 <- R18 (whose "ours" cell is Table A's T = 4 run), every student cell over ``FASHION_SEEDS``; teachers
+    one seed each; Fig. A from the seed-0 R18 <- R18 T = 4 student."""
+    s = SCALE["fashion"]
+    quick = {r.name: r for r in _cpu_plan("quick")}
+    data = dict(dataset=s["dataset"], data_kw=s["data_kw"])
+    runs = [Run(f"fashion_{t}", "train_teacher", dict(quick[t].params, **data, epochs=s["vit_epochs" if t == "teacher_vit"
+                                                                                        else "teacher_epochs"]),
+                ["fashion"]) for t in ("teacher_r18", "teacher_r34", "teacher_vit")]
+
+    def student(name: str, base: Run, seed: int, **changes) -> Run:
+        prm = dict(base.params, **data, epochs=s["student_epochs"], seed=seed, **changes)
+        if isinstance(prm.get("teacher_ckpt"), str):
+            prm["teacher_ckpt"] = "@fashion_" + prm["teacher_ckpt"][1:]
+        return Run(f"fashion_{name}_s{seed}", "train_student", prm, ["fashion"])
+
+    for seed in FASHION_SEEDS:
+        for T in s["Ts"]:
+            for tag in ("r18_r18", "r19_r34"):
+                runs.append(student(f"hybrid_{tag}_T{T}", quick[f"hybrid_{tag}_T{T}"], seed))
+        r18 = quick["hybrid_r18_r18_T4"]
+        for method in TABLE_B_METHODS:
+            if method != "hybrid":
+                teacher = method in methods_where(teacher=True)
+                runs.append(student(f"{method}_r18_r18_T4", r18, seed, method=method,
+                                    teacher_ckpt=r18.params["teacher_ckpt"] if teacher else None))
+            runs.append(student(f"sf_{method}", quick[f"sf_{method}"], seed))
+    runs.append(Run("fashion_cam", "cam", dict(quick["cam"].params, run=f"@fashion_hybrid_r18_r18_T4_s{FASHION_SEEDS[0]}"),
+                    ["fashion", "Fig. A"]))
     return runs
 
 
@@ -231,7 +278,8 @@ def _ablation_plan() -> list[Run]:
 def plan(profile: str) -> list[Run]:
     """The runs of ``profile`` in dependency order (teachers before students)."""
     _check_profile(profile)
-    runs = {"full": _full_plan, "ablation": _ablation_plan}.get(profile, lambda: _cpu_plan(profile))()
+    runs = {"full": _full_plan, "ablation": _ablation_plan, "fashion": _fashion_plan}.get(
+        profile, lambda: _cpu_plan(profile))()
     return order(runs)
 
 

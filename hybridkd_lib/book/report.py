@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from hybridkd_lib.catalog import DATASETS
 from hybridkd_lib.methods import get_method, methods_where
 from hybridkd_lib.models import list_models, model_facts
 from hybridkd_lib.book.plan import Run, plan
@@ -26,8 +27,7 @@ NOT_RUN = "not run"
 REPORTED_FILE = Path(__file__).with_name("reported.json")
 # committed benchmark files: GPU runs (not reproducible on CPU machines) and the reference CPU run
 BENCH_DATA_DIRS = {"GPU": REPO_ROOT / "book" / "data" / "gpu", "CPU": REPO_ROOT / "book" / "data" / "cpu"}
-DATASET_NAMES = {"digits": "digits (sklearn)", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet",
-                 "cifar10dvs": "CIFAR10-DVS"}
+DATASET_NAMES = {name: info.display or name for name, info in DATASETS.items()}
 NICE = {**{name: model_facts(name).display for name in list_models()}, **DATASET_NAMES}   # display names
 
 
