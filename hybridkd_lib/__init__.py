@@ -7,7 +7,7 @@ Modules and the library modules each imports (``tests/test_package.py`` checks t
     step       -> layers, speed
     learner    -> checkpoint, config, methods, models
     methods    -> hybrid, learner, losses, plugins, ratebp
-    config     -> data, losses, methods, models, neurons, ratebp, results
+    config     -> catalog, data, losses, methods, models, neurons, ratebp, results
     losses     -> methods
     hybrid     -> data, layers, models
     spikecosts -> hybrid, layers, neurons, ratebp
@@ -24,7 +24,7 @@ Modules and the library modules each imports (``tests/test_package.py`` checks t
     neurons, distributed, children, floor, memory, plugins, results -> (none)
     models/    -> layers, neurons, plugins (the registry, students and teachers on one stage protocol)
 
-``book/`` (plan, reproduce, cluster, dryrun, tinydata, report) is the book's machinery: it imports the
+``book/`` (plan, reproduce, cluster, dryrun, tinydata, evidence, claims, report) is the book's machinery: it imports the
 library; no library module but ``cli`` (its ``reproduce`` command) imports it.
 """
 __version__ = "0.1.0"

@@ -53,14 +53,6 @@ for _info in (
     DatasetInfo("digits", 10, (1, 8, 8), None,
                 "shipped inside scikit-learn (sklearn.datasets.load_digits); nothing to download",
                 "hybridkd_lib.data:digits_datasets", "digits (sklearn)", in_memory=True),
-    DatasetInfo("fashion_mnist", 10, (1, 28, 28), "FashionMNIST/raw",
-                "apt-get install dataset-fashion-mnist (Debian/Ubuntu: the IDX .gz files in "
-                f"{FASHION_MNIST_DEBIAN}, read from there), or python -m hybridkd_lib datasets --download "
-                "fashion_mnist (torchvision, needs internet), or put the four IDX files (train-images-idx3-ubyte, "
-                "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; .gz or not) in "
-                "<data root>/FashionMNIST/raw/",
-                "hybridkd_lib.data:fashion_mnist_datasets", "Fashion-MNIST", in_memory=True, downloadable=True,
-                system_paths=(FASHION_MNIST_DEBIAN,)),
     DatasetInfo("cifar10", 10, (3, 32, 32), "cifar-10-batches-py",
                 CIFAR_HOW.format(n="cifar10", n2="cifar-10"), "hybridkd_lib.data:cifar10_datasets", "CIFAR-10",
                 downloadable=True),
@@ -76,6 +68,14 @@ for _info in (
                 "from https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671 into "
                 "<data root>/cifar10dvs/download and converts them to events_np/)",
                 "hybridkd_lib.data:cifar10dvs_datasets", "CIFAR10-DVS", downloadable=True),
+    DatasetInfo("fashion_mnist", 10, (1, 28, 28), "FashionMNIST/raw",
+                "apt-get install dataset-fashion-mnist (Debian/Ubuntu: the IDX .gz files in "
+                f"{FASHION_MNIST_DEBIAN}, read from there), or python -m hybridkd_lib datasets --download "
+                "fashion_mnist (torchvision, needs internet), or put the four IDX files (train-images-idx3-ubyte, "
+                "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; .gz or not) in "
+                "<data root>/FashionMNIST/raw/",
+                "hybridkd_lib.data:fashion_mnist_datasets", "Fashion-MNIST", in_memory=True, downloadable=True,
+                system_paths=(FASHION_MNIST_DEBIAN,)),
     DatasetInfo("synthetic", 10, (3, 32, 32), None,
                 "generated in memory (random CIFAR-shaped tensors, for speed/memory benchmarks only)",
                 "hybridkd_lib.data:synthetic_datasets", "synthetic", in_memory=True),

@@ -188,6 +188,7 @@ def _add_plugin_option(parser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from hybridkd_lib.methods import BENCH_METHODS   # the registry's facts import no torch
     from hybridkd_lib import catalog
+    from hybridkd_lib.book.plan import PROFILES
 
     p = argparse.ArgumentParser(prog="python -m hybridkd_lib",
                                 description="HybridKD: hybrid block-wise ANN-guided distillation of SNNs")
@@ -243,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
 
     r = sub.add_parser("reproduce", help="execute the plan's runs through papermill (cached, dependency order)")
-    r.add_argument("--profile", default="quick", help="smoke | quick | full | ablation")
+    r.add_argument("--profile", default="quick", help=" | ".join(PROFILES))
     r.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these runs of the plan")
     r.add_argument("--results", default=None, help="results folder (default: $HYBRIDKD_RESULTS or ./results)")
     r.add_argument("--nproc", type=int, default=None,

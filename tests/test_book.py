@@ -63,11 +63,11 @@ def test_measured_cells_and_provenance(smoke, monkeypatch):
 def test_missing_results_render_not_run(tmp_path, monkeypatch):
     monkeypatch.setenv("HYBRIDKD_RESULTS", str(tmp_path))
     a = report.table_a("quick")
-    measured = a[a["source"].str.startswith("measured")]
+    measured = a[a["source"] == "measured (quick)"]
     assert len(measured) == 2
     assert (measured[["T=2", "T=4", "T=6", "T=8"]] == "not run").all().all()
     b = report.table_b("quick")
-    assert (b[b["source"].str.startswith("measured")]["top-1 (%)"] == "not run").all()
+    assert (b[b["source"] == "measured (quick)"]["top-1 (%)"] == "not run").all()
     monkeypatch.setenv("HYBRIDKD_BOOK_PROFILE", "quick")
     assert report.fig_a() == (None, None)
     assert all(" file " in r["source"] for r in report.bench_records())  # only the committed bench files
@@ -82,13 +82,13 @@ def test_cpu_tables_read_each_cell_against_the_ablations_seed_spread(tmp_path, m
     records = json.loads(report.ABLATION_FILE.read_text())["records"]
     std = lambda variant: statistics.stdev(r["top1"] for r in records if r["variant"] == variant)
     a = report.table_a("quick")
-    measured = a[a["source"].str.startswith("measured")].set_index("student")
+    measured = a[a["source"] == "measured (quick)"].set_index("student")
     assert measured.loc["R18", "seed spread"].startswith(f"±{std('default'):.2f} (ablation 'default'")
     assert measured.loc["R19", "seed spread"].startswith(f"±{std('r19_T8_quick'):.2f} (ablation 'r19_T8_quick'")
     assert (a[a["source"] == "reported"]["seed spread"] == report.MISSING).all()
     b = report.table_b("quick")
     widest = max(std(v) for v in ("default", "no_hybrid_kd", "no_hybrid_ce", "hybrid_mean", "r19_T8_quick"))
-    assert (b[b["source"].str.startswith("measured")]["seed spread"].str.startswith(f"±{widest:.2f} (largest")).all()
+    assert (b[b["source"] == "measured (quick)"]["seed spread"].str.startswith(f"±{widest:.2f} (largest")).all()
     assert report.seed_spreads().keys().isdisjoint({"r19_T8_reference_1/T"})   # another regime: not a yardstick
     assert report.scale_claims_note("full") == ""
     assert "accuracy claims of Tables A and B need the `full` profile" in report.scale_claims_note("quick")

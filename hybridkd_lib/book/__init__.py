@@ -1,6 +1,7 @@
 """The book's machinery, apart from the method: the plan of runs (``plan``), running it through papermill
 with caching (``reproduce``) or as Slurm/local jobs (``cluster``), the CPU dry run on tiny data in the real
-formats (``dryrun``, ``tinydata``), and the tables and figures the pages draw (``report``, beside the paper's
-values in ``reported.json``). The method's modules (``hybridkd_lib.*`` outside this package) never import it,
+formats (``dryrun``, ``tinydata``), the committed records of a measured profile (``evidence``) and the claims
+tested on them (``claims``), and the tables and figures the pages draw (``report``, beside the paper's values in
+``reported.json``). The method's modules (``hybridkd_lib.*`` outside this package) never import it,
 so a run's cache key covers them and not this package (``reproduce.code_files``).
 """

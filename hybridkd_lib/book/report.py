@@ -19,6 +19,8 @@ import pandas as pd
 from hybridkd_lib.catalog import DATASETS
 from hybridkd_lib.methods import get_method, methods_where
 from hybridkd_lib.models import list_models, model_facts
+from hybridkd_lib.book.evidence import (CONVERGENCE_TOLERANCE, CONVERGENCE_WINDOW, converged,  # noqa: F401
+                                         last_epochs_spread)
 from hybridkd_lib.book.plan import Run, plan
 from hybridkd_lib.book.reproduce import default_results_root
 from hybridkd_lib.results import REPO_ROOT, UnreadableFile, read_result
@@ -75,20 +77,6 @@ def _fmt(acc, ref=None) -> str:
 
 ACCURACY = "final-epoch test top-1"   # what every measured accuracy of the book is (the reference logs the best)
 NOT_CONVERGED = "not converged"
-CONVERGENCE_WINDOW, CONVERGENCE_TOLERANCE = 3, 1.0   # epochs, percentage points
-
-
-def last_epochs_spread(res: dict) -> float | None:
-    """How far the test top-1 moved over the run's last ``CONVERGENCE_WINDOW`` epochs (max - min)."""
-    accs = [h["top1"] for h in res.get("history", [])][-CONVERGENCE_WINDOW:]
-    return max(accs) - min(accs) if len(accs) == CONVERGENCE_WINDOW else None
-
-
-def converged(res: dict) -> bool:
-    """False when the test top-1 still moved by more than ``CONVERGENCE_TOLERANCE`` points over the
-    last ``CONVERGENCE_WINDOW`` epochs."""
-    spread = last_epochs_spread(res)
-    return spread is None or spread <= CONVERGENCE_TOLERANCE
 
 
 def _measured(res: dict | None, ref=None) -> str:
@@ -189,6 +177,8 @@ def profile_note(profile: str | None = None) -> str:
     p = profile or book_profile()
     if p == "full":
         return "Profile **full**: the paper's settings (Table C)."
+    if p == EVIDENCE_PROFILE:
+        return evidence_scale_note(p)
     s, f = SCALE[p], scale_facts(p)
     return (f"Profile **{p}** (scaled down to run on a 2-core CPU): dataset scikit-learn digits "
             f"({f['image_size']}x{f['image_size']}, {f['n_train']:,} train / {f['n_test']:,} test "
@@ -315,7 +305,19 @@ def table_a(profile: str | None = None) -> pd.DataFrame:
             accs = {f"T={T}": res["top1"] for T, res in row_cells.items() if res is not None}
             row["seed noise"] = noise_marks(accs, spread[0]) if spread else ""
         rows.append(row)
-    return missing_as_dash(pd.DataFrame(rows)) if p != "full" else pd.DataFrame(rows)
+    rows += evidence_table_a_rows()
+    return missing_as_dash(pd.DataFrame(rows))
+
+
+TABLE_A_ACCURACY = ["source", "dataset", "teacher", "student", "T=2", "T=4", "T=6", "T=8"]
+
+
+def table_a_views(profile: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table A as two tables that each fit the page: the accuracies, and the measured rows' costs and seed noise."""
+    a = table_a(profile)
+    measured = a[a["source"] != "reported"]
+    extra = [c for c in a.columns if c not in TABLE_A_ACCURACY]
+    return a[TABLE_A_ACCURACY], measured[["source", "dataset", "student"] + extra]
 
 
 def misprint_notes() -> str:
@@ -399,8 +401,8 @@ def table_b(profile: str | None = None) -> pd.DataFrame:
                          "firing rate": _rate_text(res) if res else NOT_RUN,
                          "energy vs teacher": _energy_text(energy_vs_teacher(res, prm, p)) if res else NOT_RUN,
                          "_run": run.name, "_top1": res["top1"] if res else None})
-    df = pd.DataFrame(rows)
-    measured = df["source"] != "reported"
+    df = pd.DataFrame(rows + evidence_table_b_rows())
+    measured = df["source"] == f"measured ({p})"
     if p != "full" and measured.any():   # the seed spread and noise marks of the measured rows, per dataset
         for _, group in df[measured].groupby("dataset"):
             spread = seed_spread_for(list(group["_run"]))
@@ -409,8 +411,18 @@ def table_b(profile: str | None = None) -> pd.DataFrame:
             for i, method in zip(group.index, group["method"]):
                 df.loc[i, "seed spread"] = _spread_text(spread)
                 df.loc[i, "seed noise"] = labels.get(method, "")
-        df = missing_as_dash(df)
-    return df.drop(columns=["_run", "_top1"], errors="ignore")
+    return missing_as_dash(df.drop(columns=["_run", "_top1"], errors="ignore"))
+
+
+TABLE_B_ACCURACY = ["source", "dataset", "method", "teacher", "student", "T", "top-1 (%)"]
+
+
+def table_b_views(profile: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table B as two tables that each fit the page: the accuracies, and the measured rows' costs and seed noise."""
+    b = table_b(profile)
+    measured = b[b["source"] != "reported"]
+    extra = [c for c in b.columns if c not in TABLE_B_ACCURACY]
+    return b[TABLE_B_ACCURACY], measured[["source", "dataset", "method", "student"] + extra]
 
 
 # ----------------------------------------------------------------------------- Table C
@@ -963,3 +975,244 @@ def nir_checks(profile: str | None = None) -> pd.DataFrame:
                      "read by": r["framework"] if r else NOT_RUN,
                      "approximations": r["approximations"] if r else NOT_RUN})
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- the committed evidence (Fashion-MNIST)
+EVIDENCE_PROFILE = "fashion"   # the profile whose committed records test the supplementary's claims
+
+
+@lru_cache(maxsize=None)
+def evidence(profile: str = EVIDENCE_PROFILE) -> dict | None:
+    """The committed records of ``profile`` (``book/data/<profile>/``), None where there is no file or where its
+    settings no longer match today's plan (stale evidence is not shown: ``stale_evidence`` says why)."""
+    from hybridkd_lib.book.evidence import read_evidence
+
+    ev = read_evidence(profile)
+    return ev if ev is not None and not stale_evidence(profile) else None
+
+
+@lru_cache(maxsize=None)
+def stale_evidence(profile: str = EVIDENCE_PROFILE) -> tuple[str, ...]:
+    """Why the committed records of ``profile`` are stale (runs whose settings differ from today's plan)."""
+    from hybridkd_lib.book.evidence import read_evidence, stale_runs
+
+    ev = read_evidence(profile)
+    return tuple(stale_runs(ev)) if ev is not None else ()
+
+
+def evidence_records(profile: str = EVIDENCE_PROFILE) -> list[dict]:
+    ev = evidence(profile)
+    return ev["records"] if ev else []
+
+
+def evidence_source(profile: str = EVIDENCE_PROFILE) -> str:
+    from hybridkd_lib.book.plan import SCALE
+
+    return f"measured ({profile}, {len(SCALE[profile]['seeds'])} seeds)"
+
+
+def _students(records: list[dict], **match) -> list[dict]:
+    return [r for r in records if r.get("notebook") == "train_student" and all(r.get(k) == v for k, v in match.items())]
+
+
+def _seed_cell(recs: list[dict], ref: float | None = None) -> str:
+    """A cell over seeds: mean ± sample std of the final top-1 (and the mean's gap to ``ref``), marked where a
+    seed's run had not converged."""
+    from hybridkd_lib.book.claims import mean_std
+
+    if not recs:
+        return NOT_RUN
+    m, sd = mean_std(r["top1"] for r in recs)
+    moving = sum(not r["converged"] for r in recs)
+    return (f"{m:.2f} ± {sd:.2f}" + (f" ({m - ref:+.2f})" if ref is not None else "")
+            + (f" {NOT_CONVERGED} ({moving} of {len(recs)})" if moving else ""))
+
+
+def _mean_of(recs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in recs if r.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def evidence_table_a_rows(profile: str = EVIDENCE_PROFILE) -> list[dict]:
+    """Table A's rows of the committed profile: per pair and T, the mean ± std over seeds (gap to the teacher)."""
+    from hybridkd_lib.book.claims import TABLE_A_PAIRS
+
+    rows, records = [], evidence_records(profile)
+    for student, teacher in TABLE_A_PAIRS.values():
+        ours = _students(records, method="hybrid", student=student, teacher=teacher)
+        if not ours:
+            continue
+        t_acc = ours[0]["teacher_top1"]
+        by_T = {T: [r for r in ours if r["T"] == T] for T in (2, 4, 6, 8)}
+        rows.append({"source": evidence_source(profile), "dataset": NICE.get(ours[0]["dataset"]),
+                     "teacher": f"{_short(teacher)} ({_fmt(t_acc)})", "student": _short(student),
+                     **{f"T={T}": _seed_cell(recs, t_acc) for T, recs in by_T.items()},
+                     RATE_A: " / ".join(MISSING if _mean_of(r, "firing_rate") is None else f"{_mean_of(r, 'firing_rate'):.3f}"
+                                        for r in by_T.values()),
+                     ENERGY_A: " / ".join(_energy_text(_mean_of(r, "energy_vs_teacher")) for r in by_T.values()),
+                     "seed spread": "± per cell (its own seeds)", "seed noise": CLAIMS_LINK})
+    return rows
+
+
+def evidence_table_b_rows(profile: str = EVIDENCE_PROFILE) -> list[dict]:
+    """Table B's comparison on the committed profile: RateBP alone, Vanilla KD and ours at T = 4, mean ± std over
+    the same seeds, for every student the profile compares them on."""
+    rows, records = [], evidence_records(profile)
+    students = dict.fromkeys(r["student"] for r in _students(records, T=4) if r["method"] == "kd")
+    for student in students:
+        for method in TABLE_B_METHODS_ORDER:
+            recs = _students(records, student=student, method=method, T=4)
+            if not recs:
+                continue
+            teacher = method in methods_where(teacher=True)
+            t_acc = recs[0]["teacher_top1"] if teacher else None
+            rows.append({"source": evidence_source(profile), "dataset": NICE.get(recs[0]["dataset"]),
+                         "method": get_method(method).title,
+                         "teacher": f"{_short(recs[0]['teacher'])} ({_fmt(t_acc)})" if teacher else "-",
+                         "student": _short(student) + (f" (dim {recs[0]['settings']['student_kw']['dim']})"
+                                                       if recs[0]["settings"].get("student_kw", {}).get("dim") else ""),
+                         "T": 4, "top-1 (%)": _seed_cell(recs, t_acc),
+                         "firing rate": f"{_mean_of(recs, 'firing_rate'):.3f}" if _mean_of(recs, "firing_rate") else MISSING,
+                         "energy vs teacher": _energy_text(_mean_of(recs, "energy_vs_teacher")),
+                         "seed spread": "± per cell (its own seeds)", "seed noise": CLAIMS_LINK})
+    return rows
+
+
+CLAIMS_LINK = '<a href="claims.html">paired over seeds: What the measurements say</a>'
+TABLE_B_METHODS_ORDER = ("ratebp", "kd", "hybrid")
+
+
+def claims_table(profile: str = EVIDENCE_PROFILE) -> pd.DataFrame:
+    """Every claim the committed profile and the committed CPU bench can test: the cells' means ± std, the
+    paired difference with its 95 % interval, and the verdict (``claims``)."""
+    from hybridkd_lib.book import claims
+
+    rows = [claims.summary_row(c) for c in claims.accuracy_comparisons(evidence_records(profile), _short_any)]
+    bench = [r for r in bench_records() if r.get("source", "").startswith("measured (CPU file")
+             and _target_setting(r)]
+    for row in claims.bench_comparisons(bench):
+        rows.append({"claim": row["claim"], "paper": row["paper"], "comparison": row["comparison"] + " (CPU bench)",
+                     "seeds": "-", "cells (mean ± std, %)": row["measured"], "paired difference [95 % CI]": "-",
+                     "verdict": row["verdict"]})
+    return pd.DataFrame(rows) if rows else pd.DataFrame({"status": [NOT_RUN]})
+
+
+def _short_any(arch: str) -> str:
+    return _short(arch) if arch in NICE else arch
+
+
+def teachers_table(profile: str = EVIDENCE_PROFILE) -> pd.DataFrame:
+    """The committed profile's teachers: final and best top-1, epochs, seed."""
+    rows = [{"teacher": NICE.get(r["teacher"], r["teacher"]), "run": r["run"], "epochs": r["epochs"], "seed": r["seed"],
+             "final top-1 (%)": f"{r['top1']:.2f}", "best top-1 (%) [epoch]": f"{r['best_top1']:.2f} [{r['best_epoch']}]"}
+            for r in evidence_records(profile) if r.get("notebook") == "train_teacher"]
+    return pd.DataFrame(rows) if rows else pd.DataFrame({"status": [NOT_RUN]})
+
+
+def evidence_runs_table(profile: str = EVIDENCE_PROFILE) -> pd.DataFrame:
+    """Every committed student run: cell, seed, final and best top-1, how far it moved over its last epochs."""
+    rows = [{"run": r["run"], "method": get_method(r["method"]).title, "student": _short(r["student"]), "T": r["T"],
+             "seed": r["seed"], "final top-1 (%)": f"{r['top1']:.2f}",
+             "best top-1 (%) [epoch]": f"{r['best_top1']:.2f} [{r['best_epoch']}]",
+             f"moved over last {CONVERGENCE_WINDOW} epochs": f"{r['last_epochs_spread']:.2f}"
+             + ("" if r["converged"] else f" ({NOT_CONVERGED})"),
+             "train time (s)": f"{r['train_time_s']:.0f}", "commit": r["git_commit"]}
+            for r in _students(evidence_records(profile))]
+    return pd.DataFrame(rows) if rows else pd.DataFrame({"status": [NOT_RUN]})
+
+
+def evidence_note(profile: str = EVIDENCE_PROFILE) -> str:
+    """When, where and with which command the committed records were measured, and how many students converged
+    by the book's criterion; or why they are not shown."""
+    from hybridkd_lib.book.evidence import evidence_file
+
+    stale = stale_evidence(profile)
+    if stale:
+        return (f"**Stale evidence, not shown**: the committed records of profile {profile} no longer match today's "
+                f"plan ({'; '.join(stale[:4])}{' ...' if len(stale) > 4 else ''}). Run `python -m hybridkd_lib "
+                f"reproduce --profile {profile}` to measure them again.")
+    ev = evidence(profile)
+    if ev is None:
+        return f"**not run**: no committed records of profile {profile} (`python -m hybridkd_lib reproduce --profile {profile}`)."
+    recs = [r for r in ev["records"] if r.get("finished_at")]
+    days = sorted(r["finished_at"][:16].replace("T", " ") for r in recs)
+    students = _students(ev["records"])
+    m = ev["machine"]
+    wall = f"; the whole profile took {ev['wall_s'] / 60:.0f} minutes of wall time" if ev.get("wall_s") else ""
+    return (f"Measured from {days[0]} to {days[-1]} UTC on {m['cpu']} ({m['cores']} cores, torch {m['torch']} "
+            f"with {m['torch_threads']} threads), nothing else running{wall}, with `{ev['command']}`, at commit(s) "
+            f"{', '.join(sorted({r['git_commit'] for r in recs}))}; committed as `{evidence_file(profile).relative_to(REPO_ROOT)}`. "
+            f"{sum(r['converged'] for r in students)} of {len(students)} student runs converged by the book's "
+            f"criterion (final top-1 moved by at most {CONVERGENCE_TOLERANCE:.0f} point over the last "
+            f"{CONVERGENCE_WINDOW} epochs).")
+
+
+def evidence_scale_note(profile: str = EVIDENCE_PROFILE) -> str:
+    """What the committed profile scaled down, read off the plan."""
+    from hybridkd_lib.book.plan import SCALE
+
+    s, f = SCALE[profile], scale_facts("quick")
+    kw = s["data_kw"]
+    return (f"Profile **{profile}**: Fashion-MNIST {kw['image_size']}x{kw['image_size']} (resized from 28x28), a fixed "
+            f"class-balanced subset of {kw['n_train']:,} of the 60,000 training images and {kw['n_test']:,} of the "
+            f"10,000 test images (the same for every run), instead of CIFAR/ImageNet; ResNet widths {s['width']} "
+            f"instead of {'/'.join(map(str, f['full_widths']))}, Spikingformer dim {s['sf_dim']} instead of "
+            f"{f['full_sf_dim']}; teachers {s['teacher_epochs']} epochs (ViT {s['vit_epochs']}), students "
+            f"{s['student_epochs']} instead of {f['full_student_epochs']}, batch 64, without the RateBP reference's 1/T "
+            f"gradient scale, Spikingformer at learning rate {s['sf_lr']:g}, students' BN statistics recomputed from "
+            f"{s['precise_bn']} fixed training batches before each evaluation; seeds {list(s['seeds'])} for every "
+            f"student cell (the same seeds for every method and T), one seed per teacher.")
+
+
+def claims_plot(profile: str = EVIDENCE_PROFILE):
+    """Every seed as a dot beside its cell's mean: Table A's accuracy against T per pair (the teacher dashed),
+    and Table B's methods per student, each seed's runs joined (paired). None where nothing is committed."""
+    import matplotlib.pyplot as plt
+    from hybridkd_lib.book.claims import TABLE_A_PAIRS
+
+    records = evidence_records(profile)
+    if not records:
+        return None
+    b_students = list(dict.fromkeys(r["student"] for r in _students(records, T=4) if r["method"] == "kd"))
+    panels = len(TABLE_A_PAIRS) + len(b_students)
+    fig, axes = plt.subplots(1, panels, figsize=(3.3 * panels, 3.4), squeeze=False)
+    axes = axes[0]
+    for ax, (student, teacher) in zip(axes, TABLE_A_PAIRS.values()):
+        ours = _students(records, method="hybrid", student=student, teacher=teacher)
+        Ts = sorted({r["T"] for r in ours})
+        for seed in sorted({r["seed"] for r in ours}):
+            pts = sorted((r["T"], r["top1"]) for r in ours if r["seed"] == seed)
+            ax.plot(*zip(*pts), color="tab:blue", alpha=0.35, marker="o", ms=4, lw=0.8)
+        means = [sum(r["top1"] for r in ours if r["T"] == T) / sum(r["T"] == T for r in ours) for T in Ts]
+        ax.plot(Ts, means, color="k", marker="_", ms=16, lw=1.6, label="mean over seeds")
+        if ours:
+            ax.axhline(ours[0]["teacher_top1"], color="tab:red", ls="--", lw=1, label="teacher")
+        ax.set(title=f"Tab. A: {_short(student)} <- {_short(teacher)}, ours", xlabel="T", ylabel="test top-1 (%)",
+               xticks=Ts)
+        ax.legend(fontsize=7)
+    for ax, student in zip(axes[len(TABLE_A_PAIRS):], b_students):
+        recs = _students(records, student=student, T=4)
+        methods = [m for m in TABLE_B_METHODS_ORDER if any(r["method"] == m for r in recs)]
+        for seed in sorted({r["seed"] for r in recs}):
+            ys = [next((r["top1"] for r in recs if r["method"] == m and r["seed"] == seed), None) for m in methods]
+            ax.plot(range(len(methods)), ys, color="tab:blue", alpha=0.35, marker="o", ms=4, lw=0.8)
+        means = [sum(r["top1"] for r in recs if r["method"] == m) / sum(r["method"] == m for r in recs) for m in methods]
+        ax.plot(range(len(methods)), means, color="k", marker="_", ms=16, lw=0, label="mean over seeds")
+        ax.set_xticks(range(len(methods)), [get_method(m).title for m in methods], fontsize=8)
+        ax.set(title=f"Tab. B: {_short(student)}, T=4", ylabel="test top-1 (%)", xlim=(-0.4, len(methods) - 0.6))
+        ax.legend(fontsize=7)
+    for ax in axes:
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"measured ({profile}): every seed a dot, its runs joined; black: the mean", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def fig_a_evidence(profile: str = EVIDENCE_PROFILE):
+    """(path to the committed Grad-CAM figure of ``profile`` or None, its record or None)."""
+    from hybridkd_lib.book.evidence import cam_figure
+
+    rec = next((r for r in evidence_records(profile) if r.get("notebook") == "cam"), None)
+    path = cam_figure(profile)
+    return (path if rec is not None and path.is_file() else None), rec

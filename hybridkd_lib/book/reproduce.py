@@ -263,7 +263,7 @@ def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, 
     ``dry_plan``: only say what would run and why. ``keep_checkpoints=False``: a finished run keeps its
     model and results but not its epoch checkpoints (the dry run's choice: it never resumes a finished run).
     The whole ``ablation`` profile, once every run finished, also rewrites the committed records the book shows
-    (``report.write_ablation_file``)."""
+    (``report.write_ablation_file``); so does the whole ``fashion`` profile (``evidence.write_evidence``)."""
     whole_plan = runs is None and not only
     runs = with_nproc(plan(profile) if runs is None else runs, nproc, log)
     keys = run_keys(runs, profile)
@@ -323,4 +323,12 @@ def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, 
         from hybridkd_lib.book.report import write_ablation_file
 
         log(f"wrote {write_ablation_file(profile_dir)} (the records the book shows where results/ablation is absent)")
+    if profile in EVIDENCE_PROFILES and whole_plan and not report["failed"]:
+        from hybridkd_lib.book.evidence import write_evidence
+
+        wall = sum(report["seconds"].values()) if not report["skipped"] else None   # one uninterrupted invocation
+        log(f"wrote {write_evidence(profile, profile_dir, wall)} (the committed records the book shows)")
     return report
+
+
+EVIDENCE_PROFILES = ("fashion",)   # profiles whose records are committed (book/data/<profile>/)

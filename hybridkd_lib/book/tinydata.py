@@ -97,3 +97,28 @@ def write_timm_checkpoint(name: str, path: str | Path, fmt: str = "safetensors",
     else:
         raise ValueError(f"unknown checkpoint format {fmt!r}; valid: safetensors, ddp, timm_train")
     return path
+
+
+def write_idx(path: str | Path, array: np.ndarray, gz: bool = False) -> Path:
+    """One IDX file (LeCun's MNIST format, big-endian header: magic ``0x0000 08 <ndim>``, then each dimension)
+    of ``uint8`` ``array``; ``gz``: gzipped, the name ending in ``.gz``."""
+    import gzip
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path = Path(str(path) + (".gz" if gz else ""))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(header + array.tobytes()) if gz else header + array.tobytes())
+    return path
+
+
+def write_fashion_mnist(folder: str | Path, per_class: int = 2, gz: bool = True, seed: int = 0) -> int:
+    """The four Fashion-MNIST IDX files (``train-images-idx3-ubyte`` ... ``t10k-labels-idx1-ubyte``) in
+    ``folder``, as the release (``gz``) or unpacked: ``per_class`` random 28x28 images of every class in each
+    split, labels 0..9 in turn; returns the images per split."""
+    rng = np.random.default_rng(seed)
+    n = 10 * per_class
+    for split in ("train", "t10k"):
+        write_idx(Path(folder) / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), gz)
+        write_idx(Path(folder) / f"{split}-labels-idx1-ubyte", np.arange(n) % 10, gz)
+    return n
