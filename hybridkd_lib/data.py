@@ -13,6 +13,7 @@ import gzip
 import inspect
 import os
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,7 @@ def _unpack_idx(source: Path, target: Path, magic: int) -> None:
     a damaged file is a one-line error naming it."""
     try:
         raw = gzip.decompress(source.read_bytes()) if source.suffix == ".gz" else source.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:   # gzip.BadGzipFile is an OSError
         raise ValueError(f"Fashion-MNIST file {source} is damaged ({type(exc).__name__}: {exc}); "
                          f"replace it") from None
     problem = _idx_problem(source, raw[:16], len(raw), magic)
@@ -488,7 +489,15 @@ def check_options(name: str, options: dict) -> None:
         raise ValueError(f"data_kw key(s) {unknown} are not options of dataset {name!r}; options: "
                          f"{', '.join(params) or 'none'}")
     for k, v in options.items():
-        default = params[k].default
+        default, kind = params[k].default, _annotated_kind(params[k].annotation)
         if default not in (inspect.Parameter.empty, None) and not _same_kind(v, default):
             raise ValueError(f"data_kw {k}={v!r} not allowed for dataset {name!r}: expected "
                              f"{type(default).__name__} (default {default!r})")
+        if default is None and v is not None and kind is not None and not _same_kind(v, kind()):
+            raise ValueError(f"data_kw {k}={v!r} not allowed for dataset {name!r}: expected {kind.__name__} or None")
+
+
+def _annotated_kind(annotation) -> type | None:
+    """``int`` of an option annotated ``int | None`` (the readers' annotations are strings), else None."""
+    text = str(annotation).replace(" ", "")
+    return next((t for t in (bool, int, float, str) if text in (f"{t.__name__}|None", f"None|{t.__name__}")), None)

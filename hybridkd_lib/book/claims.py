@@ -3,7 +3,9 @@ Fig. 4 bench: paired differences over seeds, their 95 % confidence intervals, an
 
 A claim compares two sets of runs that share their seeds (the same seeds for every method and T), so each
 seed gives one difference; the interval is Student's t over those differences. The verdict reads the interval
-alone: above 0 *supported*, below 0 *contradicted*, across 0 *not resolved at this scale*.
+alone: above 0 *supported*, below 0 *contradicted*, across 0 *not resolved at this scale*. A seed whose run in
+either cell ended at chance (its training diverged: ``at_chance`` in the records) is left out of that comparison
+and named: it measures the training's stability, not the claim.
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ class Comparison:
     a_values: dict      # seed -> the first cell's value
     b_values: dict      # seed -> the second cell's value
     unit: str = "pp"
+    not_converged: int = 0   # runs of the two cells (paired seeds) still moving by the book's criterion
+    runs: int = 0            # runs of the two cells (paired seeds)
+    left_out: tuple = ()     # runs at chance (diverged) whose seeds were left out
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -61,9 +66,13 @@ def cell(records: list[dict], **match) -> dict[int, dict]:
 def compare(claim: str, where: str, setting: str, a: tuple[str, dict], b: tuple[str, dict], value) -> Comparison:
     """Cells ``a`` and ``b`` (label, seed -> record) paired by seed; ``value(record)`` is what is compared."""
     (la, ra), (lb, rb) = a, b
-    seeds = sorted(set(ra) & set(rb))
+    both = sorted(set(ra) & set(rb))
+    dead = tuple(r["run"] for s in both for r in (ra[s], rb[s]) if r.get("at_chance"))
+    seeds = [s for s in both if not (ra[s].get("at_chance") or rb[s].get("at_chance"))]
+    runs = [ra[s] for s in seeds] + [rb[s] for s in seeds]
     return Comparison(claim, where, setting, la, lb, {s: value(ra[s]) - value(rb[s]) for s in seeds},
-                      {s: value(ra[s]) for s in seeds}, {s: value(rb[s]) for s in seeds})
+                      {s: value(ra[s]) for s in seeds}, {s: value(rb[s]) for s in seeds},
+                      not_converged=sum(r.get("converged") is False for r in runs), runs=len(runs), left_out=dead)
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -96,11 +105,18 @@ def accuracy_comparisons(records: list[dict], nice=lambda name: name) -> list[Co
                            (f"T={hi}", cell(ours, T=hi)), (f"T={lo}", cell(ours, T=lo)), top1))
         by_seed: dict[int, list] = {}
         for r in ours:
-            by_seed.setdefault(r["seed"], []).append((r["T"], r["top1"] - r["teacher_top1"]))
-        slopes = {s: slope(p) for s, p in by_seed.items() if len({t for t, _ in p}) == len(Ts)}
+            by_seed.setdefault(r["seed"], []).append(r)
+        complete = {s: rs for s, rs in by_seed.items() if len({r["T"] for r in rs}) == len(Ts)}
+        dead = tuple(r["run"] for rs in complete.values() for r in rs if r.get("at_chance"))
+        complete = {s: rs for s, rs in complete.items() if not any(r.get("at_chance") for r in rs)}
+        # the gap (student - teacher) is negative below the teacher: shrinking is a positive slope over T
+        slopes = {s: slope([(r["T"], r["top1"] - r["teacher_top1"]) for r in rs]) for s, rs in complete.items()}
+        runs = [r for rs in complete.values() for r in rs]
         out.append(Comparison(GAP_SHRINKS, "Tab. A (gaps in parentheses)",
                               f"{pair}: slope of (student - teacher) over T = {', '.join(map(str, Ts))}",
-                              "slope", "0", slopes, slopes, {s: 0.0 for s in slopes}, unit="pp per timestep"))
+                              "slope", "0", slopes, slopes, {s: 0.0 for s in slopes}, unit="pp per timestep",
+                              not_converged=sum(r.get("converged") is False for r in runs), runs=len(runs),
+                              left_out=dead))
     for arch, teacher_arch in (("spikingformer_4_256", "vit_small_patch16_224"), ("spiking_resnet18", "cifar_resnet18")):
         at4 = [r for r in students if r["student"] == arch and r["T"] == 4]
         ours = cell(at4, method="hybrid", teacher=teacher_arch)
@@ -115,7 +131,9 @@ def accuracy_comparisons(records: list[dict], nice=lambda name: name) -> list[Co
 def summary_row(c: Comparison) -> dict:
     """One row of the claims table: the two cells' mean +- std, the paired difference with its interval, the
     verdict (``not resolved`` with fewer than 2 seeds)."""
-    row = {"claim": c.claim, "paper": c.where, "comparison": c.setting, "seeds": len(c.diffs)}
+    row = {"claim": c.claim, "paper": c.where, "comparison": c.setting, "seeds": len(c.diffs),
+           "runs not converged": f"{c.not_converged} of {c.runs}",
+           "left out (run at chance)": ", ".join(c.left_out) or "none"}
     if c.unit == "pp":
         for label, values in ((c.a, c.a_values), (c.b, c.b_values)):
             m, sd = mean_std(values.values()) if values else (float("nan"), float("nan"))
@@ -136,9 +154,9 @@ def summary_row(c: Comparison) -> dict:
 
 def bench_comparisons(records: list[dict]) -> list[dict]:
     """Fig. 4's claim from a committed bench: ours (``hybrid``) against BPTT with the same teacher (``bptt_kd``)
-    and plain BPTT at the largest T, peak memory and step time. A step-time claim is supported when ours' slowest
-    timed step beats BPTT's fastest (the bench times each configuration several times), contradicted when the
-    reverse holds; memory is one figure per configuration."""
+    and plain BPTT at the largest T, peak memory and step time (``records``: one bench run). A step-time claim is
+    supported when ours' slowest timed step beats BPTT's fastest (the bench times each configuration several
+    times), contradicted when the reverse holds; memory is one peak figure per configuration, compared as it is."""
     rows = []
     t_max = max((r["T"] for r in records), default=None)
     get = lambda m: next((r for r in records if r["method"] == m and r["T"] == t_max), None)
@@ -150,7 +168,8 @@ def bench_comparisons(records: list[dict]) -> list[dict]:
         a_times, b_times = ours.get("step_times_s") or [ours["step_time_s"]], theirs.get("step_times_s") or [theirs["step_time_s"]]
         time_verdict = SUPPORTED if max(a_times) < min(b_times) else CONTRADICTED if min(a_times) > max(b_times) \
             else NOT_RESOLVED
-        mem_verdict = SUPPORTED if ours["peak_mem_mb"] < theirs["peak_mem_mb"] else CONTRADICTED
+        mem_verdict = (SUPPORTED if ours["peak_mem_mb"] < theirs["peak_mem_mb"] else
+                       CONTRADICTED if ours["peak_mem_mb"] > theirs["peak_mem_mb"] else NOT_RESOLVED)
         rows.append({"claim": "Ours costs less time than BPTT at larger T", "paper": "Fig. 4, §1",
                      "comparison": f"ours vs {other}, T={t_max}",
                      "measured": f"{ours['step_time_s']:.2f} s vs {theirs['step_time_s']:.2f} s per step "

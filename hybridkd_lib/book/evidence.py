@@ -42,6 +42,14 @@ def converged(res: dict) -> bool:
     return spread is None or spread <= CONVERGENCE_TOLERANCE
 
 
+def at_chance(res: dict) -> bool:
+    """Whether a trained network's final test top-1 is within 1 point of guessing (100 / classes): its training
+    diverged or died, which says nothing of the claim its cell tests."""
+    from hybridkd_lib.catalog import dataset_info
+
+    return res["top1"] <= 100.0 / dataset_info(res["dataset"]).num_classes + 1.0
+
+
 def machine() -> dict:
     """The machine that measured: CPU model, cores, threads torch used, torch version."""
     import torch
@@ -71,7 +79,7 @@ def run_record(run: Run, res: dict) -> dict:
             "best_top1": res.get("best_top1"), "best_epoch": res.get("best_epoch"),
             "teacher_top1": res.get("teacher_top1"), "hybrid_top1": res.get("hybrid_top1", []),
             "history_top1": [round(h["top1"], 4) for h in res.get("history", [])],
-            "last_epochs_spread": last_epochs_spread(res), "converged": converged(res),
+            "last_epochs_spread": last_epochs_spread(res), "converged": converged(res), "at_chance": at_chance(res),
             "firing_rate": costs.get("firing_rate"), "energy_vs_teacher": costs.get("energy_vs_teacher"),
             "energy_uj_per_image": costs.get("energy_uj_per_image"),
             "train_time_s": res.get("train_time_s"), "device": res.get("device"),

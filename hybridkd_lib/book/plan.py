@@ -78,8 +78,8 @@ SCALE = {
 }
 
 
-# The fashion profile: Fashion-MNIST at a scale whose whole plan runs in about an hour on 2 CPU cores (measured:
-# the "What the measurements say" page). Scaled down from the full profile: 16x16 images (bilinear, antialiased),
+# The fashion profile: Fashion-MNIST at a scale whose whole plan runs in about 1.5 hours on 2 CPU cores (measured:
+# 94 minutes, the "What the measurements say" page). Scaled down from the full profile: 16x16 images (bilinear, antialiased),
 # fixed class-balanced subsets of 1,500 training and 2,000 test images (the same for every run), widths 8 (a step
 # costs about 40 % less than at the quick profile's 16), 10 student epochs (at 5 epochs of 2,000 images a T=2
 # student still moved 3 points over its last 3 epochs); the quick profile's student settings otherwise (no 1/T

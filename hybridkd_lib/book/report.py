@@ -1022,15 +1022,27 @@ def _seed_cell(recs: list[dict], ref: float | None = None) -> str:
 
     if not recs:
         return NOT_RUN
-    m, sd = mean_std(r["top1"] for r in recs)
-    moving = sum(not r["converged"] for r in recs)
-    return (f"{m:.2f} ± {sd:.2f}" + (f" ({m - ref:+.2f})" if ref is not None else "")
-            + (f" {NOT_CONVERGED} ({moving} of {len(recs)})" if moving else ""))
+    alive = [r for r in recs if not r.get("at_chance")]
+    dead = f" ({len(recs) - len(alive)} of {len(recs)} at chance, left out)" if len(alive) < len(recs) else ""
+    if not alive:
+        return f"{AT_CHANCE}{dead}"
+    m, sd = mean_std(r["top1"] for r in alive)
+    moving = sum(not r["converged"] for r in alive)
+    return (f"{m:.2f} ± {sd:.2f}" + (f" ({m - ref:+.2f})" if ref is not None else "") + dead
+            + (f" {NOT_CONVERGED} ({moving} of {len(alive)})" if moving else ""))
+
+
+AT_CHANCE = "at chance (diverged)"
 
 
 def _mean_of(recs: list[dict], key: str) -> float | None:
     values = [r[key] for r in recs if r.get(key) is not None]
     return sum(values) / len(values) if values else None
+
+
+def _rate_of(recs: list[dict]) -> str:
+    rate = _mean_of(recs, "firing_rate")
+    return MISSING if rate is None else f"{rate:.3f}"
 
 
 def evidence_table_a_rows(profile: str = EVIDENCE_PROFILE) -> list[dict]:
@@ -1047,8 +1059,7 @@ def evidence_table_a_rows(profile: str = EVIDENCE_PROFILE) -> list[dict]:
         rows.append({"source": evidence_source(profile), "dataset": NICE.get(ours[0]["dataset"]),
                      "teacher": f"{_short(teacher)} ({_fmt(t_acc)})", "student": _short(student),
                      **{f"T={T}": _seed_cell(recs, t_acc) for T, recs in by_T.items()},
-                     RATE_A: " / ".join(MISSING if _mean_of(r, "firing_rate") is None else f"{_mean_of(r, 'firing_rate'):.3f}"
-                                        for r in by_T.values()),
+                     RATE_A: " / ".join(_rate_of(r) for r in by_T.values()),
                      ENERGY_A: " / ".join(_energy_text(_mean_of(r, "energy_vs_teacher")) for r in by_T.values()),
                      "seed spread": "± per cell (its own seeds)", "seed noise": CLAIMS_LINK})
     return rows
@@ -1072,7 +1083,7 @@ def evidence_table_b_rows(profile: str = EVIDENCE_PROFILE) -> list[dict]:
                          "student": _short(student) + (f" (dim {recs[0]['settings']['student_kw']['dim']})"
                                                        if recs[0]["settings"].get("student_kw", {}).get("dim") else ""),
                          "T": 4, "top-1 (%)": _seed_cell(recs, t_acc),
-                         "firing rate": f"{_mean_of(recs, 'firing_rate'):.3f}" if _mean_of(recs, "firing_rate") else MISSING,
+                         "firing rate": _rate_of(recs),
                          "energy vs teacher": _energy_text(_mean_of(recs, "energy_vs_teacher")),
                          "seed spread": "± per cell (its own seeds)", "seed noise": CLAIMS_LINK})
     return rows
@@ -1088,12 +1099,14 @@ def claims_table(profile: str = EVIDENCE_PROFILE) -> pd.DataFrame:
     from hybridkd_lib.book import claims
 
     rows = [claims.summary_row(c) for c in claims.accuracy_comparisons(evidence_records(profile), _short_any)]
-    bench = [r for r in bench_records() if r.get("source", "").startswith("measured (CPU file")
-             and _target_setting(r)]
-    for row in claims.bench_comparisons(bench):
-        rows.append({"claim": row["claim"], "paper": row["paper"], "comparison": row["comparison"] + " (CPU bench)",
-                     "seeds": "-", "cells (mean ± std, %)": row["measured"], "paired difference [95 % CI]": "-",
-                     "verdict": row["verdict"]})
+    by_file: dict[str, list] = {}
+    for r in bench_records():
+        if r.get("source", "").startswith("measured (CPU file") and _target_setting(r):
+            by_file.setdefault(r["source"].split("file ")[1].rstrip(")"), []).append(r)
+    rows += [{"claim": row["claim"], "paper": row["paper"], "comparison": f"{row['comparison']} (CPU bench {name})",
+              "seeds": "-", "runs not converged": "-", "left out (run at chance)": "-", "cells (mean ± std, %)": row["measured"],
+              "paired difference [95 % CI]": "-", "verdict": row["verdict"]}
+             for name, bench in by_file.items() for row in claims.bench_comparisons(bench)]
     return pd.DataFrame(rows) if rows else pd.DataFrame({"status": [NOT_RUN]})
 
 
@@ -1114,8 +1127,9 @@ def evidence_runs_table(profile: str = EVIDENCE_PROFILE) -> pd.DataFrame:
     rows = [{"run": r["run"], "method": get_method(r["method"]).title, "student": _short(r["student"]), "T": r["T"],
              "seed": r["seed"], "final top-1 (%)": f"{r['top1']:.2f}",
              "best top-1 (%) [epoch]": f"{r['best_top1']:.2f} [{r['best_epoch']}]",
-             f"moved over last {CONVERGENCE_WINDOW} epochs": f"{r['last_epochs_spread']:.2f}"
-             + ("" if r["converged"] else f" ({NOT_CONVERGED})"),
+             f"moved over last {CONVERGENCE_WINDOW} epochs": (MISSING if r["last_epochs_spread"] is None else
+                                                                f"{r['last_epochs_spread']:.2f}")
+             + ("" if r["converged"] else f" ({NOT_CONVERGED})") + (f" ({AT_CHANCE})" if r.get("at_chance") else ""),
              "train time (s)": f"{r['train_time_s']:.0f}", "commit": r["git_commit"]}
             for r in _students(evidence_records(profile))]
     return pd.DataFrame(rows) if rows else pd.DataFrame({"status": [NOT_RUN]})
@@ -1134,17 +1148,29 @@ def evidence_note(profile: str = EVIDENCE_PROFILE) -> str:
     ev = evidence(profile)
     if ev is None:
         return f"**not run**: no committed records of profile {profile} (`python -m hybridkd_lib reproduce --profile {profile}`)."
-    recs = [r for r in ev["records"] if r.get("finished_at")]
-    days = sorted(r["finished_at"][:16].replace("T", " ") for r in recs)
+    days = sorted(r["finished_at"][:16].replace("T", " ") for r in ev["records"] if r.get("finished_at"))
+    when = f"runs finished between {days[0]} and {days[-1]} UTC" if days else "finishing times not recorded"
+    commits = ", ".join(sorted({str(r.get("git_commit")) for r in ev["records"]}))
     students = _students(ev["records"])
     m = ev["machine"]
     wall = f"; the whole profile took {ev['wall_s'] / 60:.0f} minutes of wall time" if ev.get("wall_s") else ""
-    return (f"Measured from {days[0]} to {days[-1]} UTC on {m['cpu']} ({m['cores']} cores, torch {m['torch']} "
-            f"with {m['torch_threads']} threads), nothing else running{wall}, with `{ev['command']}`, at commit(s) "
-            f"{', '.join(sorted({r['git_commit'] for r in recs}))}; committed as `{evidence_file(profile).relative_to(REPO_ROOT)}`. "
-            f"{sum(r['converged'] for r in students)} of {len(students)} student runs converged by the book's "
-            f"criterion (final top-1 moved by at most {CONVERGENCE_TOLERANCE:.0f} point over the last "
-            f"{CONVERGENCE_WINDOW} epochs).")
+    return (f"Measured on {m['cpu']} ({m['cores']} cores; torch {m['torch']}, {m['torch_threads']} threads by "
+            f"default), {when}{wall}, with `{ev['command']}` at commit(s) {commits}; committed as "
+            f"`{_repo_relative(evidence_file(profile))}`. "
+            f"{sum(r['converged'] and not r.get('at_chance') for r in students)} of {len(students)} student runs "
+            f"converged by the book's criterion (final top-1 moved by at most {CONVERGENCE_TOLERANCE:.0f} point over "
+            f"the last {CONVERGENCE_WINDOW} epochs); {_at_chance_text(students)}.")
+
+
+def _at_chance_text(students: list[dict]) -> str:
+    dead = [r["run"] for r in students if r.get("at_chance")]
+    return (f"{len(dead)} ended at chance, their training diverged ({', '.join(dead)}): each is left out of "
+            f"its cells' means and of the comparisons it would enter" if dead else "none ended at chance")
+
+
+def _repo_relative(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if REPO_ROOT in path.parents else str(path)
 
 
 def evidence_scale_note(profile: str = EVIDENCE_PROFILE) -> str:
@@ -1175,10 +1201,17 @@ def claims_plot(profile: str = EVIDENCE_PROFILE):
         return None
     b_students = list(dict.fromkeys(r["student"] for r in _students(records, T=4) if r["method"] == "kd"))
     panels = len(TABLE_A_PAIRS) + len(b_students)
-    fig, axes = plt.subplots(1, panels, figsize=(3.3 * panels, 3.4), squeeze=False)
-    axes = axes[0]
+    cols = 2
+    rows = -(-panels // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(9, 3.3 * rows), squeeze=False)
+    axes = axes.flatten()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    dead = lambda recs: sum(r.get("at_chance", False) for r in recs)
+    left_out = lambda n: f"\n({n} run at chance left out)" if n else ""
     for ax, (student, teacher) in zip(axes, TABLE_A_PAIRS.values()):
-        ours = _students(records, method="hybrid", student=student, teacher=teacher)
+        everyone = _students(records, method="hybrid", student=student, teacher=teacher)
+        ours = [r for r in everyone if not r.get("at_chance")]
         Ts = sorted({r["T"] for r in ours})
         for seed in sorted({r["seed"] for r in ours}):
             pts = sorted((r["T"], r["top1"]) for r in ours if r["seed"] == seed)
@@ -1187,11 +1220,12 @@ def claims_plot(profile: str = EVIDENCE_PROFILE):
         ax.plot(Ts, means, color="k", marker="_", ms=16, lw=1.6, label="mean over seeds")
         if ours:
             ax.axhline(ours[0]["teacher_top1"], color="tab:red", ls="--", lw=1, label="teacher")
-        ax.set(title=f"Tab. A: {_short(student)} <- {_short(teacher)}, ours", xlabel="T", ylabel="test top-1 (%)",
-               xticks=Ts)
+        ax.set(title=f"Tab. A: {_short(student)} <- {_short(teacher)}, ours{left_out(dead(everyone))}", xlabel="T",
+               ylabel="test top-1 (%)", xticks=Ts)
         ax.legend(fontsize=7)
     for ax, student in zip(axes[len(TABLE_A_PAIRS):], b_students):
-        recs = _students(records, student=student, T=4)
+        everyone = _students(records, student=student, T=4)
+        recs = [r for r in everyone if not r.get("at_chance")]
         methods = [m for m in TABLE_B_METHODS_ORDER if any(r["method"] == m for r in recs)]
         for seed in sorted({r["seed"] for r in recs}):
             ys = [next((r["top1"] for r in recs if r["method"] == m and r["seed"] == seed), None) for m in methods]
@@ -1199,9 +1233,10 @@ def claims_plot(profile: str = EVIDENCE_PROFILE):
         means = [sum(r["top1"] for r in recs if r["method"] == m) / sum(r["method"] == m for r in recs) for m in methods]
         ax.plot(range(len(methods)), means, color="k", marker="_", ms=16, lw=0, label="mean over seeds")
         ax.set_xticks(range(len(methods)), [get_method(m).title for m in methods], fontsize=8)
-        ax.set(title=f"Tab. B: {_short(student)}, T=4", ylabel="test top-1 (%)", xlim=(-0.4, len(methods) - 0.6))
+        ax.set(title=f"Tab. B: {_short(student)}, T=4{left_out(dead(everyone))}", ylabel="test top-1 (%)",
+               xlim=(-0.4, len(methods) - 0.6))
         ax.legend(fontsize=7)
-    for ax in axes:
+    for ax in axes[:panels]:
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
     fig.suptitle(f"measured ({profile}): every seed a dot, its runs joined; black: the mean", fontsize=9)
