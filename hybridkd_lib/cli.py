@@ -13,19 +13,19 @@ import sys
 
 
 def cmd_datasets(args) -> int:
-    from hybridkd_lib import catalog
+    from hybridkd_lib.data import catalog
 
     if args.download:
-        from hybridkd_lib import data
+        from hybridkd_lib.data import datasets
 
-        data.get_datasets(args.download, root=args.data_root, download=True)
+        datasets.get_datasets(args.download, root=args.data_root, download=True)
     rows = catalog.dataset_table(args.data_root)
     print(f"{'name':<13} {'classes':>7}  {'input':<12} {'present':<8} looked in")
     for r in rows:
         print(f"{r['name']:<13} {r['classes']:>7}  {r['input']:<12} "
               f"{'yes' if r['present'] else 'MISSING':<8} {r['path']}")
     from hybridkd_lib.book.plan import CHECKPOINTS
-    from hybridkd_lib.results import REPO_ROOT
+    from hybridkd_lib.base.results import REPO_ROOT
 
     print("\ncheckpoints the full profile reads (timm formats; see data/README.md):")
     for key, rel in CHECKPOINTS.items():
@@ -58,7 +58,7 @@ def add_train_options(parser) -> None:
     import typing
     from dataclasses import MISSING, fields
 
-    from hybridkd_lib.config import TrainConfig
+    from hybridkd_lib.train.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
@@ -78,8 +78,8 @@ def train_config_from_args(args):
     command line over them; an unknown key or bad JSON in the file is an error naming the file."""
     from dataclasses import fields
 
-    from hybridkd_lib.config import TrainConfig, check_settings, config_from_settings
-    from hybridkd_lib.results import UnreadableFile, read_json_file
+    from hybridkd_lib.train.config import TrainConfig, check_settings, config_from_settings
+    from hybridkd_lib.base.results import UnreadableFile, read_json_file
 
     names = [f.name for f in fields(TrainConfig)]
     given = {n: getattr(args, n) for n in names if n != "progress" and getattr(args, n) is not None}
@@ -102,7 +102,7 @@ def train_config_from_args(args):
 
 
 def cmd_train(args) -> int:
-    from hybridkd_lib.trainer import train
+    from hybridkd_lib.train.trainer import train
 
     cfg = train_config_from_args(args)
     args.out = cfg.out   # where the interrupt message says the run resumes
@@ -111,8 +111,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from hybridkd_lib.efficiency import bench
-    from hybridkd_lib.methods import bench_methods
+    from hybridkd_lib.tools.efficiency import bench
+    from hybridkd_lib.method.methods import bench_methods
 
     out = bench(args.methods or list(bench_methods()), args.T, student=args.student, teacher=args.teacher, batch_size=args.batch_size,
                 input_size=args.input_size, device=args.device, steps=args.steps, warmup=args.warmup,
@@ -134,7 +134,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from hybridkd_lib import nirexport
+    from hybridkd_lib.tools import nirexport
 
     path, graph = nirexport.export_run(args.run, args.to, dt=args.dt, approximate_soft_reset=args.approximate_soft_reset)
     print(f"wrote {path}: {len(graph.nodes)} NIR nodes, {len(graph.edges)} edges, T={graph.metadata['T']}, "
@@ -181,13 +181,13 @@ def cmd_reproduce(args) -> int:
 
 def _add_plugin_option(parser) -> None:
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
-                        help="a .py file or module that registers methods or models (hybridkd_lib.methods."
+                        help="a .py file or module that registers methods or models (hybridkd_lib.method.methods."
                              "register_method, hybridkd_lib.models.register_model); repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hybridkd_lib.methods import BENCH_METHODS   # the registry's facts import no torch
-    from hybridkd_lib import catalog
+    from hybridkd_lib.method.methods import BENCH_METHODS   # the registry's facts import no torch
+    from hybridkd_lib.data import catalog
     from hybridkd_lib.book.plan import PROFILES
 
     p = argparse.ArgumentParser(prog="python -m hybridkd_lib",
@@ -300,7 +300,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _stop_as_interrupt)
     try:
         if getattr(args, "plugin", None):
-            from hybridkd_lib import plugins
+            from hybridkd_lib.base import plugins
 
             for spec in args.plugin:
                 plugins.load(spec)

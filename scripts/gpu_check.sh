@@ -49,8 +49,8 @@ timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test
 timeout 150 "$PY" - "$OUT/setups_cuda_$stamp.json" <<'PYEOF'
 import json, sys
 from hybridkd_lib.book.plan import plan_setups
-from hybridkd_lib.efficiency import two_step_check
-from hybridkd_lib.results import git_commit, write_json
+from hybridkd_lib.tools.efficiency import two_step_check
+from hybridkd_lib.base.results import git_commit, write_json
 records = []
 for spec in plan_setups("full"):
     rec = two_step_check(spec, "cuda", batch_size=16 if spec["dataset"] == "imagenet" else 32)
@@ -67,8 +67,8 @@ timeout 420 "$PY" -m hybridkd_lib bench --device cuda --T 1 2 4 8 --batch-size 1
 
 timeout 120 "$PY" - "$OUT/throughput_cuda_$stamp.json" <<'PYEOF'
 import json, sys
-from hybridkd_lib.efficiency import run_one
-from hybridkd_lib.results import git_commit, write_json
+from hybridkd_lib.tools.efficiency import run_one
+from hybridkd_lib.base.results import git_commit, write_json
 rec = run_one("hybrid", 4, "spiking_resnet18", "cifar_resnet18", batch_size=128, input_size=32,
               device="cuda", steps=200, warmup=10, compile=True)
 rec.update(kind="throughput", steps=200, git_commit=git_commit(), target_images_per_s=4000,

@@ -12,11 +12,11 @@ import sys
 
 import torch
 
-from hybridkd_lib import speed
-from hybridkd_lib.config import TrainConfig
-from hybridkd_lib.learner import Learner
+from hybridkd_lib.train import speed
+from hybridkd_lib.train.config import TrainConfig
+from hybridkd_lib.train.learner import Learner
 from hybridkd_lib.models import list_models, model_facts
-from hybridkd_lib.neurons import LIF
+from hybridkd_lib.snn.neurons import LIF
 
 CASES = [(name, model_facts(name).small) for name in list_models("student")] + [("spiking_resnet18", {"width": 4})]
 SEEDS = range(8)

@@ -5,10 +5,10 @@ import re
 import papermill as pm
 import pytest
 
-from hybridkd_lib.book import report
+from hybridkd_lib.book import evidence, report
 from hybridkd_lib.book.plan import NOTEBOOKS, plan
 from hybridkd_lib.book.reproduce import TRAIN_NOTEBOOKS, reproduce
-from hybridkd_lib.results import REPO_ROOT
+from hybridkd_lib.base.results import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_cpu_tables_read_each_cell_against_the_ablations_seed_spread(tmp_path, m
     import statistics
 
     monkeypatch.setenv("HYBRIDKD_RESULTS", str(tmp_path))     # no ablation results here: the committed file
-    records = json.loads(report.ABLATION_FILE.read_text())["records"]
+    records = json.loads(evidence.ABLATION_FILE.read_text())["records"]
     std = lambda variant: statistics.stdev(r["top1"] for r in records if r["variant"] == variant)
     a = report.table_a("quick")
     measured = a[a["source"] == "measured (quick)"].set_index("student")
@@ -199,7 +199,7 @@ def test_every_train_config_field_is_a_cli_option_and_a_notebook_parameter():
     from dataclasses import fields
 
     from hybridkd_lib.cli import build_parser
-    from hybridkd_lib.config import TrainConfig
+    from hybridkd_lib.train.config import TrainConfig
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     options = {a.dest for a in train._actions}
@@ -210,7 +210,7 @@ def test_every_train_config_field_is_a_cli_option_and_a_notebook_parameter():
     # no field is a parameter of its own, so no notebook literal can shadow a default
     launch_settings = {"config", "nproc", "nnodes", "rdzv_endpoint"}
     assert _parameters("train_student") == launch_settings and _parameters("train_teacher") == launch_settings
-    from hybridkd_lib.config import config_from_settings
+    from hybridkd_lib.train.config import config_from_settings
 
     assert config_from_settings({"method": "ratebp"}) == TrainConfig(method="ratebp")
     with pytest.raises(ValueError, match=r"config: unknown setting\(s\) \['epoch'\]; valid: method, dataset"):
@@ -320,13 +320,13 @@ RETYPED = {"epochs": r"\b\d+(?:-\d+)? (?:student |teacher )?epochs", "precise-BN
 def test_pages_format_their_scale_facts_from_the_plan():
     """No page's prose (outside code) writes a scale fact as a literal number: each is glued from
     ``report.page_facts`` or shown by a note formatted from the plan, and those values are the plan's."""
-    from hybridkd_lib import data
+    from hybridkd_lib.data import datasets
     from hybridkd_lib.book.plan import ABLATION_EPOCHS, ABLATION_SEEDS, SCALE
 
     found = [(page.name, m.group(0)) for page in sorted((REPO_ROOT / "book").glob("*.md"))
              for pattern in RETYPED.values() for m in re.finditer(pattern, _prose(page.read_text()))]
     assert found == [], found
-    train, test = data.digits_datasets(image_size=SCALE["quick"]["data_kw"]["image_size"])
+    train, test = datasets.digits_datasets(image_size=SCALE["quick"]["data_kw"]["image_size"])
     q = SCALE["quick"]
     note = report.profile_note("quick")
     for fact in (f"{len(train):,} train / {len(test):,} test", f"ResNet widths {q['width']} instead of 64/128",

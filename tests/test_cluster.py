@@ -11,7 +11,7 @@ import pytest
 
 from hybridkd_lib.book import cluster
 from hybridkd_lib.book.plan import plan
-from hybridkd_lib.results import REPO_ROOT
+from hybridkd_lib.base.results import REPO_ROOT
 from processes import alive, cmdline
 
 SETTLED = ("up to date", "finished", "failed", "not submitted")
@@ -184,7 +184,7 @@ def test_a_killed_local_job_leaves_no_orphan_and_reads_failed(tmp_path):
     job_pid = int(json.loads((results / "smoke" / "jobs.json").read_text())["efficiency"]["job_id"])
     job = psutil.Process(job_pid)
     deadline = time.time() + 300
-    while time.time() < deadline and not any("hybridkd_lib.efficiency" in cmdline(c)
+    while time.time() < deadline and not any("hybridkd_lib.tools.efficiency" in cmdline(c)
                                              for c in job.children(recursive=True)):
         time.sleep(0.2)
     descendants = job.children(recursive=True)

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from hybridkd_lib import ratebp
+from hybridkd_lib.snn import ratebp
 from hybridkd_lib.models import create_model
-from hybridkd_lib.config import TrainConfig, check_device
-from hybridkd_lib.learner import Learner
+from hybridkd_lib.train.config import TrainConfig, check_device
+from hybridkd_lib.train.learner import Learner
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -56,7 +56,7 @@ def test_bf16_training_step_on_cuda(method):
 def test_compiled_spike_pass_on_cuda_records_what_the_plain_loop_records():
     """The compiled spike pass on CUDA (Triton) against the plain loop: the same spikes and rates; the
     eligibility to float32 rounding (Triton's sigmoid need not be ATen's to the last bit)."""
-    from hybridkd_lib.neurons import compiled_spike_equations, spike_equations
+    from hybridkd_lib.snn.neurons import compiled_spike_equations, spike_equations
 
     torch.manual_seed(0)
     x = torch.randn(4, 8, 16, 8, 8, device="cuda") * 1.5
@@ -68,7 +68,7 @@ def test_compiled_spike_pass_on_cuda_records_what_the_plain_loop_records():
 
 @cuda
 def test_lif_choice_on_cuda_names_a_bound_implementation_that_agrees():
-    from hybridkd_lib import lif_backend
+    from hybridkd_lib.snn import lif_backend
 
     choice = lif_backend.choose("cuda", shape=(4, 8, 16, 8, 8), log=print)
     assert choice["implementation"] in ("cuda", "triton", "torch") and "torch" in choice["checked"]

@@ -10,9 +10,9 @@ import psutil
 import pytest
 import torch
 
-from hybridkd_lib import checkpoint
-from hybridkd_lib.config import TrainConfig
-from hybridkd_lib.trainer import launch, train
+from hybridkd_lib.base import checkpoint
+from hybridkd_lib.train.config import TrainConfig
+from hybridkd_lib.train.trainer import launch, train
 
 REPORT = Path(os.environ.get("HYBRIDKD_TEST_REPORT", "/tmp/hybridkd_test_report"))
 

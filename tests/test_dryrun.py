@@ -79,7 +79,7 @@ def test_the_book_builds_from_the_dry_run_with_every_results_cell_measured(dry):
     assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
     # citations, the API reference it links to, launch buttons from the one repository setting
     assert "efficient ann-guided distillation" in (html / "book" / "references.html").read_text().lower()
-    assert 'href="../book/api.html#hybridkd_lib.ratebp.rate_forward"' in tutorial
+    assert 'href="../book/api.html#hybridkd_lib.snn.ratebp.rate_forward"' in tutorial
     assert "colab.research.google.com/github/hybridkd/hybridkd-book/blob/main/notebooks/tutorial_ratebp.ipynb" \
         in tutorial
     for name in ("tutorial_lif", "tutorial_ratebp", "tutorial_hybrid"):   # answers folded, the set-up cell removed

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from hybridkd_lib.efficiency import bench
-from hybridkd_lib.methods import BENCH_METHODS
+from hybridkd_lib.tools.efficiency import bench
+from hybridkd_lib.method.methods import BENCH_METHODS
 from hybridkd_lib.models import create_model
 
 
@@ -86,7 +86,7 @@ def test_bench_in_one_process_gives_the_same_records():
 
 def test_plan_setups_cover_every_network_of_the_full_plan_and_two_steps_run_at_full_size():
     from hybridkd_lib.book.plan import plan_setups
-    from hybridkd_lib.efficiency import two_step_check
+    from hybridkd_lib.tools.efficiency import two_step_check
     from hybridkd_lib.book.plan import plan
 
     setups = plan_setups("full")
@@ -115,7 +115,7 @@ class _Tiny(torch.nn.Module):
 def test_floor_lists_each_products_of_a_hand_sized_step():
     """A graph-free forward (a spike pass) then a forward with backward: the first needs no backward product,
     the second the conv's weight gradient only (its input is the image) and both of the linear layer's."""
-    from hybridkd_lib.floor import DenseCall, record
+    from hybridkd_lib.tools.floor import DenseCall, record
 
     net = _Tiny()
     x = torch.randn(6, 3, 8, 8)
@@ -140,7 +140,7 @@ def test_floor_lists_each_products_of_a_hand_sized_step():
 
 def test_floor_products_are_the_steps_products():
     """The timed products have autograd's shapes: forward output, input gradient, weight gradient."""
-    from hybridkd_lib import floor
+    from hybridkd_lib.tools import floor
 
     net = _Tiny()
     x = torch.randn(6, 3, 8, 8, requires_grad=True)
@@ -158,9 +158,9 @@ def test_floor_of_a_ratebp_step(method):
     """A RateBP step's dense calls: the spike pass without backward, over [T*B] (the stem's conv on the static
     image and the head on the time-averaged features run over [B]), the rate pass over [B] with both products,
     and for the hybrids the frozen teacher's forward and its suffixes' input gradients."""
-    from hybridkd_lib import floor
-    from hybridkd_lib.config import TrainConfig
-    from hybridkd_lib.learner import Learner
+    from hybridkd_lib.tools import floor
+    from hybridkd_lib.train.config import TrainConfig
+    from hybridkd_lib.train.learner import Learner
 
     T, B = 2, 4
     cfg = TrainConfig(method=method, student="spiking_resnet18", teacher="cifar_resnet18", T=T,
@@ -182,7 +182,7 @@ def test_floor_of_a_ratebp_step(method):
 
 # ----------------------------------------------------------------------------- BPTT's LIF kernels
 def test_lif_choice_on_the_cpu_checks_nothing_and_each_check_runs_in_its_own_process(tmp_path):
-    from hybridkd_lib import lif_backend
+    from hybridkd_lib.snn import lif_backend
 
     assert lif_backend.choose("cpu", log=lambda *_: None) == {"implementation": "torch", "checked": {}}
     ref = lif_backend.check("torch", "cpu", tmp_path, shape=(3, 2, 4, 5, 5), repeats=2)
@@ -193,7 +193,7 @@ def test_lif_choice_on_the_cpu_checks_nothing_and_each_check_runs_in_its_own_pro
 
 
 def test_lif_pick_takes_the_fastest_candidate_that_agrees(tmp_path):
-    from hybridkd_lib import lif_backend
+    from hybridkd_lib.snn import lif_backend
 
     g = torch.Generator().manual_seed(0)
     spikes, grad = (torch.rand(4, 5, generator=g) > 0.5).float(), torch.randn(4, 5, generator=g)
@@ -216,7 +216,7 @@ def test_lif_pick_takes_the_fastest_candidate_that_agrees(tmp_path):
 
 # ----------------------------------------------------------------------------- the compiled spike pass
 def test_bench_compile_runs_the_compiled_spike_pass_and_reports_its_build_apart(tmp_path):
-    from hybridkd_lib import speed
+    from hybridkd_lib.train import speed
 
     if speed.compiler_works("cpu") is not None:
         pytest.skip(f"no working compiler here: {speed.compiler_works('cpu')}")
@@ -231,7 +231,8 @@ def test_bench_compile_runs_the_compiled_spike_pass_and_reports_its_build_apart(
 
 
 def test_without_a_working_compiler_the_fused_loop_runs_and_it_is_said_once(monkeypatch):
-    from hybridkd_lib import neurons, speed
+    from hybridkd_lib.snn import neurons
+    from hybridkd_lib.train import speed
 
     def broken():
         raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
@@ -262,9 +263,9 @@ def test_fig4_names_the_kernels_each_run_used():
 
 def test_compile_is_installed_only_where_a_step_has_a_spike_pass():
     """BPTT and RateBP at T=1 (BPTT's single pass) run no spike pass: nothing is compiled for them."""
-    from hybridkd_lib import speed
-    from hybridkd_lib.config import TrainConfig
-    from hybridkd_lib.learner import Learner
+    from hybridkd_lib.train import speed
+    from hybridkd_lib.train.config import TrainConfig
+    from hybridkd_lib.train.learner import Learner
 
     for method, T, compiled in (("bptt", 4, False), ("ratebp", 1, False), ("ratebp", 2, True)):
         learner = Learner(TrainConfig(method=method, T=T, student_kw={"width": 4}), 10, (3, 16, 16))
@@ -276,7 +277,7 @@ def test_compile_is_installed_only_where_a_step_has_a_spike_pass():
 def test_lif_checks_run_each_candidate_and_say_why_one_is_not_taken():
     """``choose``'s CUDA path, run on the CPU: spikingjelly ignores the variable there and binds its one
     implementation, so every candidate is refused as a fallback and torch is kept."""
-    from hybridkd_lib import lif_backend
+    from hybridkd_lib.snn import lif_backend
 
     said = []
     choice = lif_backend.check_and_pick(torch.device("cpu"), (3, 2, 4, 5, 5), ("cuda", "triton"), log=said.append)

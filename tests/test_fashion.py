@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hybridkd_lib import catalog, data
+from hybridkd_lib.data import catalog, datasets
 from hybridkd_lib.book import claims, evidence, report, tinydata
 from hybridkd_lib.book.plan import FASHION_SEEDS, plan
 
@@ -29,7 +29,7 @@ def debian(tmp_path, monkeypatch):
 def test_idx_files_in_the_data_root_are_read_by_torchvision(tmp_path, debian, gz):
     root = tmp_path / "data"
     n = tinydata.write_fashion_mnist(root / "FashionMNIST" / "raw", per_class=3, gz=gz)
-    train, test = data.get_datasets("fashion_mnist", root=root)
+    train, test = datasets.get_datasets("fashion_mnist", root=root)
     assert len(train) == len(test) == n
     x, y = train[0]
     assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and int(y) == 0
@@ -37,29 +37,29 @@ def test_idx_files_in_the_data_root_are_read_by_torchvision(tmp_path, debian, gz
     assert abs(float(xs.mean())) < 1e-5 and float(xs.std()) == pytest.approx(1.0, abs=1e-4)   # normalised
     assert sorted(train.tensors[1].tolist()) == sorted(list(range(10)) * 3)
     raw = root / "FashionMNIST" / "raw"   # unpacked beside the .gz files, where torchvision reads them
-    assert all((raw / name).is_file() for name in data.FASHION_MNIST_FILES)
+    assert all((raw / name).is_file() for name in datasets.FASHION_MNIST_FILES)
 
 
 def test_debians_gz_files_are_unpacked_into_the_data_root(tmp_path, debian):
     root = tmp_path / "data"
     tinydata.write_fashion_mnist(debian, per_class=4, gz=True)
-    assert data.is_present("fashion_mnist", root) and data.expected_path("fashion_mnist", root) == debian
-    train, test = data.get_datasets("fashion_mnist", root=root, image_size=16, n_train=20, n_test=10)
+    assert datasets.is_present("fashion_mnist", root) and datasets.expected_path("fashion_mnist", root) == debian
+    train, test = datasets.get_datasets("fashion_mnist", root=root, image_size=16, n_train=20, n_test=10)
     assert train[0][0].shape == (1, 16, 16) and len(train) == 20 and len(test) == 10
     assert torch.bincount(train.tensors[1]).tolist() == [2] * 10      # class-balanced subset
     assert torch.bincount(test.tensors[1]).tolist() == [1] * 10
     raw = root / "FashionMNIST" / "raw"
     assert (raw / "train-images-idx3-ubyte").stat().st_size == 16 + 40 * 28 * 28
     # the subset is fixed: the same images for every call (every seed of a profile)
-    again, _ = data.get_datasets("fashion_mnist", root=root, image_size=16, n_train=20, n_test=10)
+    again, _ = datasets.get_datasets("fashion_mnist", root=root, image_size=16, n_train=20, n_test=10)
     assert torch.equal(train.tensors[0], again.tensors[0])
-    aug, _ = data.get_datasets("fashion_mnist", root=root, image_size=16, n_train=20, augment=True)
+    aug, _ = datasets.get_datasets("fashion_mnist", root=root, image_size=16, n_train=20, augment=True)
     assert aug[0][0].shape == (1, 16, 16)
 
 
 def test_a_missing_dataset_names_every_place_looked_and_how_to_get_it(tmp_path, debian):
-    with pytest.raises(data.DatasetNotFoundError) as err:
-        data.get_datasets("fashion_mnist", root=tmp_path)
+    with pytest.raises(datasets.DatasetNotFoundError) as err:
+        datasets.get_datasets("fashion_mnist", root=tmp_path)
     msg = str(err.value)
     assert str(tmp_path / "FashionMNIST" / "raw") in msg and str(debian) in msg
     assert "apt-get install dataset-fashion-mnist" in msg and "--download fashion_mnist" in msg
@@ -83,7 +83,7 @@ def test_a_damaged_idx_file_is_a_one_line_error_naming_it(tmp_path, debian, dama
     else:
         bad.write_bytes(content)
     with pytest.raises(ValueError) as err:
-        data.get_datasets("fashion_mnist", root=tmp_path)
+        datasets.get_datasets("fashion_mnist", root=tmp_path)
     msg = str(err.value)
     assert str(bad) in msg and why in msg and "\n" not in msg
 
@@ -94,7 +94,7 @@ def test_a_truncated_gzip_stream_names_the_file(tmp_path, debian):
     bad = raw / "t10k-labels-idx1-ubyte.gz"
     bad.write_bytes(bad.read_bytes()[:-12])
     with pytest.raises(ValueError, match=f"{bad}.*damaged"):
-        data.get_datasets("fashion_mnist", root=tmp_path)
+        datasets.get_datasets("fashion_mnist", root=tmp_path)
 
 
 def test_a_corrupt_gzip_body_names_the_file(tmp_path, debian):
@@ -105,20 +105,20 @@ def test_a_corrupt_gzip_body_names_the_file(tmp_path, debian):
     body[40:60] = bytes(b ^ 0xFF for b in body[40:60])   # zlib's "invalid stored block" / "invalid distance"
     bad.write_bytes(bytes(body))
     with pytest.raises(ValueError, match=f"{bad}.*(damaged|unreadable)"):
-        data.get_datasets("fashion_mnist", root=tmp_path)
+        datasets.get_datasets("fashion_mnist", root=tmp_path)
 
 
 def test_options_are_the_readers_keywords(tmp_path):
-    data.check_options("fashion_mnist", {"image_size": 16, "n_train": 2000, "n_test": 2000, "augment": False})
+    datasets.check_options("fashion_mnist", {"image_size": 16, "n_train": 2000, "n_test": 2000, "augment": False})
     with pytest.raises(ValueError, match=r"\['size'\] are not options of dataset 'fashion_mnist'; options: "
                                          r"image_size, n_train, n_test, augment"):
-        data.check_options("fashion_mnist", {"size": 16})
+        datasets.check_options("fashion_mnist", {"size": 16})
     with pytest.raises(ValueError, match="n_train=5 not allowed; valid: None"):
-        data.fashion_mnist_datasets(tmp_path, n_train=5)
+        datasets.fashion_mnist_datasets(tmp_path, n_train=5)
     with pytest.raises(ValueError, match=r"data_kw n_train='1500' not allowed for dataset 'fashion_mnist': expected int"):
-        data.check_options("fashion_mnist", {"n_train": "1500"})
-    data.check_options("fashion_mnist", {"n_train": None})
-    assert data.in_memory("fashion_mnist") and not data.in_memory("cifar10")
+        datasets.check_options("fashion_mnist", {"n_train": "1500"})
+    datasets.check_options("fashion_mnist", {"n_train": None})
+    assert datasets.in_memory("fashion_mnist") and not datasets.in_memory("cifar10")
 
 
 def test_a_dataset_is_one_registration(tmp_path):
@@ -131,9 +131,9 @@ def test_a_dataset_is_one_registration(tmp_path):
     catalog.register_dataset(catalog.DatasetInfo("tiny", 4, (1, 4, 4), None, "made in the test",
                                                  f"{__name__}:tiny_reader", in_memory=True))
     try:
-        train, _ = data.get_datasets("tiny", image_size=6)
+        train, _ = datasets.get_datasets("tiny", image_size=6)
         assert train[0][0].shape == (1, 6, 6)
-        data.check_options("tiny", {"image_size": 6})
+        datasets.check_options("tiny", {"image_size": 6})
         assert any(r["name"] == "tiny" for r in catalog.dataset_table(tmp_path))
         with pytest.raises(ValueError, match="registered already"):
             catalog.register_dataset(catalog.DATASETS["tiny"])

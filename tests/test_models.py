@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from hybridkd_lib import ratebp
+from hybridkd_lib.snn import ratebp
 from hybridkd_lib.models import create_model, list_models, model_facts
 
 # small variants of the same architectures: the registry's facts
@@ -13,7 +13,7 @@ SMALL = {name: model_facts(name).small for name in list_models()}
 def test_the_readme_model_table_is_the_registrys():
     """Every registered model is a row of the README's table with its role, parameter count at its
     default classes, and the source the registry names."""
-    from hybridkd_lib.results import REPO_ROOT
+    from hybridkd_lib.base.results import REPO_ROOT
 
     rows = {}
     for line in (REPO_ROOT / "README.md").read_text().splitlines():
@@ -78,8 +78,8 @@ def test_student_parameter_count_is_its_sources(name):
 
 def _layer_types(module):
     """Layer types in definition order (``Temporal`` wrappers read through; a LIF is one layer)."""
-    from hybridkd_lib.layers import Temporal
-    from hybridkd_lib.neurons import LIF
+    from hybridkd_lib.snn.layers import Temporal
+    from hybridkd_lib.snn.neurons import LIF
     if isinstance(module, Temporal):
         return [type(module.module).__name__]
     if isinstance(module, LIF):
@@ -141,7 +141,7 @@ def test_spikingformer_is_the_sources():
 
 def test_reference_neuron_constants_and_the_neuron_parameter():
     """RateBP reference: leak 0.2 (tau 1.25), threshold 1, soft detached reset, sigmoid alpha 4."""
-    from hybridkd_lib.neurons import DEFAULT_NEURON, NeuronConfig
+    from hybridkd_lib.snn.neurons import DEFAULT_NEURON, NeuronConfig
     assert (DEFAULT_NEURON.leak, DEFAULT_NEURON.v_threshold, DEFAULT_NEURON.v_reset, DEFAULT_NEURON.detach_reset,
             DEFAULT_NEURON.surrogate_alpha, DEFAULT_NEURON.decay_input) == (pytest.approx(0.2), 1.0, None, True, 4.0,
                                                                             False)
@@ -225,7 +225,7 @@ def test_student_learns_a_fixed_batch(name, method):
 def test_spike_pass_equals_spikingjelly_forward(name, channels_last):
     """The recording spike pass computes the same network as spikingjelly's multi-step forward, in
     either layout; writing over the blocks' temporaries (speed.py) changes no bit of it."""
-    from hybridkd_lib import speed
+    from hybridkd_lib.train import speed
 
     torch.manual_seed(0)
     m = create_model(name, num_classes=10, T=4, **SMALL[name]).train()
@@ -249,9 +249,9 @@ def test_spike_pass_equals_spikingjelly_forward(name, channels_last):
 def test_residual_add_writes_over_its_temporary_only_in_the_spike_pass():
     """``layers.residual_add``: over ``h`` only in a training-mode forward without autograd of a block whose
     ``adds_over_input`` is set (speed.apply); in eval, with autograd, or unset, a new tensor."""
-    from hybridkd_lib.layers import residual_add
+    from hybridkd_lib.snn.layers import residual_add
     from hybridkd_lib.models.resnet import BasicBlock
-    from hybridkd_lib.neurons import DEFAULT_NEURON
+    from hybridkd_lib.snn.neurons import DEFAULT_NEURON
 
     block = BasicBlock(4, 4, 1, True, DEFAULT_NEURON)
     h, s = torch.randn(2, 3, 4, 5, 5), torch.randn(2, 3, 4, 5, 5)

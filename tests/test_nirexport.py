@@ -6,7 +6,7 @@ import nir
 import pytest
 import torch
 
-from hybridkd_lib import nirexport
+from hybridkd_lib.tools import nirexport
 from hybridkd_lib.models import create_model
 
 

@@ -8,7 +8,7 @@ import tomllib
 
 from packaging.requirements import Requirement
 
-from hybridkd_lib.results import REPO_ROOT
+from hybridkd_lib.base.results import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "hybridkd_lib"
 

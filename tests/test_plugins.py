@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybridkd_lib.layers import GlobalAvgPool, RateBatchNorm2d, Temporal, conv
-from hybridkd_lib.methods import Method, register_method
+from hybridkd_lib.snn.layers import GlobalAvgPool, RateBatchNorm2d, Temporal, conv
+from hybridkd_lib.method.methods import Method, register_method
 from hybridkd_lib.models import SpikingStageModel, register_model
 from hybridkd_lib.models.resnet import neuron_config
-from hybridkd_lib.neurons import LIF
+from hybridkd_lib.snn.neurons import LIF
 
 THIS_FILE = Path(__file__).resolve()
 REPO = THIS_FILE.parents[1]
@@ -87,7 +87,7 @@ if __name__ != "test_plugins":   # imported as a plug-in (--plugin tests/test_pl
 @pytest.fixture(scope="module", autouse=True)
 def plugin_registered():
     """Registered for this module's tests only, so the other test modules see the library's own registry."""
-    from hybridkd_lib.methods import unregister_method
+    from hybridkd_lib.method.methods import unregister_method
     from hybridkd_lib.models import unregister_model
 
     register()
@@ -103,8 +103,8 @@ TINY = dict(dataset="digits", data_kw={"image_size": 8}, batch_size=32, max_step
 
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory):
-    from hybridkd_lib.config import TrainConfig
-    from hybridkd_lib.trainer import train
+    from hybridkd_lib.train.config import TrainConfig
+    from hybridkd_lib.train.trainer import train
 
     out = tmp_path_factory.mktemp("plugin_teacher") / "ann"
     train(TrainConfig(method="ann", out=str(out), **TINY), log=lambda *_: None)
@@ -121,7 +121,7 @@ def test_the_registry_refuses_what_nothing_implements():
         Method("hint2", trains="student", propagation="rate", teacher=True, terms=("ce", "hint"))
     with pytest.raises(ValueError, match="method 'ratebp' is already registered"):
         register_method(Method("ratebp", trains="student", propagation="bptt"))
-    from hybridkd_lib import losses, methods
+    from hybridkd_lib.method import losses, methods
 
     assert set(losses.TERMS) == set(methods.TERM_NEEDS)
 
@@ -130,8 +130,8 @@ def test_a_plain_batchnorm_in_a_student_is_an_error_naming_it():
     with pytest.raises(ValueError, match=r"module 'stages\.2\.2\.module' is a plain BatchNorm2d"):
         SpikingVGG4(width=4, T=2, plain_bn_in_stage=2)
     student = SpikingVGG4(width=4, T=2)
-    from hybridkd_lib import ratebp
-    from hybridkd_lib.neurons import LIF as Lif
+    from hybridkd_lib.snn import ratebp
+    from hybridkd_lib.snn.neurons import LIF as Lif
 
     ratebp.set_mode(student, "rate")
     assert all(m.mode == "rate" for m in student.rate_aware_modules())
@@ -140,8 +140,8 @@ def test_a_plain_batchnorm_in_a_student_is_an_error_naming_it():
 
 
 def _train(method, student, out, teacher_run, **kw):
-    from hybridkd_lib.config import TrainConfig
-    from hybridkd_lib.trainer import train
+    from hybridkd_lib.train.config import TrainConfig
+    from hybridkd_lib.train.trainer import train
 
     cfg = TrainConfig(method=method, student=student, student_kw={"width": 4}, out=str(out),
                       teacher_ckpt=str(teacher_run) if method != "ratebp" else None, **TINY, **kw)
@@ -150,9 +150,9 @@ def _train(method, student, out, teacher_run, **kw):
 
 def test_the_plugin_method_trains_a_built_in_student(tmp_path, teacher_run):
     """``hint`` with ``spiking_resnet18``: its two terms, A_k trained and saved, the teacher untouched."""
-    from hybridkd_lib import checkpoint
-    from hybridkd_lib.config import TrainConfig
-    from hybridkd_lib.learner import Learner
+    from hybridkd_lib.base import checkpoint
+    from hybridkd_lib.train.config import TrainConfig
+    from hybridkd_lib.train.learner import Learner
 
     cfg = TrainConfig(method="hint", student="spiking_resnet18", student_kw={"width": 4},
                       teacher_ckpt=str(teacher_run), **TINY)

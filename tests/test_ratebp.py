@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from hybridkd_lib import ratebp
-from hybridkd_lib.layers import RateBatchNorm2d
+from hybridkd_lib.snn import ratebp
+from hybridkd_lib.snn.layers import RateBatchNorm2d
 from hybridkd_lib.models import create_model, list_models, model_facts
-from hybridkd_lib.neurons import LIF, NeuronConfig
+from hybridkd_lib.snn.neurons import LIF, NeuronConfig
 
 
 class LinearLIF(nn.Module):
@@ -374,8 +374,8 @@ def test_two_pass_ratebp_at_T1_gives_bptt_gradients_on_every_student(name):
 def test_ratebp_step_at_T1_takes_one_pass(method, monkeypatch):
     """A RateBP-based step at T=1 runs no spike pass (BPTT's one pass) and gives the two-pass step's loss and
     gradients (float64, to rounding); at T=2 it runs the spike pass."""
-    from hybridkd_lib.config import TrainConfig
-    from hybridkd_lib.learner import Learner
+    from hybridkd_lib.train.config import TrainConfig
+    from hybridkd_lib.train.learner import Learner
 
     spike_passes = []
     real_spike_pass = ratebp.spike_pass
@@ -417,7 +417,7 @@ def _spike_records(m, x, loop):
 def test_compiled_spike_pass_records_what_the_plain_loop_records(name):
     """``spike_loop = "compiled"`` (``speed.apply(compile_spike_pass=True)``) is the plain equations as one
     compiled kernel: the same spikes (so every later layer's input), rates and eligibilities, bitwise in float32."""
-    from hybridkd_lib import speed
+    from hybridkd_lib.train import speed
 
     if speed.compiler_works("cpu") is not None:
         pytest.skip(f"no working compiler here: {speed.compiler_works('cpu')}")
@@ -438,7 +438,7 @@ def test_compiled_spike_pass_records_what_the_plain_loop_records(name):
 def test_spike_records_keep_the_input_layout(loop):
     """Rate and eligibility ``[B, C, H, W]`` come out in ``x[t]``'s layout (channels_last stays channels_last, so the
     rate pass's convolutions get them without a reorder), with the values of contiguous input."""
-    from hybridkd_lib import speed
+    from hybridkd_lib.train import speed
 
     if loop == "compiled" and speed.compiler_works("cpu") is not None:
         pytest.skip(f"no working compiler here: {speed.compiler_works('cpu')}")
@@ -464,7 +464,7 @@ def test_fused_loop_in_blocks_records_what_the_plain_equations_record(layout, ov
     """The fused loop runs the elements of a step in blocks (``LIF.CPU_BLOCK``; here 7, which divides no map): the
     spikes, rates and eligibilities of ``spike_equations`` in every memory layout, written over the input or not,
     with the records in the input step's layout."""
-    from hybridkd_lib.neurons import spike_equations
+    from hybridkd_lib.snn.neurons import spike_equations
 
     torch.manual_seed(0)
     base = torch.randn(6, 4, 8, 5, 5) * 1.5

@@ -10,7 +10,7 @@ import papermill as pm
 import pytest
 import torch
 
-from hybridkd_lib.results import REPO_ROOT
+from hybridkd_lib.base.results import REPO_ROOT
 
 TINY = ["--student-kw", '{"width": 4}', "--teacher-kw", '{"width": 4}', "--data-kw", '{"image_size": 8}',
         "--T", "2", "--batch-size", "32", "--max-steps-per-epoch", "2", "--no-progress"]
@@ -57,8 +57,8 @@ def test_rerun_with_other_settings_stops_naming_them(finished, change, message):
 
 
 def test_interrupted_run_with_other_settings_stops_and_overwrite_starts_over(tmp_path):
-    from hybridkd_lib.config import TrainConfig
-    from hybridkd_lib.trainer import train
+    from hybridkd_lib.train.config import TrainConfig
+    from hybridkd_lib.train.trainer import train
 
     class Killed(Exception):
         pass
@@ -117,7 +117,7 @@ def test_files_that_are_no_checkpoints(tmp_path):
              str(tmp_path / "a"), *TINY)
     assert p.returncode == 2 and "holds no state dict of tensors" in p.stderr
     # a loadable file in a run's checkpoints/ that is not an epoch checkpoint: named, and skipped
-    from hybridkd_lib import checkpoint
+    from hybridkd_lib.base import checkpoint
     (tmp_path / "c").mkdir()
     torch.save({"epoch": 0}, tmp_path / "c" / "epoch_0000.pt")
     logs = []
@@ -127,14 +127,14 @@ def test_files_that_are_no_checkpoints(tmp_path):
 
 @pytest.mark.parametrize("name", ["data_batch_3", "batches.meta"])   # #20: a batch, and the meta file
 def test_truncated_cifar_batch_is_named(tmp_path, name):
-    from hybridkd_lib import data
+    from hybridkd_lib.data import datasets
     from hybridkd_lib.book import tinydata
 
     tinydata.write_cifar(tmp_path, "cifar10", n_images=8)
     bad = tmp_path / "cifar-10-batches-py" / name
     bad.write_bytes(bad.read_bytes()[:min(100, bad.stat().st_size // 2)])
     with pytest.raises(ValueError, match=f"cifar10: {bad} is corrupt or truncated"):
-        data.get_datasets("cifar10", root=tmp_path, verify_md5=False)
+        datasets.get_datasets("cifar10", root=tmp_path, verify_md5=False)
 
 
 def _default_sigint():
@@ -165,7 +165,7 @@ def test_bench_checks_its_input_first_and_keeps_every_measured_record(tmp_path, 
     assert p.returncode == 2 and "T=[0] not allowed; integers >= 1" in p.stderr
     p = _cli("bench", "--out", str(tmp_path))
     assert p.returncode == 2 and f"--out {str(tmp_path)!r} is a folder; expected a JSON file path" in p.stderr
-    from hybridkd_lib import efficiency
+    from hybridkd_lib.tools import efficiency
 
     calls = []
 

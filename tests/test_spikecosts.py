@@ -3,11 +3,11 @@ import pytest
 import torch
 from torch import nn
 
-from hybridkd_lib import spikecosts
-from hybridkd_lib.layers import GlobalAvgPool, MatMul, conv
+from hybridkd_lib.tools import spikecosts
+from hybridkd_lib.snn.layers import GlobalAvgPool, MatMul, conv
 from hybridkd_lib.models import create_model
 from hybridkd_lib.models.stages import SpikingStageModel
-from hybridkd_lib.neurons import DEFAULT_NEURON, LIF
+from hybridkd_lib.snn.neurons import DEFAULT_NEURON, LIF
 
 
 class Tiny(SpikingStageModel):

@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from hybridkd_lib import checkpoint, ratebp
-from hybridkd_lib.hybrid import HybridDistiller
-from hybridkd_lib.losses import LossConfig, total_loss
-from hybridkd_lib.config import TrainConfig
-from hybridkd_lib.learner import Learner, make_optimizer
-from hybridkd_lib.methods import METHODS, get_method
+from hybridkd_lib.base import checkpoint
+from hybridkd_lib.snn import ratebp
+from hybridkd_lib.method.hybrid import HybridDistiller
+from hybridkd_lib.method.losses import LossConfig, total_loss
+from hybridkd_lib.train.config import TrainConfig
+from hybridkd_lib.train.learner import Learner, make_optimizer
+from hybridkd_lib.method.methods import METHODS, get_method
 from hybridkd_lib.models import create_model
-from hybridkd_lib.trainer import train
+from hybridkd_lib.train.trainer import train
 
 TINY = dict(dataset="digits", data_kw={"image_size": 8}, batch_size=32, max_steps_per_epoch=3,
             T=2, progress=False)
@@ -99,7 +100,7 @@ def test_hybrid_terms_summed_or_averaged_over_k():
     for k in ("hybrid_ce", "hybrid_kd"):
         assert float(mean[k]) == pytest.approx(float(summed[k]) / 3, rel=1e-6)
     assert float(mean["ce"]) == float(summed["ce"])
-    from hybridkd_lib.losses import check_loss_options
+    from hybridkd_lib.method.losses import check_loss_options
     with pytest.raises(ValueError, match="hybrid_reduction='avg' not allowed; valid: sum, mean"):
         check_loss_options({"hybrid_reduction": "avg"})
 
@@ -144,7 +145,7 @@ def _weights(run_dir):
 def test_speed_tricks_off_give_the_same_weights(tmp_path, teacher_run):
     """The CPU memory tricks (speed.py: temporaries overwritten, freed pages returned, optimizer step in
     backward) change where memory lives, never a number: one switch turns them off."""
-    from hybridkd_lib import speed
+    from hybridkd_lib.train import speed
 
     cfg = _cfg(tmp_path / "probe", "hybrid", teacher_ckpt=str(teacher_run))
     learner = Learner(cfg, 10, (1, 8, 8))
@@ -173,7 +174,8 @@ def test_speed_tricks_off_give_the_same_weights(tmp_path, teacher_run):
 def test_compiled_spike_pass_trains_the_weights_of_the_plain_equations(tmp_path, teacher_run, monkeypatch):
     """``compile_spike_pass=True`` in a hybrid run: every LIF's spike pass is the compiled kernel, and the run's
     weights are byte for byte those of the same run with the plain equations run eagerly in its place."""
-    from hybridkd_lib import neurons, speed
+    from hybridkd_lib.snn import neurons
+    from hybridkd_lib.train import speed
 
     if speed.compiler_works("cpu") is not None:
         pytest.skip(f"no working compiler here: {speed.compiler_works('cpu')}")
@@ -193,12 +195,12 @@ def test_compiled_spike_pass_trains_the_weights_of_the_plain_equations(tmp_path,
 def test_precise_bn_recomputes_the_same_statistics_from_the_same_batches(teacher_run):
     """BN statistics from fixed batches: two recomputations with the weights unchanged agree exactly,
     and differ from the running averages they replace."""
-    from hybridkd_lib.distributed import Distributed
-    from hybridkd_lib.trainer import _fixed_batches, recompute_bn_stats
-    from hybridkd_lib import data
+    from hybridkd_lib.train.distributed import Distributed
+    from hybridkd_lib.train.trainer import _fixed_batches, recompute_bn_stats
+    from hybridkd_lib.data import datasets
 
     cfg = _cfg(Path("/nonexistent"), "hybrid", teacher_ckpt=str(teacher_run), precise_bn=2)
-    train_set, _ = data.get_datasets(cfg.dataset, None, **cfg.data_kw)
+    train_set, _ = datasets.get_datasets(cfg.dataset, None, **cfg.data_kw)
     learner = Learner(cfg, 10, tuple(train_set[0][0].shape[-3:]))
     batches = _fixed_batches(train_set, cfg, Distributed(), cfg.batch_size)
     assert len(batches) == 2
@@ -265,7 +267,7 @@ def test_result_json_fields(tmp_path, teacher_run):
 
 
 def test_nan_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
-    from hybridkd_lib.methods import Method
+    from hybridkd_lib.method.methods import Method
 
     method_loss = Method.loss
 
@@ -312,7 +314,7 @@ def test_garbage_teacher_checkpoint_refused(tmp_path):
 def test_step_in_backward_equals_optimizer_step(optimizer):
     """Updating each parameter inside backward gives the very parameters and optimizer state of
     ``zero_grad(); backward(); step()``, frees every gradient, and stops after ``remove()``."""
-    from hybridkd_lib.speed import StepInBackward
+    from hybridkd_lib.train.speed import StepInBackward
 
     cfg = TrainConfig(method="ratebp", student="spiking_resnet18", student_kw={"width": 4}, T=2,
                       optimizer=optimizer, lr=0.05, weight_decay=0.01)
@@ -345,7 +347,7 @@ def test_step_in_backward_equals_optimizer_step(optimizer):
 def test_clip_grad_norm_clips_every_gradient_and_keeps_the_update_after_backward():
     """``clip_grad_norm`` (timm's meaning: the global L2 norm of the trained gradients) on the CPU: the
     step-in-backward trick is not installed (the log says so) and the update sees the clipped gradients."""
-    from hybridkd_lib.step import TrainingStep
+    from hybridkd_lib.train.step import TrainingStep
 
     x, y = torch.randn(8, 1, 8, 8), torch.arange(8)
     cfg = TrainConfig(method="ratebp", student_kw={"width": 4}, T=2, clip_grad_norm=0.01)
@@ -367,5 +369,5 @@ def test_clip_grad_norm_clips_every_gradient_and_keeps_the_update_after_backward
     assert plain.tricks.in_backward is not None and len(said) == 1   # no clipping: the trick, nothing said
     plain.close()
     with pytest.raises(ValueError, match="clip_grad_norm=0 not allowed; clip_grad_norm must be > 0"):
-        from hybridkd_lib.config import validate
+        from hybridkd_lib.train.config import validate
         validate(TrainConfig(method="ratebp", clip_grad_norm=0))

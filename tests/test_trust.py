@@ -14,10 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hybridkd_lib import checkpoint, children
+from hybridkd_lib.base import checkpoint, children
 from hybridkd_lib.book import cluster, reproduce
 from hybridkd_lib.book.plan import plan
-from hybridkd_lib.results import REPO_ROOT
+from hybridkd_lib.base.results import REPO_ROOT
 from processes import alive, cmdline
 
 TINY = ["--student-kw", '{"width": 4}', "--teacher-kw", '{"width": 4}', "--data-kw", '{"image_size": 8}',
@@ -95,7 +95,7 @@ def test_sigterm_of_reproduce_leaves_no_orphan(tmp_path):
                              "efficiency", "--results", str(tmp_path)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     me = psutil.Process(proc.pid)
-    bench_child = lambda: [c for c in me.children(recursive=True) if "hybridkd_lib.efficiency" in cmdline(c)]
+    bench_child = lambda: [c for c in me.children(recursive=True) if "hybridkd_lib.tools.efficiency" in cmdline(c)]
     _wait_for(lambda: bench_child() or proc.poll() is not None, 300, "a bench child of the kernel")
     assert proc.poll() is None, proc.communicate()[1][-2000:]
     descendants = me.children(recursive=True)
@@ -110,7 +110,7 @@ def test_sigterm_of_reproduce_leaves_no_orphan(tmp_path):
 def test_killing_the_parent_of_torchrun_ends_torchrun_and_its_workers(tmp_path):
     """``launch``'s torchrun (and so its workers) ends with the process that started it, even on SIGKILL."""
     script = (
-        "from hybridkd_lib.config import TrainConfig; from hybridkd_lib.trainer import launch; "
+        "from hybridkd_lib.train.config import TrainConfig; from hybridkd_lib.train.trainer import launch; "
         f"launch(TrainConfig(method='ratebp', dataset='digits', data_kw={{'image_size': 8}}, student_kw={{'width': 4}}, "
         f"T=2, epochs=500, batch_size=16, progress=False, out={str(tmp_path / 'run')!r}), nproc=2, log=lambda *_: None)")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT)
@@ -126,11 +126,11 @@ def test_killing_the_parent_of_torchrun_ends_torchrun_and_its_workers(tmp_path):
 
 
 def test_a_bench_child_past_its_time_is_stopped_and_named():
-    from hybridkd_lib.efficiency import bench
+    from hybridkd_lib.tools.efficiency import bench
 
     t0 = time.time()
     with pytest.raises(children.ChildTimeout, match=r"bench configuration ratebp T=1 ran past its 0.5 s limit and "
-                                                    r"was stopped \(pid \d+: .*hybridkd_lib.efficiency"):
+                                                    r"was stopped \(pid \d+: .*hybridkd_lib.tools.efficiency"):
         bench(["ratebp"], [1], student_kw={"width": 4}, batch_size=4, steps=1, warmup=0, log=lambda *_: None,
               timeout_s=0.5)
     assert time.time() - t0 < 30
@@ -349,16 +349,16 @@ def test_the_full_profile_without_gpu_or_data_is_refused_in_seconds(tmp_path):
     """#39: one line naming what is missing, before any notebook starts."""
     import torch
 
-    from hybridkd_lib import data
+    from hybridkd_lib.data import datasets
 
-    if torch.cuda.is_available() and data.is_present("cifar10"):
+    if torch.cuda.is_available() and datasets.is_present("cifar10"):
         pytest.skip("this machine has a GPU and the data")
     t0 = time.time()
     p = _cli("reproduce", "--profile", "full", "--results", str(tmp_path))
     _one_line(p, "before any run starts:")
     assert ("GPU(s) each and this machine has 0" in p.stderr) != torch.cuda.is_available()
-    assert (f"dataset cifar10 (expected at {data.expected_path('cifar10')}) is missing" in p.stderr) != \
-        data.is_present("cifar10")
+    assert (f"dataset cifar10 (expected at {datasets.expected_path('cifar10')}) is missing" in p.stderr) != \
+        datasets.is_present("cifar10")
     assert time.time() - t0 < 60 and not (tmp_path / "full" / ".staging").exists()
 
 

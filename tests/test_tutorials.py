@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from hybridkd_lib.results import REPO_ROOT
+from hybridkd_lib.base.results import REPO_ROOT
 
 TUTORIALS = ("tutorial_lif", "tutorial_ratebp", "tutorial_hybrid")
 

@@ -29,10 +29,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from hybridkd_lib import children
+from hybridkd_lib.base import children
 from hybridkd_lib.book.plan import Run, plan
-from hybridkd_lib.book.reproduce import KERNEL, default_results_root, reproduce, run_keys, status, with_nproc
-from hybridkd_lib.results import UnreadableFile, read_json_file, write_json
+from hybridkd_lib.base.results import default_results_root
+from hybridkd_lib.book.reproduce import KERNEL, reproduce, run_keys, status, with_nproc
+from hybridkd_lib.base.results import UnreadableFile, read_json_file, write_json
 
 LAUNCHERS = ("local-jobs", "slurm")   # "local" (reproduce's own, in this process) is not a job launcher
 JOBS_FILE = "jobs.json"

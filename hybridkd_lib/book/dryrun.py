@@ -25,7 +25,7 @@ from pathlib import Path
 from hybridkd_lib.book import tinydata
 from hybridkd_lib.book.plan import CHECKPOINTS, Run, plan
 from hybridkd_lib.book.reproduce import reproduce
-from hybridkd_lib.results import REPO_ROOT
+from hybridkd_lib.base.results import REPO_ROOT
 
 DRY_STEPS = 2
 DRY_BATCH = {"imagenet": 4, "cifar10dvs": 4}  # 2 per process for the 2-process ImageNet runs

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from hybridkd_lib.book.plan import Run, plan
-from hybridkd_lib.results import REPO_ROOT, read_result, write_json
+from hybridkd_lib.base.results import REPO_ROOT, default_results_root, read_result, write_json
 
 EVIDENCE_DIR = REPO_ROOT / "book" / "data"
 COMMAND = "python -m hybridkd_lib reproduce --profile {profile}"
@@ -45,7 +45,7 @@ def converged(res: dict) -> bool:
 def at_chance(res: dict) -> bool:
     """Whether a trained network's final test top-1 is within 1 point of guessing (100 / classes): its training
     diverged or died, which says nothing of the claim its cell tests."""
-    from hybridkd_lib.catalog import dataset_info
+    from hybridkd_lib.data.catalog import dataset_info
 
     return res["top1"] <= 100.0 / dataset_info(res["dataset"]).num_classes + 1.0
 
@@ -126,3 +126,46 @@ def stale_runs(evidence: dict, profile: str | None = None) -> list[str]:
     out += [f"{n}: settings differ" for n in stored if n in today
             and json.dumps(stored[n], sort_keys=True) != json.dumps(today[n], sort_keys=True)]
     return out
+
+
+# ----------------------------------------------------------------------------- the ablation's records
+ABLATION_FILE = REPO_ROOT / "book" / "data" / "ablation" / "ablation_quick.json"
+
+
+def ablation_records(results_dir: Path | None = None) -> list[dict]:
+    """One record per finished run of the ``ablation`` profile (variant, seed, accuracies, provenance)."""
+    from hybridkd_lib.book.plan import ABLATION_SEEDS, ABLATIONS, ablation_run_name
+
+    folder = Path(results_dir or default_results_root() / "ablation")
+    recs = []
+    for variant, (base, loss) in ABLATIONS.items():
+        for seed in ABLATION_SEEDS:
+            res = read_result(folder / ablation_run_name(variant, seed))
+            if res is not None:
+                recs.append({"variant": variant, "varies": base, "loss": res["loss"], "seed": seed,
+                             "top1": res["top1"], "converged": converged(res),
+                             "best_top1": res.get("best_top1"), "hybrid_top1": res["hybrid_top1"],
+                             "teacher_top1": res["teacher_top1"], "epochs": res["epochs"],
+                             "train_time_s": res["train_time_s"], "git_commit": res["git_commit"],
+                             "finished_at": res["finished_at"]})
+    return recs
+
+
+def write_ablation_file(results_dir: Path | None = None, path: Path = ABLATION_FILE) -> Path:
+    """Store the ablation profile's records as the committed file the book shows (atomic)."""
+    from hybridkd_lib.base.results import write_json
+
+    recs = ablation_records(results_dir)
+    if not recs:
+        raise ValueError("no finished ablation run: python -m hybridkd_lib reproduce --profile ablation first")
+    write_json(path, {"_source": "measured: python -m hybridkd_lib reproduce --profile ablation (CPU, quick scale)",
+                      "records": recs})
+    return path
+
+
+def ablation_records_or_file() -> tuple[list[dict], str]:
+    records, source = ablation_records(), "measured (results/ablation)"
+    if not records and ABLATION_FILE.is_file():
+        records = json.loads(ABLATION_FILE.read_text())["records"]
+        source = f"measured (committed file book/data/ablation/{ABLATION_FILE.name})"
+    return records, source

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from hybridkd_lib.methods import BENCH_METHODS, BUILT_IN, methods_where
+from hybridkd_lib.method.methods import BENCH_METHODS, BUILT_IN, methods_where
 
 PROFILES = ("smoke", "quick", "full", "ablation", "fashion")
 # Table B: the RateBP methods on Spikingformer (RateBP alone, Vanilla KD, ours)

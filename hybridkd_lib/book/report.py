@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from hybridkd_lib.catalog import DATASETS
-from hybridkd_lib.methods import get_method, methods_where
+from hybridkd_lib.data.catalog import DATASETS
+from hybridkd_lib.method.methods import get_method, methods_where
 from hybridkd_lib.models import list_models, model_facts
 from hybridkd_lib.book.evidence import (CONVERGENCE_TOLERANCE, CONVERGENCE_WINDOW, converged,  # noqa: F401
                                          last_epochs_spread)
 from hybridkd_lib.book.plan import Run, plan
-from hybridkd_lib.book.reproduce import default_results_root
-from hybridkd_lib.results import REPO_ROOT, UnreadableFile, read_result
+from hybridkd_lib.base.results import REPO_ROOT, UnreadableFile, default_results_root, read_result
 
 NOT_RUN = "not run"
 REPORTED_FILE = Path(__file__).with_name("reported.json")
@@ -91,7 +90,7 @@ def scale_facts(profile: str = "quick") -> dict:
     """The scale facts the pages state about a CPU profile, each read off the plan (never retyped): the digits
     split, the students' and teachers' epochs (and the full profile's CIFAR student epochs they replace),
     the training batches of an epoch, the precise-BN batches, the widths, and the ablation's seeds and epochs."""
-    from hybridkd_lib import data
+    from hybridkd_lib.data import datasets
     from hybridkd_lib.book.plan import ABLATION_EPOCHS, ABLATION_SEEDS, SCALE
 
     import inspect
@@ -101,7 +100,7 @@ def scale_facts(profile: str = "quick") -> dict:
     s = SCALE[profile]
     default = lambda fn, name: inspect.signature(fn).parameters[name].default
     full_sf = [r.params for r in plan("full") if r.params.get("student") == "spikingformer_4_256"]
-    train, test = data.digits_datasets(**{k: v for k, v in s["data_kw"].items() if k == "image_size"})
+    train, test = datasets.digits_datasets(**{k: v for k, v in s["data_kw"].items() if k == "image_size"})
     students = [r.params for r in plan(profile) if r.notebook == "train_student"]
     full_cifar = {r.params["epochs"] for r in plan("full") if r.notebook == "train_student"
                   and r.params["dataset"].startswith("cifar1") and r.params.get("student") != "spikingformer_4_256"}
@@ -201,7 +200,7 @@ def seed_spreads() -> dict[str, float]:
     committed file; {} when neither holds a variant with 2 or more seeds."""
     from hybridkd_lib.book.plan import ABLATIONS
 
-    records, _ = _ablation_records_or_file()
+    records, _ = ablation_records_or_file()
     by_variant: dict[str, list[float]] = {}
     for r in records:
         if r["variant"] in ABLATIONS and "ratebp_grad_scale" not in ABLATIONS[r["variant"]][1]:
@@ -606,13 +605,13 @@ def fig4_plot(records: list[dict]):
 def open_choices() -> pd.DataFrame:
     """Every choice the paper does not state: the value this library uses (read from the code), why,
     and the parameter that changes it."""
-    from hybridkd_lib.losses import LossConfig
+    from hybridkd_lib.method.losses import LossConfig
     from hybridkd_lib.models.spikingformer import SPIKINGFORMER_NEURON
-    from hybridkd_lib.neurons import DEFAULT_NEURON
+    from hybridkd_lib.snn.neurons import DEFAULT_NEURON
     from hybridkd_lib.book.plan import SCALE
 
-    from hybridkd_lib.nirexport import DEFAULT_DT
-    from hybridkd_lib.spikecosts import EnergyModel
+    from hybridkd_lib.tools.nirexport import DEFAULT_DT
+    from hybridkd_lib.tools.spikecosts import EnergyModel
 
     loss, n, sf, facts = LossConfig(), DEFAULT_NEURON, SPIKINGFORMER_NEURON, scale_facts("quick")
     energy = EnergyModel()
@@ -641,7 +640,7 @@ def open_choices() -> pd.DataFrame:
          "round((k+1) K_t / K_s) - 1", "the paper pairs blocks of ResNets of equal stage counts",
          "code: `hybrid.pair_stages`"),
         ("How the DVS teacher sees event frames", "the mean frame over T", "an ANN has no time axis",
-         "code: `data.ann_view`"),
+         "code: `datasets.ann_view`"),
         ("Table B augmentation", "the Table C CIFAR recipe (crop + flip, AutoAugment, Cutout 16), not "
          "Spikingformer's own (RandAugment, mixup, random erasing, label smoothing)",
          "one recipe for every CIFAR run", '`data_kw={"augment": false}` (normalisation only)'),
@@ -685,52 +684,9 @@ def spikingformer_params() -> pd.DataFrame:
         {"source": "measured (this library's spikingformer_4_256, 10 classes, counted)", "parameters": f"{n:,}"}])
 
 
-# ----------------------------------------------------------------------------- ablation of the open choices
-ABLATION_FILE = REPO_ROOT / "book" / "data" / "ablation" / "ablation_quick.json"
-
-
-def ablation_records(results_dir: Path | None = None) -> list[dict]:
-    """One record per finished run of the ``ablation`` profile (variant, seed, accuracies, provenance)."""
-    from hybridkd_lib.book.plan import ABLATION_SEEDS, ABLATIONS, ablation_run_name
-
-    folder = Path(results_dir or default_results_root() / "ablation")
-    recs = []
-    for variant, (base, loss) in ABLATIONS.items():
-        for seed in ABLATION_SEEDS:
-            res = read_result(folder / ablation_run_name(variant, seed))
-            if res is not None:
-                recs.append({"variant": variant, "varies": base, "loss": res["loss"], "seed": seed,
-                             "top1": res["top1"], "converged": converged(res),
-                             "best_top1": res.get("best_top1"), "hybrid_top1": res["hybrid_top1"],
-                             "teacher_top1": res["teacher_top1"], "epochs": res["epochs"],
-                             "train_time_s": res["train_time_s"], "git_commit": res["git_commit"],
-                             "finished_at": res["finished_at"]})
-    return recs
-
-
-def write_ablation_file(results_dir: Path | None = None, path: Path = ABLATION_FILE) -> Path:
-    """Store the ablation profile's records as the committed file the book shows (atomic)."""
-    from hybridkd_lib.results import write_json
-
-    recs = ablation_records(results_dir)
-    if not recs:
-        raise ValueError("no finished ablation run: python -m hybridkd_lib reproduce --profile ablation first")
-    write_json(path, {"_source": "measured: python -m hybridkd_lib reproduce --profile ablation (CPU, quick scale)",
-                      "records": recs})
-    return path
-
-
-def _ablation_records_or_file() -> tuple[list[dict], str]:
-    records, source = ablation_records(), "measured (results/ablation)"
-    if not records and ABLATION_FILE.is_file():
-        records = json.loads(ABLATION_FILE.read_text())["records"]
-        source = f"measured (committed file book/data/ablation/{ABLATION_FILE.name})"
-    return records, source
-
-
 def hybrid_accuracies_over_seeds(variant: str = "default") -> tuple[pd.DataFrame, str]:
     """Per seed of the ablation's ``variant`` runs: top-1 of the teacher, every M_k and the SNN."""
-    records, source = _ablation_records_or_file()
+    records, source = ablation_records_or_file()
     rows = [{"seed": r["seed"], "ANN teacher": r["teacher_top1"],
              **{f"M_{k}": a for k, a in enumerate(r["hybrid_top1"])}, "SNN": r["top1"]}
             for r in records if r["variant"] == variant]
@@ -742,7 +698,7 @@ def ablation_table(records: list[dict] | None = None) -> tuple[pd.DataFrame, str
     records came from: this machine's ``results/ablation`` runs, else the committed file."""
     source = "measured (given records)"
     if records is None:
-        records, source = _ablation_records_or_file()
+        records, source = ablation_records_or_file()
     if not records:
         return pd.DataFrame({"status": [NOT_RUN]}), NOT_RUN
     df = pd.DataFrame(records)

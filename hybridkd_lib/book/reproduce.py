@@ -29,9 +29,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hybridkd_lib import children
+from hybridkd_lib.base import children
 from hybridkd_lib.book.plan import Run, plan
-from hybridkd_lib.results import (REPO_ROOT, UnreadableFile, atomic_write_text, check_writable_folder, read_result,
+from hybridkd_lib.base.results import (REPO_ROOT, UnreadableFile, atomic_write_text, check_writable_folder, read_result,
                                   write_json)
 
 KERNEL = os.environ.get("HYBRIDKD_KERNEL", "hybridkd")
@@ -41,10 +41,6 @@ TRAIN_NOTEBOOKS = ("train_teacher", "train_student")
 DONE_FILES = {"train_teacher": ("result.json", "model.pt"), "train_student": ("result.json", "model.pt"),
               "cam": ("result.json", "cam.png", "cam.npz"), "efficiency": ("result.json", "bench.json"),
               "export": ("result.json", "model.nir")}
-
-
-def default_results_root() -> Path:
-    return Path(os.environ.get("HYBRIDKD_RESULTS", REPO_ROOT / "results"))
 
 
 BOOK_MACHINERY = Path(__file__).resolve().parent   # this sub-package: it plans, runs and draws; no run executes it
@@ -209,7 +205,7 @@ def check_can_run(runs: list[Run]) -> None:
     GPUs, datasets and checkpoint files that are not where the runs read them. One line says it all."""
     import torch
 
-    from hybridkd_lib import data
+    from hybridkd_lib.data import datasets
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     short = [r for r in runs if r.gpus and r.nproc > gpus]
@@ -217,8 +213,8 @@ def check_can_run(runs: list[Run]) -> None:
     for r in runs:
         p = r.params
         name = p.get("dataset")
-        if name and not data.is_present(name, p.get("data_root")):
-            missing.setdefault(f"dataset {name} (expected at {data.expected_path(name, p.get('data_root'))})",
+        if name and not datasets.is_present(name, p.get("data_root")):
+            missing.setdefault(f"dataset {name} (expected at {datasets.expected_path(name, p.get('data_root'))})",
                                []).append(r.name)
         for key, path in {**p, **p.get("teacher_kw", {})}.items():
             if (key in ("checkpoint_path", "init_checkpoint", "teacher_ckpt") and isinstance(path, str)
@@ -263,7 +259,7 @@ def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, 
     ``dry_plan``: only say what would run and why. ``keep_checkpoints=False``: a finished run keeps its
     model and results but not its epoch checkpoints (the dry run's choice: it never resumes a finished run).
     The whole ``ablation`` profile, once every run finished, also rewrites the committed records the book shows
-    (``report.write_ablation_file``); so does the whole ``fashion`` profile (``evidence.write_evidence``)."""
+    (``evidence.write_ablation_file``); so does the whole ``fashion`` profile (``evidence.write_evidence``)."""
     whole_plan = runs is None and not only
     runs = with_nproc(plan(profile) if runs is None else runs, nproc, log)
     keys = run_keys(runs, profile)
@@ -320,7 +316,7 @@ def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, 
     log(f"{profile}: {len(report['ran'])} ran, {len(report['skipped'])} up to date, "
         f"{len(report['failed'])} failed" + (f": {', '.join(report['failed'])}" if report["failed"] else ""))
     if profile == "ablation" and whole_plan and not report["failed"]:
-        from hybridkd_lib.book.report import write_ablation_file
+        from hybridkd_lib.book.evidence import write_ablation_file
 
         log(f"wrote {write_ablation_file(profile_dir)} (the records the book shows where results/ablation is absent)")
     if profile in EVIDENCE_PROFILES and whole_plan and not report["failed"]:

@@ -97,7 +97,7 @@ def check_model_kwargs(name: str, kw: dict, what: str = "model_kw", also: dict |
 
 
 def list_models(role: str | None = None) -> list[str]:
-    from hybridkd_lib import plugins
+    from hybridkd_lib.base import plugins
 
     plugins.load_from_environment()
     return sorted(n for n in _MODELS if role is None or _ROLES[n] == role)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from hybridkd_lib.layers import GlobalAvgPool, RateBatchNorm2d, SpikeMeanValue, conv, residual_add
+from hybridkd_lib.snn.layers import GlobalAvgPool, RateBatchNorm2d, SpikeMeanValue, conv, residual_add
 from hybridkd_lib.models.stages import SpikingStageModel, StageModel
-from hybridkd_lib.neurons import DEFAULT_NEURON, LIF, NeuronConfig
+from hybridkd_lib.snn.neurons import DEFAULT_NEURON, LIF, NeuronConfig
 
 
 def _act(spiking: bool, cfg: NeuronConfig):

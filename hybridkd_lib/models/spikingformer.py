@@ -29,10 +29,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from hybridkd_lib.layers import MatMul, RateBatchNorm1d, RateBatchNorm2d, SpikeMeanValue, conv
+from hybridkd_lib.snn.layers import MatMul, RateBatchNorm1d, RateBatchNorm2d, SpikeMeanValue, conv
 from hybridkd_lib.models.resnet import neuron_config
 from hybridkd_lib.models.stages import SpikingStageModel
-from hybridkd_lib.neurons import LIF, NeuronConfig
+from hybridkd_lib.snn.neurons import LIF, NeuronConfig
 
 SPIKINGFORMER_NEURON = NeuronConfig(tau=2.0, v_reset=0.0, decay_input=True)
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from hybridkd_lib.neurons import NeuronConfig
+    from hybridkd_lib.snn.neurons import NeuronConfig
 
 
 class StageModel(nn.Module):
@@ -124,7 +124,7 @@ class SpikingStageModel(StageModel):
 
 def check_student(model: SpikingStageModel) -> None:
     """The student contract (``SpikingStageModel``), or an error naming what breaks it."""
-    from hybridkd_lib.neurons import NeuronConfig
+    from hybridkd_lib.snn.neurons import NeuronConfig
 
     name = type(model).__name__
     T = getattr(model, "T", None)
@@ -142,5 +142,5 @@ def check_student(model: SpikingStageModel) -> None:
     for path, m in model.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not getattr(m, "rate_aware", False):
             raise ValueError(f"spiking student {name}: module {path!r} is a plain {type(m).__name__}, which RateBP's "
-                             f"rate pass would normalise over the batch of rates; use hybridkd_lib.layers."
+                             f"rate pass would normalise over the batch of rates; use hybridkd_lib.snn.layers."
                              f"RateBatchNorm{'1d' if isinstance(m, nn.BatchNorm1d) else '2d'} (rate-aware)")

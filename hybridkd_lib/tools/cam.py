@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybridkd_lib import checkpoint, data
-from hybridkd_lib.methods import methods_where
-from hybridkd_lib.results import read_result
-from hybridkd_lib.config import TrainConfig
-from hybridkd_lib.learner import Learner
+from hybridkd_lib.base import checkpoint
+from hybridkd_lib.data import datasets
+from hybridkd_lib.method.methods import methods_where
+from hybridkd_lib.base.results import read_result
+from hybridkd_lib.train.config import TrainConfig
+from hybridkd_lib.train.learner import Learner
 
 
 def load_hybrid_run(run_dir: str | Path):
@@ -33,8 +34,8 @@ def load_hybrid_run(run_dir: str | Path):
         raise ValueError(f"run {str(run_dir)!r} has method {result.get('method')!r}; Grad-CAM of hybrids "
                          f"needs a run of a method with hybrids ({', '.join(methods_where(hybrids=True))})")
     cfg = TrainConfig.from_dict(result)
-    train_set, test_set = data.get_datasets(cfg.dataset, cfg.data_root, **cfg.data_kw)
-    num_classes = data.dataset_info(cfg.dataset).num_classes
+    train_set, test_set = datasets.get_datasets(cfg.dataset, cfg.data_root, **cfg.data_kw)
+    num_classes = datasets.dataset_info(cfg.dataset).num_classes
     learner = Learner(cfg, num_classes, tuple(test_set[0][0].shape[-3:]))
     state = checkpoint.load(run_dir / "model.pt")
     learner.model.load_state_dict(state["model"])
@@ -151,7 +152,7 @@ def run_cam(run: str | Path, n_images: int, out: str | Path, seed: int = 0):
     the result last) and returns ``(result, figure)``."""
     from datetime import datetime, timezone
 
-    from hybridkd_lib.results import atomic_write, git_commit, write_json
+    from hybridkd_lib.base.results import atomic_write, git_commit, write_json
 
     check_cam_run(run, n_images)
     learner, test_set, res = load_hybrid_run(run)

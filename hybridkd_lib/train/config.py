@@ -12,12 +12,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hybridkd_lib.catalog import DATASETS
-from hybridkd_lib.methods import BUILT_IN, get_method, methods_where
-from hybridkd_lib.results import check_writable_folder
+from hybridkd_lib.data.catalog import DATASETS
+from hybridkd_lib.method.methods import BUILT_IN, get_method, methods_where
+from hybridkd_lib.base.results import check_writable_folder
 
 if TYPE_CHECKING:
-    from hybridkd_lib.losses import LossConfig
+    from hybridkd_lib.method.losses import LossConfig
 
 # TrainConfig imports no torch (the command line's --help is built from it); validation imports what it checks
 
@@ -36,9 +36,9 @@ class TrainConfig:
     """Everything a run depends on (recorded in ``result.json``). Each field's help text is the
     ``train`` command's option help (``cli.py`` builds the options from these fields)."""
 
-    method: str = field(metadata={"help": " | ".join(BUILT_IN) + " or a plug-in's (what each does: hybridkd_lib.methods)",
+    method: str = field(metadata={"help": " | ".join(BUILT_IN) + " or a plug-in's (what each does: hybridkd_lib.method.methods)",
                                   "student_only": False})
-    dataset: str = _opt("digits", " | ".join(DATASETS) + " (hybridkd_lib.catalog)")
+    dataset: str = _opt("digits", " | ".join(DATASETS) + " (hybridkd_lib.data.catalog)")
     student: str = _opt("spiking_resnet18", "student architecture (a registered student model)", True)
     teacher: str = _opt("cifar_resnet18", "teacher architecture (the model trained by method ann)")
     teacher_ckpt: str | None = _opt(None, "teacher run directory or .pt file (bptt_kd, kd, hybrid)", True)
@@ -57,7 +57,7 @@ class TrainConfig:
     teacher_kw: dict = _opt(help='teacher keywords, e.g. {"width": 16}; {"init_checkpoint": PATH} fine-tunes timm '
                                  "weights", factory=dict)
     data_kw: dict = _opt(help='dataset options, e.g. {"image_size": 16} for digits (the reader\'s keywords: '
-                              'hybridkd_lib.data)', factory=dict)
+                              'hybridkd_lib.data.datasets)', factory=dict)
     loss: dict = _opt(help='loss weights, e.g. {"kd": 1.0, "hybrid_ce": 1.0, "temperature": 4.0} '
                            "(losses.LossConfig)", student_only=True, factory=dict)
     neuron: dict = _opt(help="LIF settings over the student's own, e.g. {\"tau\": 2.0} (neurons.NeuronConfig)",
@@ -77,7 +77,7 @@ class TrainConfig:
 
     @property
     def loss_cfg(self) -> LossConfig:
-        from hybridkd_lib.losses import LossConfig
+        from hybridkd_lib.method.losses import LossConfig
 
         return LossConfig(**self.loss)
 
@@ -159,11 +159,12 @@ def _check_positive(cfg: TrainConfig) -> None:
 def validate(cfg: TrainConfig, world_size: int = 1, check_out: bool = False) -> None:
     """Refuse bad input before any training, naming the bad value and the valid ones.
     ``check_out``: also create ``cfg.out`` and write a probe file there (the last check)."""
-    from hybridkd_lib import data, ratebp
-    from hybridkd_lib.losses import check_loss_options
+    from hybridkd_lib.data import datasets
+    from hybridkd_lib.snn import ratebp
+    from hybridkd_lib.method.losses import check_loss_options
     from hybridkd_lib.models import check_model_kwargs, check_model_name
     from hybridkd_lib.models.timm_teachers import load_state_dict_file
-    from hybridkd_lib.neurons import DEFAULT_NEURON, NeuronConfig
+    from hybridkd_lib.snn.neurons import DEFAULT_NEURON, NeuronConfig
 
     _check_types(cfg)
     method = get_method(cfg.method)
@@ -171,8 +172,8 @@ def validate(cfg: TrainConfig, world_size: int = 1, check_out: bool = False) -> 
         raise ValueError(f"T={cfg.T!r} not allowed; T must be an integer >= 1")
     if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
         raise ValueError(f"epochs={cfg.epochs!r} not allowed; epochs must be an integer >= 1")
-    data.dataset_info(cfg.dataset)
-    data.check_options(cfg.dataset, cfg.data_kw)
+    datasets.dataset_info(cfg.dataset)
+    datasets.check_options(cfg.dataset, cfg.data_kw)
     if "student" in method.networks:
         check_model_name(cfg.student, "student")
         NeuronConfig.with_overrides(DEFAULT_NEURON, cfg.neuron)

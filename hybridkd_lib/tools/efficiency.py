@@ -28,9 +28,12 @@ from pathlib import Path
 import torch
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
-from hybridkd_lib import children, floor, lif_backend, speed
-from hybridkd_lib.methods import BENCH_VARIANTS, bench_methods
-from hybridkd_lib.step import TrainingStep, autocast, peak_mem_mb, place, reset_peak
+from hybridkd_lib.base import children
+from hybridkd_lib.tools import floor
+from hybridkd_lib.snn import lif_backend
+from hybridkd_lib.train import speed
+from hybridkd_lib.method.methods import BENCH_VARIANTS, bench_methods
+from hybridkd_lib.train.step import TrainingStep, autocast, peak_mem_mb, place, reset_peak
 
 
 def _bptt_ckpt_logits(student, x):
@@ -50,8 +53,8 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
     step; 0 for ``conv_floor``, which times no steps) is reported apart as ``compile_s``. Peak memory is read after
     ``steps`` timed steps; then the step's conv floor is timed ``steps`` times, each followed by one more timed
     step, and the record gives the medians (``step_times_s``: all ``2 * steps`` steps)."""
-    from hybridkd_lib.config import TrainConfig
-    from hybridkd_lib.learner import Learner, make_optimizer
+    from hybridkd_lib.train.config import TrainConfig
+    from hybridkd_lib.train.learner import Learner, make_optimizer
 
     if method not in bench_methods():
         raise ValueError(f"unknown bench method {method!r}; valid: {', '.join(bench_methods())}")
@@ -141,7 +144,7 @@ def check_bench_args(methods, Ts, steps=1, warmup=0, batch_size=1, input_size=32
             raise ValueError(f"{name}={values if name == 'T' else values[0]!r} not allowed; "
                              f"integers >= {low}")
     if out is not None:
-        from hybridkd_lib.config import check_writable_folder
+        from hybridkd_lib.train.config import check_writable_folder
 
         out = Path(out)
         if out.is_dir():
@@ -180,7 +183,7 @@ def bench(methods, Ts, student="spiking_resnet18", teacher="cifar_resnet18", bat
     check_model_name(teacher, "teacher")
     check_model_kwargs(student, student_kw or {}, "student_kw", also={"T": 1})
     check_model_kwargs(teacher, teacher_kw or {}, "teacher_kw")
-    from hybridkd_lib.results import git_commit, write_json
+    from hybridkd_lib.base.results import git_commit, write_json
 
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "python": platform.python_version(), "torch": torch.__version__,
@@ -195,7 +198,7 @@ def bench(methods, Ts, student="spiking_resnet18", teacher="cifar_resnet18", bat
                         input_size=input_size, device=device, steps=steps, warmup=warmup,
                         student_kw=student_kw, teacher_kw=teacher_kw, compile=compile)
             if fresh_process:
-                p = children.run([sys.executable, "-m", "hybridkd_lib.efficiency", json.dumps(spec)],
+                p = children.run([sys.executable, "-m", "hybridkd_lib.tools.efficiency", json.dumps(spec)],
                                  f"bench configuration {m} T={T}", timeout_s, env=child_env)
                 if p.returncode != 0:
                     raise RuntimeError(_child_failure(m, T, p.returncode, p.stderr))
@@ -218,9 +221,9 @@ def bench(methods, Ts, student="spiking_resnet18", teacher="cifar_resnet18", bat
 def two_step_check(spec: dict, device: str, batch_size: int = 8, steps: int = 2) -> dict:
     """Two training steps of one set-up (``book.plan.plan_setups``) at full size on random inputs of the dataset's
     shape, bf16 autocast on CUDA; teachers are randomly initialised (no checkpoint is read)."""
-    from hybridkd_lib.data import dataset_info
-    from hybridkd_lib.config import TrainConfig
-    from hybridkd_lib.learner import Learner, make_optimizer
+    from hybridkd_lib.data.datasets import dataset_info
+    from hybridkd_lib.train.config import TrainConfig
+    from hybridkd_lib.train.learner import Learner, make_optimizer
 
     from hybridkd_lib.models import WEIGHT_OPTIONS
 
@@ -263,7 +266,7 @@ if __name__ == "__main__":  # one configuration, JSON on the last stdout line
 def run_bench(methods, Ts, out: str | Path, **kw) -> dict:
     """Fig. 4's run: ``bench`` every (method, T) into ``out/bench.json`` (rewritten after each
     configuration), then ``out/result.json``; returns ``bench``'s output. ``kw``: ``bench``'s options."""
-    from hybridkd_lib.results import write_json
+    from hybridkd_lib.base.results import write_json
 
     out = Path(out)
     bench_out = bench(methods, Ts, out=out / "bench.json", **kw)

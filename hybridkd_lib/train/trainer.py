@@ -38,11 +38,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from hybridkd_lib import checkpoint, children, data, results, spikecosts
-from hybridkd_lib.config import TrainConfig, check_writable_folder, validate
-from hybridkd_lib.distributed import Distributed, broadcast_from_main, init_distributed
-from hybridkd_lib.learner import Learner, make_optimizer
-from hybridkd_lib.step import TrainingStep, peak_mem_mb, place
+from hybridkd_lib.base import checkpoint, children, results
+from hybridkd_lib.data import datasets
+from hybridkd_lib.tools import spikecosts
+from hybridkd_lib.train.config import TrainConfig, check_writable_folder, validate
+from hybridkd_lib.train.distributed import Distributed, broadcast_from_main, init_distributed
+from hybridkd_lib.train.learner import Learner, make_optimizer
+from hybridkd_lib.train.step import TrainingStep, peak_mem_mb, place
 
 # ----------------------------------------------------------------------------- a run's folder
 SETTINGS_FILE = "settings.json"
@@ -168,7 +170,7 @@ def setup(cfg: TrainConfig, env: Distributed, log=print) -> tuple[Session, dict 
     from (read by rank 0, broadcast to all), or None."""
     torch.manual_seed(cfg.seed)
     train_set, test_set = _datasets(cfg)
-    num_classes = data.dataset_info(cfg.dataset).num_classes
+    num_classes = datasets.dataset_info(cfg.dataset).num_classes
     learner = place(Learner(cfg, num_classes, tuple(train_set[0][0].shape[-3:])), env.device, env.world)
     opt = make_optimizer(cfg, learner.trainable())
     per_rank = cfg.batch_size // env.world
@@ -186,21 +188,21 @@ def setup(cfg: TrainConfig, env: Distributed, log=print) -> tuple[Session, dict 
 
 def _datasets(cfg: TrainConfig):
     data_kw = dict(cfg.data_kw)
-    if data.is_sequence(cfg.dataset):
+    if datasets.is_sequence(cfg.dataset):
         data_kw.setdefault("T", cfg.T)
-    return data.get_datasets(cfg.dataset, cfg.data_root, **data_kw)
+    return datasets.get_datasets(cfg.dataset, cfg.data_root, **data_kw)
 
 
 def _loaders(cfg: TrainConfig, env: Distributed, train_set, test_set, per_rank: int):
     """This process's shard of the training data (order a function of seed and epoch) and of the test set."""
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env.world))
-    workers = cfg.num_workers if cfg.num_workers is not None else data.default_num_workers(cfg.dataset, local_world)
+    workers = cfg.num_workers if cfg.num_workers is not None else datasets.default_num_workers(cfg.dataset, local_world)
     pin = env.device.type == "cuda"
     sampler = torch.utils.data.distributed.DistributedSampler(train_set, env.world, env.rank, shuffle=True,
                                                               seed=cfg.seed, drop_last=True)
-    train_loader = data.make_loader(train_set, cfg.dataset, per_rank, True, workers, pin, sampler)
+    train_loader = datasets.make_loader(train_set, cfg.dataset, per_rank, True, workers, pin, sampler)
     shard = torch.utils.data.Subset(test_set, range(env.rank, len(test_set), env.world))
-    test_loader = data.make_loader(shard, cfg.dataset, per_rank, False, workers, pin)
+    test_loader = datasets.make_loader(shard, cfg.dataset, per_rank, False, workers, pin)
     if len(train_loader) == 0:
         raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(train_set)} training samples "
                          f"of {cfg.dataset!r} (per process: {per_rank} of {len(sampler)})")
@@ -239,7 +241,7 @@ def _fixed_batches(train_set, cfg: TrainConfig, env: Distributed, per_rank: int)
     n = min(len(train_set), cfg.precise_bn * per_rank * env.world)
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))[:n].tolist()
     shard = torch.utils.data.Subset(train_set, order[env.rank::env.world])
-    return list(data.make_loader(shard, cfg.dataset, per_rank, False, 0, False))
+    return list(datasets.make_loader(shard, cfg.dataset, per_rank, False, 0, False))
 
 
 @torch.no_grad()

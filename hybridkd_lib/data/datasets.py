@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from hybridkd_lib.catalog import (DATASETS, DatasetInfo, DatasetNotFoundError, dataset_info,  # noqa: F401
+from hybridkd_lib.data.catalog import (DATASETS, DatasetInfo, DatasetNotFoundError, dataset_info,  # noqa: F401
                                    dataset_table, default_data_root, expected_path, is_present, reader,
                                    search_paths)
 

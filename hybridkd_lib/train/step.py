@@ -15,8 +15,8 @@ import resource
 import torch
 from torch import nn
 
-from hybridkd_lib import speed
-from hybridkd_lib.layers import convert_sync_batchnorm
+from hybridkd_lib.train import speed
+from hybridkd_lib.snn.layers import convert_sync_batchnorm
 
 
 def place(learner: nn.Module, device: torch.device, world: int = 1) -> nn.Module:

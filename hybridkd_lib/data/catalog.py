@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hybridkd_lib.results import REPO_ROOT
+from hybridkd_lib.base.results import REPO_ROOT
 
 
 @dataclass(frozen=True)
@@ -52,33 +52,33 @@ FASHION_MNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
 for _info in (
     DatasetInfo("digits", 10, (1, 8, 8), None,
                 "shipped inside scikit-learn (sklearn.datasets.load_digits); nothing to download",
-                "hybridkd_lib.data:digits_datasets", "digits (sklearn)", in_memory=True),
+                "hybridkd_lib.data.datasets:digits_datasets", "digits (sklearn)", in_memory=True),
     DatasetInfo("cifar10", 10, (3, 32, 32), "cifar-10-batches-py",
-                CIFAR_HOW.format(n="cifar10", n2="cifar-10"), "hybridkd_lib.data:cifar10_datasets", "CIFAR-10",
+                CIFAR_HOW.format(n="cifar10", n2="cifar-10"), "hybridkd_lib.data.datasets:cifar10_datasets", "CIFAR-10",
                 downloadable=True),
     DatasetInfo("cifar100", 100, (3, 32, 32), "cifar-100-python",
-                CIFAR_HOW.format(n="cifar100", n2="cifar-100"), "hybridkd_lib.data:cifar100_datasets", "CIFAR-100",
+                CIFAR_HOW.format(n="cifar100", n2="cifar-100"), "hybridkd_lib.data.datasets:cifar100_datasets", "CIFAR-100",
                 downloadable=True),
     DatasetInfo("imagenet", 1000, (3, 224, 224), "imagenet/train",
                 "register at https://image-net.org, then lay ILSVRC2012 out as ImageFolder: "
                 "<data root>/imagenet/train/<wnid>/*.JPEG and <data root>/imagenet/val/<wnid>/*.JPEG",
-                "hybridkd_lib.data:imagenet_datasets", "ImageNet"),
+                "hybridkd_lib.data.datasets:imagenet_datasets", "ImageNet"),
     DatasetInfo("cifar10dvs", 10, ("T", 2, 48, 48), "cifar10dvs/events_np",
                 "python -m hybridkd_lib datasets --download cifar10dvs (spikingjelly fetches the 10 zips "
                 "from https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671 into "
                 "<data root>/cifar10dvs/download and converts them to events_np/)",
-                "hybridkd_lib.data:cifar10dvs_datasets", "CIFAR10-DVS", downloadable=True),
+                "hybridkd_lib.data.datasets:cifar10dvs_datasets", "CIFAR10-DVS", downloadable=True),
     DatasetInfo("fashion_mnist", 10, (1, 28, 28), "FashionMNIST/raw",
                 "apt-get install dataset-fashion-mnist (Debian/Ubuntu: the IDX .gz files in "
                 f"{FASHION_MNIST_DEBIAN}, read from there), or python -m hybridkd_lib datasets --download "
                 "fashion_mnist (torchvision, needs internet), or put the four IDX files (train-images-idx3-ubyte, "
                 "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; .gz or not) in "
                 "<data root>/FashionMNIST/raw/",
-                "hybridkd_lib.data:fashion_mnist_datasets", "Fashion-MNIST", in_memory=True, downloadable=True,
+                "hybridkd_lib.data.datasets:fashion_mnist_datasets", "Fashion-MNIST", in_memory=True, downloadable=True,
                 system_paths=(FASHION_MNIST_DEBIAN,)),
     DatasetInfo("synthetic", 10, (3, 32, 32), None,
                 "generated in memory (random CIFAR-shaped tensors, for speed/memory benchmarks only)",
-                "hybridkd_lib.data:synthetic_datasets", "synthetic", in_memory=True),
+                "hybridkd_lib.data.datasets:synthetic_datasets", "synthetic", in_memory=True),
 ):
     register_dataset(_info)
 

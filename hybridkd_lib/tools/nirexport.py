@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybridkd_lib.layers import GlobalAvgPool, MatMul, SpikeMeanValue, Temporal, _RateBatchNorm
+from hybridkd_lib.snn.layers import GlobalAvgPool, MatMul, SpikeMeanValue, Temporal, _RateBatchNorm
 from hybridkd_lib.models.resnet import BasicBlock, SpikingResNet
-from hybridkd_lib.neurons import LIF
+from hybridkd_lib.snn.neurons import LIF
 
 DEFAULT_DT = 1e-4   # seconds per timestep; snnTorch's NIR import assumes 1e-4 (Norse's default dt is 1e-3)
 
@@ -158,7 +158,7 @@ def to_nir(model: nn.Module, input_shape: tuple, dt: float = DEFAULT_DT, approxi
                else g.linear_as_conv(f"head.{k}", layer, src))
     g.add("output", nir.Output(output_type=np.array(g.shapes[src])), [src], g.shapes[src])
     metadata = {"T": int(model.T), "dt": g.dt, "approximations": "; ".join(g.approximations) or "none",
-                "exported_by": "hybridkd_lib.nirexport", "student": type(model).__name__}
+                "exported_by": "hybridkd_lib.tools.nirexport", "student": type(model).__name__}
     return nir.NIRGraph(nodes=g.nodes, edges=g.edges, metadata=metadata)
 
 
@@ -180,9 +180,9 @@ def write(graph, path: str | Path) -> Path:
 def load_student(run_dir: str | Path):
     """A finished run's trained student (eval mode) and its result dict (``model.pt`` read with
     ``weights_only=True``)."""
-    from hybridkd_lib import checkpoint
+    from hybridkd_lib.base import checkpoint
     from hybridkd_lib.models import create_model
-    from hybridkd_lib.results import read_result
+    from hybridkd_lib.base.results import read_result
 
     run_dir = Path(run_dir)
     result = read_result(run_dir)
@@ -197,12 +197,12 @@ def load_student(run_dir: str | Path):
 
 
 def _test_set(result: dict):
-    from hybridkd_lib import data
+    from hybridkd_lib.data import datasets
 
-    if data.is_sequence(result["dataset"]):
+    if datasets.is_sequence(result["dataset"]):
         raise NIRExportError(f"dataset {result['dataset']!r} is a frame sequence; the exporter takes students of "
                              f"static images (the image repeated at every timestep)")
-    return data.get_datasets(result["dataset"], result.get("data_root"), **result.get("data_kw", {}))[1]
+    return datasets.get_datasets(result["dataset"], result.get("data_root"), **result.get("data_kw", {}))[1]
 
 
 def export_run(run_dir: str | Path, to: str | Path, dt: float = DEFAULT_DT, approximate_soft_reset: bool = True):
@@ -228,7 +228,7 @@ def check_run(run_dir: str | Path, graph=None, batch_size: int = 128, device: st
 def export_and_check(run: str | Path, out: str | Path, device: str = "cpu") -> dict:
     """The ``export`` notebook: ``out/model.nir`` of the run's student, then ``out/result.json`` with
     ``check_run``'s agreement figures (``kind: "nir_check"``)."""
-    from hybridkd_lib.results import check_writable_folder, git_commit, write_json
+    from hybridkd_lib.base.results import check_writable_folder, git_commit, write_json
 
     out = check_writable_folder(out)
     path, graph = export_run(run, out / "model.nir")

@@ -89,8 +89,8 @@ class Method:
         """Set the learner's ``model`` (what is trained), ``student``, ``teacher``, ``distiller`` (with the
         alignment modules A_k where ``aligns``), ``arch`` and ``model_kw``; ``input_shape`` is one sample's
         ``[C, H, W]``."""
-        from hybridkd_lib.hybrid import HybridDistiller
-        from hybridkd_lib.learner import build_student, build_teacher
+        from hybridkd_lib.method.hybrid import HybridDistiller
+        from hybridkd_lib.train.learner import build_student, build_teacher
 
         learner.student = learner.teacher = learner.distiller = None
         if self.trains == "teacher":
@@ -111,7 +111,7 @@ class Method:
     def uses_spike_pass(self, T: int) -> bool:
         """True where a step runs RateBP's graph-free spike pass (not BPTT, an ANN, or RateBP at T=1, which takes
         BPTT's single pass: ``ratebp.rate_is_bptt``)."""
-        from hybridkd_lib import ratebp
+        from hybridkd_lib.snn import ratebp
 
         return self.propagation == "rate" and not ratebp.rate_is_bptt(T)
 
@@ -125,8 +125,8 @@ class Method:
         """The step's forward, with the graph its propagation needs; ``x`` ``[B, C, H, W]`` or
         ``[T, B, C, H, W]``. The teacher's graph-free forward runs where it adds least to the peak: before
         BPTT's graph is built, after RateBP's spike pass (whose ``[T, B, ...]`` maps are the peak)."""
-        from hybridkd_lib import ratebp
-        from hybridkd_lib.hybrid import teacher_input
+        from hybridkd_lib.snn import ratebp
+        from hybridkd_lib.method.hybrid import teacher_input
 
         if self.propagation == "ann":
             return StepOutputs(y, learner.model(teacher_input(x, learner.teacher_input_size)), learner=learner)
@@ -161,7 +161,7 @@ class Method:
 
     def loss_terms(self, out: StepOutputs, loss_cfg) -> dict[str, torch.Tensor]:
         """The named loss terms (0-dim tensors) of ``out``; a term switched off (weight 0) is left out."""
-        from hybridkd_lib.losses import TERMS
+        from hybridkd_lib.method.losses import TERMS
 
         terms = {name: TERMS[name](out, loss_cfg) for name in self.terms}
         return {name: value for name, value in terms.items() if value is not None}
@@ -176,7 +176,7 @@ class Method:
     def step(self, learner: nn.Module, x: torch.Tensor, y: torch.Tensor):
         """``(loss, parts, logits)`` of one training step: ``outputs``, then ``loss`` (RateBP: the reference's
         1/T gradient scale where ``ratebp_grad_scale``)."""
-        from hybridkd_lib import ratebp
+        from hybridkd_lib.snn import ratebp
 
         out = self.outputs(learner, x, y)
         loss, parts = self.loss(out, learner.loss_cfg)
@@ -186,7 +186,7 @@ class Method:
 
     def predict(self, learner: nn.Module, x: torch.Tensor, with_teacher: bool = True):
         """Inference logits ``(y_S, [y_M0, ...], y_A or None)`` (a teacher run: the ANN's as ``y_S``)."""
-        from hybridkd_lib.hybrid import teacher_input
+        from hybridkd_lib.method.hybrid import teacher_input
 
         if self.trains == "teacher":
             return learner.model(teacher_input(x, learner.teacher_input_size)), [], None
@@ -233,7 +233,7 @@ def register_method(method: Method) -> Method:
     """Add ``method`` to the registry (built-in or from a plug-in) and return it; a name taken by another
     method is an error."""
     if not isinstance(method, Method):
-        raise TypeError(f"register_method expects a hybridkd_lib.methods.Method, got {type(method).__name__}")
+        raise TypeError(f"register_method expects a hybridkd_lib.method.methods.Method, got {type(method).__name__}")
     if method.name in METHODS and METHODS[method.name] != method:
         raise ValueError(f"method {method.name!r} is already registered ({METHODS[method.name].title or 'built in'})")
     METHODS[method.name] = method
@@ -262,7 +262,7 @@ BUILT_IN = tuple(METHODS)   # the paper's methods (the plan and the book use the
 
 def get_method(name: str) -> Method:
     """The method called ``name``, or an error listing the valid ones."""
-    from hybridkd_lib import plugins
+    from hybridkd_lib.base import plugins
 
     plugins.load_from_environment()
     if name not in METHODS:
@@ -272,7 +272,7 @@ def get_method(name: str) -> Method:
 
 def methods_where(**facts) -> tuple[str, ...]:
     """Names of the methods with these facts, e.g. ``methods_where(trains="student", teacher=True)``."""
-    from hybridkd_lib import plugins
+    from hybridkd_lib.base import plugins
 
     plugins.load_from_environment()
     return tuple(n for n, m in METHODS.items() if all(getattr(m, k) == v for k, v in facts.items()))

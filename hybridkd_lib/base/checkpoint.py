@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from hybridkd_lib.results import UnreadableFile, atomic_write, read_json_file, write_json
+from hybridkd_lib.base.results import UnreadableFile, atomic_write, read_json_file, write_json
 
 INDEX = "index.json"
 _NAME = re.compile(r"epoch_\d{4}\.pt")

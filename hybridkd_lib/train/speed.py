@@ -40,7 +40,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from hybridkd_lib import memory
+from hybridkd_lib.train import memory
 
 _ENABLED = True
 
@@ -170,7 +170,7 @@ def compiler_works(device: torch.device | str = "cpu") -> str | None:
     (checked once per process and device type)."""
     kind = torch.device(device).type
     if kind not in _COMPILER_PROBLEM:
-        from hybridkd_lib.neurons import compiled_spike_equations, spike_equations
+        from hybridkd_lib.snn.neurons import compiled_spike_equations, spike_equations
 
         try:
             x = torch.randn(2, 3, 4, device=device)

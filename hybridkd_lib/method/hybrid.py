@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybridkd_lib.data import ann_view
-from hybridkd_lib.layers import RateBatchNorm2d
+from hybridkd_lib.data.datasets import ann_view
+from hybridkd_lib.snn.layers import RateBatchNorm2d
 from hybridkd_lib.models.stages import StageModel
 
 

@@ -8,7 +8,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_results_root() -> Path:
+    """``$HYBRIDKD_RESULTS`` if set, else ``<repo>/results``."""
+    return Path(os.environ.get("HYBRIDKD_RESULTS", REPO_ROOT / "results"))
 
 
 def atomic_write(path: str | Path, write, binary: bool = False) -> Path:

@@ -39,7 +39,7 @@ def bound(device: torch.device | str) -> str:
 
 def _run_check(device: str, shape: tuple, repeats: int, out: Path) -> dict:
     """In this process: one LIF forward/backward (saved to ``out``), then the median of ``repeats`` timed ones."""
-    from hybridkd_lib.neurons import LIF
+    from hybridkd_lib.snn.neurons import LIF
 
     dev = torch.device(device)
     g = torch.Generator().manual_seed(0)
@@ -71,10 +71,10 @@ def check(name: str, device: str, folder: Path, shape: tuple = CHECK_SHAPE, repe
           timeout_s: float = CHECK_TIMEOUT_S) -> dict:
     """Implementation ``name`` on ``device`` in its own process: ``{"implementation": what spikingjelly bound,
     "time_s": median forward+backward, "tensors": the saved file}``, or ``{"error": ...}``."""
-    from hybridkd_lib import children
+    from hybridkd_lib.base import children
 
     out = Path(folder) / f"lif_{name}.pt"
-    cmd = [sys.executable, "-m", "hybridkd_lib.lif_backend", device, json.dumps(list(shape)), str(repeats), str(out)]
+    cmd = [sys.executable, "-m", "hybridkd_lib.snn.lif_backend", device, json.dumps(list(shape)), str(repeats), str(out)]
     try:
         p = children.run(cmd, f"LIF implementation check {name!r}", timeout_s,
                          env={**os.environ, VARIABLE: name})

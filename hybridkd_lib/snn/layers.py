@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hybridkd_lib.neurons import state_dtype
+from hybridkd_lib.snn.neurons import state_dtype
 
 
 class Temporal(nn.Module):

@@ -2,7 +2,7 @@
 
 Shapes: temporal input ``[T, B, ...]`` -> spikes ``[T, B, ...]``; rate input ``[B, ...]``.
 
-Modes (set with ``hybridkd_lib.ratebp.set_mode``):
+Modes (set with ``hybridkd_lib.snn.ratebp.set_mode``):
 
 - ``"bptt"``: spikingjelly's autograd through time (surrogate gradients); also inference.
 - ``"spike"``: graph-free simulation that records, per element, the firing rate

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybridkd_lib.layers import MatMul
-from hybridkd_lib.neurons import LIF
+from hybridkd_lib.snn.layers import MatMul
+from hybridkd_lib.snn.neurons import LIF
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,7 @@ def spike_costs(model: nn.Module, batches, energy: EnergyModel = EnergyModel(), 
     ``macs_per_image``, ``energy_uj_per_image``, ``ann_macs_per_image`` and its energy, ``energy_vs_ann``,
     with ``teacher_macs`` also ``energy_vs_teacher``; ``layers`` (per LIF: ``rate``, ``rate_std`` over images,
     ``neurons``) and ``ops`` (per counted layer: what its input was, ``synops``, ``macs``)."""
-    from hybridkd_lib.ratebp import set_mode
+    from hybridkd_lib.snn.ratebp import set_mode
 
     if not getattr(model, "spiking", False):
         raise ValueError(f"spike_costs counts a spiking student; {type(model).__name__} is an ANN (use ann_macs)")
@@ -269,7 +269,7 @@ def spike_costs(model: nn.Module, batches, energy: EnergyModel = EnergyModel(), 
 def learner_costs(learner, batches, energy: EnergyModel = EnergyModel()) -> dict:
     """``spike_costs`` of a run's student (with its teacher's MACs where the run has a teacher), or, for a
     teacher run, the ANN's ``ann_macs_per_image`` and energy; ``batches``: input tensors on the device."""
-    from hybridkd_lib.hybrid import teacher_input
+    from hybridkd_lib.method.hybrid import teacher_input
 
     batches = iter(batches)
     try:

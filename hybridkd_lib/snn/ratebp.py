@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hybridkd_lib.layers import SpikeMeanValue
-from hybridkd_lib.neurons import MODES
+from hybridkd_lib.snn.layers import SpikeMeanValue
+from hybridkd_lib.snn.neurons import MODES
 
 RATE_VALUES = ("rate", "spike_mean")
 

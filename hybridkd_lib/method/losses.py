@@ -6,7 +6,7 @@
 (``hybrid_reduction="mean"``: the two sums over k become means.)
 
 Each term is a function of one step's outputs (``methods.StepOutputs``) and the weights (``TERMS``);
-which terms a method uses is its ``terms`` in ``hybridkd_lib.methods``. The weights are the
+which terms a method uses is its ``terms`` in ``hybridkd_lib.method.methods``. The weights are the
 paper's form (``w`` about 1, ``tau`` 3-4): the exact values are not public.
 """
 from __future__ import annotations
@@ -105,6 +105,6 @@ TERMS = {"ce": ce_term, "kd": kd_term, "hybrid_ce": hybrid_ce_term, "hybrid_kd":
 def total_loss(method: str, cfg: LossConfig, y, y_s, y_a=None, y_m=()) -> tuple[torch.Tensor, dict]:
     """Method ``method``'s loss and its parts (detached 0-dim tensors) from labels ``y`` ``[B]``, the SNN's
     logits ``y_s``, the teacher's ``y_a`` and the hybrids' ``y_m`` (each ``[B, classes]``)."""
-    from hybridkd_lib.methods import StepOutputs, get_method
+    from hybridkd_lib.method.methods import StepOutputs, get_method
 
     return get_method(method).loss(StepOutputs(y, y_s, y_a, list(y_m)), cfg)

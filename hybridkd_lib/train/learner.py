@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hybridkd_lib import checkpoint
-from hybridkd_lib.config import TrainConfig, resolve_teacher_ckpt
-from hybridkd_lib.methods import get_method
+from hybridkd_lib.base import checkpoint
+from hybridkd_lib.train.config import TrainConfig, resolve_teacher_ckpt
+from hybridkd_lib.method.methods import get_method
 from hybridkd_lib.models import WEIGHT_OPTIONS, create_model
 from hybridkd_lib.models.timm_teachers import check_state_dict
 
