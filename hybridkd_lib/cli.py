@@ -25,11 +25,12 @@ def cmd_datasets(args) -> int:
         print(f"{r['name']:<13} {r['classes']:>7}  {r['input']:<12} "
               f"{'yes' if r['present'] else 'MISSING':<8} {r['path']}")
     from hybridkd_lib.book.plan import CHECKPOINTS
-    from hybridkd_lib.base.results import REPO_ROOT
+    from hybridkd_lib.base.results import work_root
 
     print("\ncheckpoints the full profile reads (timm formats; see data/README.md):")
     for key, rel in CHECKPOINTS.items():
-        print(f"{key:<13} {'yes' if (REPO_ROOT / rel).is_file() else 'MISSING':<8} {REPO_ROOT / rel}")
+        path = work_root() / rel   # the checkout's data/checkpoints/ inside one, else the working folder's
+        print(f"{key:<13} {'yes' if path.is_file() else 'MISSING':<8} {path}")
     return 0
 
 
@@ -58,7 +59,7 @@ def add_train_options(parser) -> None:
     import typing
     from dataclasses import MISSING, fields
 
-    from hybridkd_lib.train.config import TrainConfig
+    from hybridkd_lib.training.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
@@ -78,7 +79,7 @@ def train_config_from_args(args):
     command line over them; an unknown key or bad JSON in the file is an error naming the file."""
     from dataclasses import fields
 
-    from hybridkd_lib.train.config import TrainConfig, check_settings, config_from_settings
+    from hybridkd_lib.training.config import TrainConfig, check_settings, config_from_settings
     from hybridkd_lib.base.results import UnreadableFile, read_json_file
 
     names = [f.name for f in fields(TrainConfig)]
@@ -102,7 +103,7 @@ def train_config_from_args(args):
 
 
 def cmd_train(args) -> int:
-    from hybridkd_lib.train.trainer import train
+    from hybridkd_lib.training.trainer import train
 
     cfg = train_config_from_args(args)
     args.out = cfg.out   # where the interrupt message says the run resumes
@@ -185,14 +186,15 @@ def _add_plugin_option(parser) -> None:
                              "register_method, hybridkd_lib.models.register_model); repeatable")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from hybridkd_lib.method.methods import BENCH_METHODS   # the registry's facts import no torch
-    from hybridkd_lib.data import catalog
-    from hybridkd_lib.book.plan import PROFILES
+def _sci(x: float) -> str:
+    """A number as it is written in help texts: ``1e-4``, not ``0.0001``."""
+    mantissa, exponent = f"{x:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
-    p = argparse.ArgumentParser(prog="python -m hybridkd_lib",
-                                description="HybridKD: hybrid block-wise ANN-guided distillation of SNNs")
-    sub = p.add_subparsers(dest="command", required=True)
+
+def _add_datasets_command(sub) -> None:
+    """``datasets``: list the datasets (and download one)."""
+    from hybridkd_lib.data import catalog
 
     d = sub.add_parser("datasets", help="list datasets, where they are expected and whether present")
     d.add_argument("--data-root", default=None, help="data folder (default: $HYBRIDKD_DATA or ./data)")
@@ -201,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                        n for n, i in catalog.DATASETS.items() if i.downloadable) + " can be downloaded)")
     d.set_defaults(func=cmd_datasets)
 
+
+def _add_train_command(sub) -> None:
+    """``train``: one ``--option`` per ``TrainConfig`` field, over an optional ``--config`` file."""
     t = sub.add_parser("train", help="train one run (teacher, baseline or ours); resumes if interrupted")
     t.add_argument("--config", default=None, metavar="FILE",
                    help="a JSON file of TrainConfig fields; options given on the command line override it")
@@ -210,38 +215,55 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over in --out even if it holds a run with other settings (its files are removed)")
     t.set_defaults(func=cmd_train)
 
+
+def _add_bench_command(sub) -> None:
+    """``bench``: its defaults are ``efficiency.bench``'s (``tools.defaults``, which imports no torch)."""
+    from hybridkd_lib.method.methods import BENCH_METHODS   # the registry's facts import no torch
+    from hybridkd_lib.tools import defaults as bd
+
     b = sub.add_parser("bench", help="time and peak memory per training step vs T (Fig. 4), synthetic data")
-    b.add_argument("--student", default="spiking_resnet18")
-    b.add_argument("--teacher", default="cifar_resnet18")
-    b.add_argument("--T", type=int, nargs="+", default=[1, 2, 4, 8])
+    b.add_argument("--student", default=bd.BENCH_STUDENT)
+    b.add_argument("--teacher", default=bd.BENCH_TEACHER)
+    b.add_argument("--T", type=int, nargs="+", default=list(bd.BENCH_TS))
     b.add_argument("--methods", nargs="+", default=None,
                    help=" | ".join(BENCH_METHODS) + " | a plug-in's student method (default: all of them)")
-    b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--input-size", type=int, default=32)
-    b.add_argument("--device", default="cpu")
-    b.add_argument("--steps", type=int, default=3, help="timed steps after --warmup (peak memory is read after them), then as many again, each after one timing of the conv floor; the medians are reported")
-    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--batch-size", type=int, default=bd.BENCH_BATCH_SIZE)
+    b.add_argument("--input-size", type=int, default=bd.BENCH_INPUT_SIZE)
+    b.add_argument("--device", default=bd.BENCH_DEVICE)
+    b.add_argument("--steps", type=int, default=bd.BENCH_STEPS, help="timed steps after --warmup (peak memory is read after them), then as many again, each after one timing of the conv floor; the medians are reported")
+    b.add_argument("--warmup", type=int, default=bd.BENCH_WARMUP)
     b.add_argument("--student-kw", type=_json, default={})
     b.add_argument("--teacher-kw", type=_json, default={})
     b.add_argument("--out", default=None, help="JSON file for the records")
-    b.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+    b.add_argument("--timeout", type=float, default=bd.CHILD_TIMEOUT_S, metavar="SECONDS",
                    help="stop a configuration's process still running after this long (an error naming it)")
     b.add_argument("--compile", action="store_true",
                    help="run the spike pass as compiled kernels (torch.compile; its build time is reported apart)")
     _add_plugin_option(b)
     b.set_defaults(func=cmd_bench)
 
+
+def _add_export_command(sub) -> None:
+    """``export``: its defaults are ``nirexport.export_run``'s (``tools.defaults``, which imports no torch)."""
+    from hybridkd_lib.tools.defaults import APPROXIMATE_SOFT_RESET, DEFAULT_DT
+
     e = sub.add_parser("export", help="export a trained student to a NIR graph file (nir.write, HDF5)")
     e.add_argument("--run", required=True, metavar="RUN_DIR", help="a finished student run (result.json, model.pt)")
     e.add_argument("--to", required=True, metavar="FILE", help="the .nir file to write")
-    e.add_argument("--dt", type=float, default=1e-4,
-                   help="seconds per timestep of the continuous-time LIF (default 1e-4: what snnTorch's import assumes)")
-    e.add_argument("--approximate-soft-reset", action=argparse.BooleanOptionalAction, default=True,
+    e.add_argument("--dt", type=float, default=DEFAULT_DT,
+                   help=f"seconds per timestep of the continuous-time LIF (default {_sci(DEFAULT_DT)}: what snnTorch's "
+                        f"import assumes)")
+    e.add_argument("--approximate-soft-reset", action=argparse.BooleanOptionalAction, default=APPROXIMATE_SOFT_RESET,
                    help="export a soft reset (subtract the threshold) as NIR's reset to 0 (default); "
                         "--no-approximate-soft-reset refuses such a student")
     e.add_argument("--check", action="store_true",
                    help="then run the graph in snnTorch on the run's test set beside the student and print the agreement")
     e.set_defaults(func=cmd_export)
+
+
+def _add_reproduce_command(sub) -> None:
+    """``reproduce``: run the plan of a profile (or list it, or dry-run it on the CPU)."""
+    from hybridkd_lib.book.plan import PROFILES
 
     r = sub.add_parser("reproduce", help="execute the plan's runs through papermill (cached, dependency order)")
     r.add_argument("--profile", default="quick", help=" | ".join(PROFILES))
@@ -256,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-plan", "--list", dest="dry_plan", action="store_true",
                    help="print every run and whether it would run, and why (new, settings changed, dependency "
                         "changed, files missing); run nothing")
+    _add_launcher_options(r)
+    _add_plugin_option(r)
+    r.set_defaults(func=cmd_reproduce)
+
+
+def _add_launcher_options(r) -> None:
+    """``reproduce``'s options of where its runs execute: here, or as jobs (submitit, Slurm)."""
     r.add_argument("--launcher", default="local", choices=("local", "local-jobs", "slurm"),
                    help="local: run here, one run after another (default); slurm: submit every run that is not up "
                         "to date as a Slurm job through submitit (dependencies: afterok) and return; local-jobs: "
@@ -269,8 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--gpus-per-node", type=int, default=8, help="GPUs a node has (no run may ask for more)")
     r.add_argument("--time", type=float, default=None, metavar="HOURS",
                    help="wall time of every job (default: each run's from the plan)")
-    _add_plugin_option(r)
-    r.set_defaults(func=cmd_reproduce)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one sub-command per job (``datasets``, ``train``, ``bench``, ``export``, ``reproduce``)."""
+    p = argparse.ArgumentParser(prog="python -m hybridkd_lib",
+                                description="HybridKD: hybrid block-wise ANN-guided distillation of SNNs")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add_command in (_add_datasets_command, _add_train_command, _add_bench_command, _add_export_command,
+                        _add_reproduce_command):
+        add_command(sub)
     return p
 
 

@@ -12,9 +12,9 @@ import sys
 
 import torch
 
-from hybridkd_lib.train import speed
-from hybridkd_lib.train.config import TrainConfig
-from hybridkd_lib.train.learner import Learner
+from hybridkd_lib.training import speed
+from hybridkd_lib.training.config import TrainConfig
+from hybridkd_lib.training.learner import Learner
 from hybridkd_lib.models import list_models, model_facts
 from hybridkd_lib.snn.neurons import LIF
 

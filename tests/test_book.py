@@ -199,7 +199,7 @@ def test_every_train_config_field_is_a_cli_option_and_a_notebook_parameter():
     from dataclasses import fields
 
     from hybridkd_lib.cli import build_parser
-    from hybridkd_lib.train.config import TrainConfig
+    from hybridkd_lib.training.config import TrainConfig
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     options = {a.dest for a in train._actions}
@@ -210,7 +210,7 @@ def test_every_train_config_field_is_a_cli_option_and_a_notebook_parameter():
     # no field is a parameter of its own, so no notebook literal can shadow a default
     launch_settings = {"config", "nproc", "nnodes", "rdzv_endpoint"}
     assert _parameters("train_student") == launch_settings and _parameters("train_teacher") == launch_settings
-    from hybridkd_lib.train.config import config_from_settings
+    from hybridkd_lib.training.config import config_from_settings
 
     assert config_from_settings({"method": "ratebp"}) == TrainConfig(method="ratebp")
     with pytest.raises(ValueError, match=r"config: unknown setting\(s\) \['epoch'\]; valid: method, dataset"):
@@ -370,7 +370,7 @@ def test_the_run_key_covers_the_method_not_the_book(tmp_path, monkeypatch):
     for rel in ("hybridkd_lib/book/report.py", "hybridkd_lib/book/plan.py", "book/table_a.md", "book/intro.md"):
         edit(rel)
         assert keys() == before, rel
-    for rel in ("hybridkd_lib/losses.py", "hybridkd_lib/learner.py"):
+    for rel in ("hybridkd_lib/method/losses.py", "hybridkd_lib/training/learner.py"):
         edit(rel)
         now = keys()
         assert all(now[r.name] != before[r.name] for r in runs), rel

@@ -4,8 +4,8 @@ import torch
 
 from hybridkd_lib.snn import ratebp
 from hybridkd_lib.models import create_model
-from hybridkd_lib.train.config import TrainConfig, check_device
-from hybridkd_lib.train.learner import Learner
+from hybridkd_lib.training.config import TrainConfig, check_device
+from hybridkd_lib.training.learner import Learner
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

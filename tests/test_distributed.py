@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from hybridkd_lib.base import checkpoint
-from hybridkd_lib.train.config import TrainConfig
-from hybridkd_lib.train.trainer import launch, train
+from hybridkd_lib.training.config import TrainConfig
+from hybridkd_lib.training.launch import launch
+from hybridkd_lib.training.trainer import train
 
 REPORT = Path(os.environ.get("HYBRIDKD_TEST_REPORT", "/tmp/hybridkd_test_report"))
 

@@ -159,8 +159,8 @@ def test_floor_of_a_ratebp_step(method):
     image and the head on the time-averaged features run over [B]), the rate pass over [B] with both products,
     and for the hybrids the frozen teacher's forward and its suffixes' input gradients."""
     from hybridkd_lib.tools import floor
-    from hybridkd_lib.train.config import TrainConfig
-    from hybridkd_lib.train.learner import Learner
+    from hybridkd_lib.training.config import TrainConfig
+    from hybridkd_lib.training.learner import Learner
 
     T, B = 2, 4
     cfg = TrainConfig(method=method, student="spiking_resnet18", teacher="cifar_resnet18", T=T,
@@ -216,7 +216,7 @@ def test_lif_pick_takes_the_fastest_candidate_that_agrees(tmp_path):
 
 # ----------------------------------------------------------------------------- the compiled spike pass
 def test_bench_compile_runs_the_compiled_spike_pass_and_reports_its_build_apart(tmp_path):
-    from hybridkd_lib.train import speed
+    from hybridkd_lib.training import speed
 
     if speed.compiler_works("cpu") is not None:
         pytest.skip(f"no working compiler here: {speed.compiler_works('cpu')}")
@@ -232,7 +232,7 @@ def test_bench_compile_runs_the_compiled_spike_pass_and_reports_its_build_apart(
 
 def test_without_a_working_compiler_the_fused_loop_runs_and_it_is_said_once(monkeypatch):
     from hybridkd_lib.snn import neurons
-    from hybridkd_lib.train import speed
+    from hybridkd_lib.training import speed
 
     def broken():
         raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
@@ -263,9 +263,9 @@ def test_fig4_names_the_kernels_each_run_used():
 
 def test_compile_is_installed_only_where_a_step_has_a_spike_pass():
     """BPTT and RateBP at T=1 (BPTT's single pass) run no spike pass: nothing is compiled for them."""
-    from hybridkd_lib.train import speed
-    from hybridkd_lib.train.config import TrainConfig
-    from hybridkd_lib.train.learner import Learner
+    from hybridkd_lib.training import speed
+    from hybridkd_lib.training.config import TrainConfig
+    from hybridkd_lib.training.learner import Learner
 
     for method, T, compiled in (("bptt", 4, False), ("ratebp", 1, False), ("ratebp", 2, True)):
         learner = Learner(TrainConfig(method=method, T=T, student_kw={"width": 4}), 10, (3, 16, 16))

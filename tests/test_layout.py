@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hybridkd_lib.train import speed
+from hybridkd_lib.training import speed
 from hybridkd_lib.models import create_model
 
 HERE = Path(__file__).parent

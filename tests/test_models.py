@@ -224,9 +224,7 @@ def test_student_learns_a_fixed_batch(name, method):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_spike_pass_equals_spikingjelly_forward(name, channels_last):
     """The recording spike pass computes the same network as spikingjelly's multi-step forward, in
-    either layout; writing over the blocks' temporaries (speed.py) changes no bit of it."""
-    from hybridkd_lib.train import speed
-
+    either layout; writing over the blocks' temporaries (ratebp.set_spike_pass) changes no bit of it."""
     torch.manual_seed(0)
     m = create_model(name, num_classes=10, T=4, **SMALL[name]).train()
     x = torch.randn(6, 3, 32, 32)
@@ -239,7 +237,7 @@ def test_spike_pass_equals_spikingjelly_forward(name, channels_last):
     ratebp.set_mode(m, "bptt")
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     m.load_state_dict(state)   # the spike pass updated the BN running statistics once
-    switched = speed.write_over_temporaries(m)
+    switched = ratebp.set_spike_pass(m, in_place=True)
     assert switched > 0 if "resnet" in name else switched == 0
     in_place = ratebp.spike_pass(m, x)
     ratebp.set_mode(m, "bptt")

@@ -13,44 +13,94 @@ from hybridkd_lib.base.results import REPO_ROOT
 PACKAGE = REPO_ROOT / "hybridkd_lib"
 
 
-def _library_imports(path) -> set[str]:
-    """The library modules (first level under ``hybridkd_lib``) a file imports, anywhere in it."""
+def _module_name(path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def _imported_modules(path) -> set[str]:
+    """The library modules a file imports, anywhere in it (a function's lazy import too), as dotted names."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "hybridkd_lib":
-            parts = node.module.split(".")
-            found.update(a.name for a in node.names) if len(parts) == 1 else found.add(parts[1])
+            for a in node.names:   # ``from pkg import module`` names a module; ``from module import name`` not
+                sub = f"{node.module}.{a.name}"
+                found.add(sub if _is_module(sub) else node.module)
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("hybridkd_lib."))
+            found.update(a.name for a in node.names if a.name.startswith("hybridkd_lib."))
     return found
 
 
-def _documented_map() -> dict[str, set[str]]:
+def _is_module(dotted: str) -> bool:
+    path = PACKAGE.parent.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _room(dotted: str) -> str:
+    """The sub-package (``snn``, ``method``, ...) or top-level module (``cli``) a module lies in."""
+    parts = dotted.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _floors() -> dict[str, int]:
+    """The floors the package docstring draws: ``floor N  name, name  what``."""
     import hybridkd_lib
 
-    rows = {}
+    floors = {}
     for line in hybridkd_lib.__doc__.splitlines():
-        m = re.match(r"\s{4}([a-z_, /]+?)\s+-> (.*)$", line)
+        m = re.match(r"\s+floor (\d+)\s+([a-z_, /]+?)\s{2,}", line)
         if m:
-            deps = set() if m.group(2).startswith("(none)") else {d.strip() for d in m.group(2).split("(")[0].split(",")}
-            for name in m.group(1).split(","):
-                rows[name.strip().rstrip("/")] = deps
-    return rows
+            floors.update({name.strip().rstrip("/"): int(m.group(1)) for name in m.group(2).split(",")})
+    return floors
 
 
-def test_the_package_docstring_maps_every_module_to_its_imports():
-    documented = _documented_map()
-    modules = {p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__")} | {"models"}
-    assert set(documented) == modules, set(documented) ^ modules
-    for name in modules - {"models"}:
-        assert _library_imports(PACKAGE / f"{name}.py") == documented[name], name
-    models = set().union(*(_library_imports(p) for p in (PACKAGE / "models").glob("*.py"))) - {"models"}
-    assert models == documented["models"]
+def _graph() -> dict[str, set[str]]:
+    return {_module_name(p): _imported_modules(p) - {_module_name(p)} for p in PACKAGE.rglob("*.py")}
+
+
+def test_every_import_runs_down_the_floors_the_package_docstring_draws():
+    floors = _floors()
+    rooms = {_room(m) for m in _graph()} - {"__init__"}
+    assert rooms == set(floors), rooms ^ set(floors)
+    upward = [f"{m} -> {d}" for m, deps in _graph().items() if _room(m) != "__init__"
+              for d in deps if _room(d) != _room(m) and floors[_room(d)] >= floors[_room(m)]]
+    assert upward == [], upward
+
+
+def test_no_import_circle_between_modules():
+    graph, state, circles = _graph(), {}, []
+
+    def visit(m, path):
+        state[m] = "open"
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == "open":
+                circles.append(path[path.index(d):] + [d] if d in path else [m, d])
+            elif d not in state:
+                visit(d, path + [d])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert circles == [], circles
+
+
+def test_the_top_level_api_names_resolve_and_load_lazily():
+    import hybridkd_lib
+
+    for name in hybridkd_lib.API:
+        assert getattr(hybridkd_lib, name).__name__ == name
+    out = subprocess.run([sys.executable, "-c", "import sys, hybridkd_lib; "
+                          "print('torch' in sys.modules, hybridkd_lib.TrainConfig.__name__)"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "TrainConfig"]
 
 
 def test_no_library_module_imports_the_book_machinery():
     offenders = [p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
-                 if "book" not in p.relative_to(PACKAGE).parts and p.name != "cli.py" and "book" in _library_imports(p)]
+                 if "book" not in p.relative_to(PACKAGE).parts and p.name != "cli.py"
+                 and any(_room(m) == "book" for m in _imported_modules(p))]
     assert offenders == []
 
 

@@ -240,7 +240,7 @@ def test_plain_charge_fire_reset_step_records_what_the_fused_loop_records(cfg):
     records = []
     for loop in ("fused", "plain"):
         lif = LIF(cfg)
-        lif.spike_loop = loop
+        ratebp.set_spike_pass(lif, loop=loop)
         ratebp.set_mode(lif, "spike")
         with torch.no_grad():
             spikes = lif(x.clone())
@@ -374,8 +374,8 @@ def test_two_pass_ratebp_at_T1_gives_bptt_gradients_on_every_student(name):
 def test_ratebp_step_at_T1_takes_one_pass(method, monkeypatch):
     """A RateBP-based step at T=1 runs no spike pass (BPTT's one pass) and gives the two-pass step's loss and
     gradients (float64, to rounding); at T=2 it runs the spike pass."""
-    from hybridkd_lib.train.config import TrainConfig
-    from hybridkd_lib.train.learner import Learner
+    from hybridkd_lib.training.config import TrainConfig
+    from hybridkd_lib.training.learner import Learner
 
     spike_passes = []
     real_spike_pass = ratebp.spike_pass
@@ -408,7 +408,7 @@ def test_ratebp_step_at_T1_takes_one_pass(method, monkeypatch):
 def _spike_records(m, x, loop):
     for lif in m.modules():
         if isinstance(lif, LIF):
-            lif.spike_loop = loop
+            ratebp.set_spike_pass(lif, loop=loop)
     logits = ratebp.spike_pass(m, x)
     return logits, [(lif.rate.clone(), lif.elig.clone()) for lif in m.modules() if isinstance(lif, LIF)]
 
@@ -417,7 +417,7 @@ def _spike_records(m, x, loop):
 def test_compiled_spike_pass_records_what_the_plain_loop_records(name):
     """``spike_loop = "compiled"`` (``speed.apply(compile_spike_pass=True)``) is the plain equations as one
     compiled kernel: the same spikes (so every later layer's input), rates and eligibilities, bitwise in float32."""
-    from hybridkd_lib.train import speed
+    from hybridkd_lib.training import speed
 
     if speed.compiler_works("cpu") is not None:
         pytest.skip(f"no working compiler here: {speed.compiler_works('cpu')}")
@@ -438,7 +438,7 @@ def test_compiled_spike_pass_records_what_the_plain_loop_records(name):
 def test_spike_records_keep_the_input_layout(loop):
     """Rate and eligibility ``[B, C, H, W]`` come out in ``x[t]``'s layout (channels_last stays channels_last, so the
     rate pass's convolutions get them without a reorder), with the values of contiguous input."""
-    from hybridkd_lib.train import speed
+    from hybridkd_lib.training import speed
 
     if loop == "compiled" and speed.compiler_works("cpu") is not None:
         pytest.skip(f"no working compiler here: {speed.compiler_works('cpu')}")
@@ -447,7 +447,7 @@ def test_spike_records_keep_the_input_layout(loop):
     records = {}
     for fmt in (torch.contiguous_format, torch.channels_last):
         lif = LIF()
-        lif.spike_loop = loop
+        ratebp.set_spike_pass(lif, loop=loop)
         ratebp.set_mode(lif, "spike")
         with torch.no_grad():
             spikes = lif(x.contiguous(memory_format=fmt).unflatten(0, (5, 4)))
@@ -482,3 +482,18 @@ def test_fused_loop_in_blocks_records_what_the_plain_equations_record(layout, ov
     assert torch.equal(got, spikes) and torch.equal(lif.rate, rate) and rate.sum() > 0
     torch.testing.assert_close(lif.elig, elig, atol=1e-6, rtol=1e-5)
     assert lif.rate.stride() == rate.stride() == lif.elig.stride()
+
+
+def test_the_spike_pass_is_set_for_a_whole_model_and_refuses_gradients():
+    """``ratebp.set_spike_pass`` is the one switch for a model's loop and in-place options; a LIF in ``spike``
+    mode with autograd on is an error, not a silent BPTT."""
+    m = create_model("spiking_resnet18", num_classes=10, T=2, width=4, in_chans=1)
+    lifs = [x for x in m.modules() if isinstance(x, LIF)]
+    assert ratebp.set_spike_pass(m, loop="plain") == len(lifs)
+    assert {lif.spike_loop for lif in lifs} == {"plain"}
+    assert ratebp.set_spike_pass(m, in_place=True) > 0
+    with pytest.raises(ValueError, match=r"spike loop 'eager' not allowed; valid: fused, plain, compiled"):
+        ratebp.set_spike_pass(m, loop="eager")
+    ratebp.set_mode(lifs[0], "spike")
+    with pytest.raises(RuntimeError, match=r"'spike' mode runs RateBP's graph-free spike pass"):
+        lifs[0](torch.rand(2, 3, 4, requires_grad=True))

@@ -57,8 +57,8 @@ def test_rerun_with_other_settings_stops_naming_them(finished, change, message):
 
 
 def test_interrupted_run_with_other_settings_stops_and_overwrite_starts_over(tmp_path):
-    from hybridkd_lib.train.config import TrainConfig
-    from hybridkd_lib.train.trainer import train
+    from hybridkd_lib.training.config import TrainConfig
+    from hybridkd_lib.training.trainer import train
 
     class Killed(Exception):
         pass

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from hybridkd_lib.tools import spikecosts
+from hybridkd_lib.snn import spikecosts
 from hybridkd_lib.snn.layers import GlobalAvgPool, MatMul, conv
 from hybridkd_lib.models import create_model
 from hybridkd_lib.models.stages import SpikingStageModel

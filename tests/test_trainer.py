@@ -10,12 +10,17 @@ import torch
 from hybridkd_lib.base import checkpoint
 from hybridkd_lib.snn import ratebp
 from hybridkd_lib.method.hybrid import HybridDistiller
-from hybridkd_lib.method.losses import LossConfig, total_loss
-from hybridkd_lib.train.config import TrainConfig
-from hybridkd_lib.train.learner import Learner, make_optimizer
+from hybridkd_lib.method.losses import LossConfig, StepOutputs
+from hybridkd_lib.training.config import TrainConfig
+from hybridkd_lib.training.learner import Learner, make_optimizer
 from hybridkd_lib.method.methods import METHODS, get_method
 from hybridkd_lib.models import create_model
-from hybridkd_lib.train.trainer import train
+from hybridkd_lib.training.trainer import train
+
+def total_loss(method: str, cfg: LossConfig, y, y_s, y_a=None, y_m=()):
+    """Method ``method``'s loss and its parts from labels, SNN, teacher and hybrid logits."""
+    return get_method(method).loss(StepOutputs(y, y_s, y_a, list(y_m)), cfg)
+
 
 TINY = dict(dataset="digits", data_kw={"image_size": 8}, batch_size=32, max_steps_per_epoch=3,
             T=2, progress=False)
@@ -145,7 +150,7 @@ def _weights(run_dir):
 def test_speed_tricks_off_give_the_same_weights(tmp_path, teacher_run):
     """The CPU memory tricks (speed.py: temporaries overwritten, freed pages returned, optimizer step in
     backward) change where memory lives, never a number: one switch turns them off."""
-    from hybridkd_lib.train import speed
+    from hybridkd_lib.training import speed
 
     cfg = _cfg(tmp_path / "probe", "hybrid", teacher_ckpt=str(teacher_run))
     learner = Learner(cfg, 10, (1, 8, 8))
@@ -175,13 +180,13 @@ def test_compiled_spike_pass_trains_the_weights_of_the_plain_equations(tmp_path,
     """``compile_spike_pass=True`` in a hybrid run: every LIF's spike pass is the compiled kernel, and the run's
     weights are byte for byte those of the same run with the plain equations run eagerly in its place."""
     from hybridkd_lib.snn import neurons
-    from hybridkd_lib.train import speed
+    from hybridkd_lib.training import speed
 
     if speed.compiler_works("cpu") is not None:
         pytest.skip(f"no working compiler here: {speed.compiler_works('cpu')}")
     loops = []
     real = neurons.LIF.spike_forward_plain
-    monkeypatch.setattr(neurons.LIF, "spike_forward_plain", lambda self, x: loops.append(self.spike_loop) or real(self, x))
+    monkeypatch.setattr(neurons.LIF, "spike_forward_plain", lambda self, x, compiled=False: loops.append(self.spike_loop) or real(self, x, compiled))
     train(_cfg(tmp_path / "compiled", "hybrid", teacher_ckpt=str(teacher_run), compile_spike_pass=True),
           log=lambda *_: None)
     assert loops and set(loops) == {"compiled"}
@@ -195,8 +200,9 @@ def test_compiled_spike_pass_trains_the_weights_of_the_plain_equations(tmp_path,
 def test_precise_bn_recomputes_the_same_statistics_from_the_same_batches(teacher_run):
     """BN statistics from fixed batches: two recomputations with the weights unchanged agree exactly,
     and differ from the running averages they replace."""
-    from hybridkd_lib.train.distributed import Distributed
-    from hybridkd_lib.train.trainer import _fixed_batches, recompute_bn_stats
+    from hybridkd_lib.training.distributed import Distributed
+    from hybridkd_lib.training.session import _fixed_batches
+    from hybridkd_lib.training.trainer import recompute_bn_stats
     from hybridkd_lib.data import datasets
 
     cfg = _cfg(Path("/nonexistent"), "hybrid", teacher_ckpt=str(teacher_run), precise_bn=2)
@@ -314,7 +320,7 @@ def test_garbage_teacher_checkpoint_refused(tmp_path):
 def test_step_in_backward_equals_optimizer_step(optimizer):
     """Updating each parameter inside backward gives the very parameters and optimizer state of
     ``zero_grad(); backward(); step()``, frees every gradient, and stops after ``remove()``."""
-    from hybridkd_lib.train.speed import StepInBackward
+    from hybridkd_lib.training.speed import StepInBackward
 
     cfg = TrainConfig(method="ratebp", student="spiking_resnet18", student_kw={"width": 4}, T=2,
                       optimizer=optimizer, lr=0.05, weight_decay=0.01)
@@ -347,7 +353,7 @@ def test_step_in_backward_equals_optimizer_step(optimizer):
 def test_clip_grad_norm_clips_every_gradient_and_keeps_the_update_after_backward():
     """``clip_grad_norm`` (timm's meaning: the global L2 norm of the trained gradients) on the CPU: the
     step-in-backward trick is not installed (the log says so) and the update sees the clipped gradients."""
-    from hybridkd_lib.train.step import TrainingStep
+    from hybridkd_lib.training.step import TrainingStep
 
     x, y = torch.randn(8, 1, 8, 8), torch.arange(8)
     cfg = TrainConfig(method="ratebp", student_kw={"width": 4}, T=2, clip_grad_norm=0.01)
@@ -369,5 +375,5 @@ def test_clip_grad_norm_clips_every_gradient_and_keeps_the_update_after_backward
     assert plain.tricks.in_backward is not None and len(said) == 1   # no clipping: the trick, nothing said
     plain.close()
     with pytest.raises(ValueError, match="clip_grad_norm=0 not allowed; clip_grad_norm must be > 0"):
-        from hybridkd_lib.train.config import validate
+        from hybridkd_lib.training.config import validate
         validate(TrainConfig(method="ratebp", clip_grad_norm=0))

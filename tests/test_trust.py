@@ -110,7 +110,7 @@ def test_sigterm_of_reproduce_leaves_no_orphan(tmp_path):
 def test_killing_the_parent_of_torchrun_ends_torchrun_and_its_workers(tmp_path):
     """``launch``'s torchrun (and so its workers) ends with the process that started it, even on SIGKILL."""
     script = (
-        "from hybridkd_lib.train.config import TrainConfig; from hybridkd_lib.train.trainer import launch; "
+        "from hybridkd_lib.training.config import TrainConfig; from hybridkd_lib.training.launch import launch; "
         f"launch(TrainConfig(method='ratebp', dataset='digits', data_kw={{'image_size': 8}}, student_kw={{'width': 4}}, "
         f"T=2, epochs=500, batch_size=16, progress=False, out={str(tmp_path / 'run')!r}), nproc=2, log=lambda *_: None)")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT)

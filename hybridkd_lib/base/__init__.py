@@ -1,1 +1,1 @@
-"""base"""
+"""Floor 0: what every floor stores and starts: the results store, checkpoints, plug-ins, child processes."""

@@ -3,17 +3,40 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+# the folder above the package: the book's checkout when the package runs from one (``IN_CHECKOUT``); in an
+# installed copy it is site-packages, which nothing reads data from or writes results to
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def in_checkout(root: str | Path = REPO_ROOT) -> bool:
+    """Whether ``root`` is the book's checkout: it holds this project's ``pyproject.toml`` (``name =
+    "hybridkd_lib"``) and the book's ``notebooks/``. The one rule for "inside a checkout"."""
+    root = Path(root)
+    try:
+        project = (root / "pyproject.toml").read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return (root / "notebooks").is_dir() and re.search(r'^name\s*=\s*"hybridkd_lib"\s*$', project, re.M) is not None
+
+
+IN_CHECKOUT = in_checkout()
+
+
+def work_root() -> Path:
+    """The folder the default ``data/`` and ``results/`` live in: the checkout inside one, else the working
+    folder (an installed copy never reads or writes under site-packages)."""
+    return REPO_ROOT if IN_CHECKOUT else Path.cwd()
+
+
 def default_results_root() -> Path:
-    """``$HYBRIDKD_RESULTS`` if set, else ``<repo>/results``."""
-    return Path(os.environ.get("HYBRIDKD_RESULTS", REPO_ROOT / "results"))
+    """``$HYBRIDKD_RESULTS`` if set, else ``results/`` of the checkout (inside one) or of the working folder."""
+    return Path(os.environ.get("HYBRIDKD_RESULTS", work_root() / "results"))
 
 
 def atomic_write(path: str | Path, write, binary: bool = False) -> Path:
@@ -89,6 +112,10 @@ def read_result(run_dir: str | Path) -> dict | None:
 
 
 def git_commit() -> str:
+    """The checkout's commit (12 hex digits); ``"unknown"`` outside the book's checkout (an installed copy
+    may sit inside another repository, whose commit says nothing of this code)."""
+    if not IN_CHECKOUT:
+        return "unknown"
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=10)

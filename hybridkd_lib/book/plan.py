@@ -193,46 +193,8 @@ IMAGENET_NPROC = 8  # Table C: global batch 512 = 8 GPUs x 64
 def _full_plan() -> list[Run]:
     """Table C settings. ImageNet teachers come from local timm checkpoints; the CIFAR ViT-S/16
     teachers of Table B are fine-tuned here at 224 from a local ImageNet ViT-S/16 checkpoint."""
-    runs = []
-    cifar = dict(batch_size=128, lr=0.1, weight_decay=5e-4, optimizer="sgd", epochs=300, device="cuda", seed=0)
-    for ds in ("cifar10", "cifar100"):
-        for arch in ("cifar_resnet18", "cifar_resnet34"):
-            runs.append(Run(f"{ds}_teacher_{arch[6:]}", "train_teacher", dict(cifar, dataset=ds,
-                                                                              teacher=arch), ["Table A"],
-                            time_h=JOB_HOURS["cifar"]))
-        for T in (2, 4, 6, 8):
-            for student, teacher in (("spiking_resnet18", "cifar_resnet18"), ("spiking_resnet19", "cifar_resnet34")):
-                tag = "r18_r18" if student.endswith("18") else "r19_r34"
-                runs.append(Run(f"{ds}_hybrid_{tag}_T{T}", "train_student", dict(
-                    cifar, dataset=ds, method="hybrid", student=student, teacher=teacher,
-                    teacher_ckpt=f"@{ds}_teacher_{teacher[6:]}", T=T), [f"Table A {ds} {tag} T={T}", "Table C"],
-                    time_h=JOB_HOURS["cifar_snn"]))
-        runs.append(Run(f"{ds}_teacher_vit", "train_teacher", dict(
-            dataset=ds, teacher="vit_small_patch16_224", teacher_kw={"init_checkpoint": CHECKPOINTS["vit_imagenet"]},
-            teacher_input_size=224, epochs=20, batch_size=128, lr=0.01, weight_decay=0.0, optimizer="sgd",
-            device="cuda", seed=0), ["Table B"], time_h=JOB_HOURS["vit"]))
-        for method in TABLE_B_METHODS:
-            runs.append(Run(f"{ds}_sf_{method}", "train_student", dict(
-                dataset=ds, method=method, student="spikingformer_4_256", teacher="vit_small_patch16_224",
-                teacher_ckpt=f"@{ds}_teacher_vit" if method in methods_where(teacher=True) else None,
-                teacher_input_size=224, T=4, epochs=400, batch_size=64, lr=5e-4, weight_decay=6e-2,
-                optimizer="adamw", device="cuda", seed=0), [f"Table B {ds} {method}"], time_h=JOB_HOURS["spikingformer"]))
-    imagenet = dict(dataset="imagenet", batch_size=512, lr=0.2, weight_decay=2e-5, optimizer="sgd", epochs=100,
-                    T=4, device="cuda", seed=0, method="hybrid")
-    for student, teacher in (("sew_resnet34", "resnet34"), ("preact_resnet34", "resnet34"),
-                             ("preact_resnet34", "resnet50")):
-        runs.append(Run(f"imagenet_hybrid_{student}_{teacher}", "train_student", dict(
-            imagenet, student=student, teacher=teacher, teacher_ckpt=CHECKPOINTS[teacher]),
-            ["Table C"] + (["Fig. A"] if student == "sew_resnet34" else []), nproc=IMAGENET_NPROC,
-            time_h=JOB_HOURS["imagenet"]))
-    runs.append(Run("cifar10dvs_teacher_r19", "train_teacher", dict(
-        dataset="cifar10dvs", teacher="cifar_resnet19", teacher_kw={"in_chans": 2}, T=10,
-        batch_size=128, lr=0.1, weight_decay=5e-4, optimizer="sgd", epochs=300, device="cuda", seed=0),
-        ["Table C"], time_h=JOB_HOURS["cifar"]))
-    runs.append(Run("cifar10dvs_hybrid_r19_r19", "train_student", dict(
-        dataset="cifar10dvs", method="hybrid", student="spiking_resnet19", teacher="cifar_resnet19",
-        teacher_ckpt="@cifar10dvs_teacher_r19", T=10, batch_size=128, lr=0.1, weight_decay=5e-4,
-        optimizer="sgd", epochs=300, device="cuda", seed=0), ["Table C"], time_h=JOB_HOURS["cifar_snn"]))
+    runs = [r for ds in ("cifar10", "cifar100") for r in _full_cifar_runs(ds)]
+    runs += _full_imagenet_runs() + _full_dvs_runs()
     runs.append(Run("cam", "cam", dict(run="@imagenet_hybrid_sew_resnet34_resnet34", n_images=4), ["Fig. A"]))
     for tag in ("r18_r18", "r19_r34"):
         runs += nir_runs(next(r for r in runs if r.name == f"cifar10_hybrid_{tag}_T4"), "cuda")
@@ -241,6 +203,59 @@ def _full_plan() -> list[Run]:
         methods=list(BENCH_METHODS), batch_size=128,
         input_size=32, device="cuda", steps=20), ["Fig. 4"]))
     return runs
+
+
+def _full_cifar_runs(ds: str) -> list[Run]:
+    """One CIFAR dataset's runs of the full profile: Table A's ResNet teachers and hybrid students at every T,
+    then Table B's ViT-S/16 teacher and Spikingformer students."""
+    runs = []
+    cifar = dict(batch_size=128, lr=0.1, weight_decay=5e-4, optimizer="sgd", epochs=300, device="cuda", seed=0)
+    for arch in ("cifar_resnet18", "cifar_resnet34"):
+        runs.append(Run(f"{ds}_teacher_{arch[6:]}", "train_teacher", dict(cifar, dataset=ds,
+                                                                          teacher=arch), ["Table A"],
+                        time_h=JOB_HOURS["cifar"]))
+    for T in (2, 4, 6, 8):
+        for student, teacher in (("spiking_resnet18", "cifar_resnet18"), ("spiking_resnet19", "cifar_resnet34")):
+            tag = "r18_r18" if student.endswith("18") else "r19_r34"
+            runs.append(Run(f"{ds}_hybrid_{tag}_T{T}", "train_student", dict(
+                cifar, dataset=ds, method="hybrid", student=student, teacher=teacher,
+                teacher_ckpt=f"@{ds}_teacher_{teacher[6:]}", T=T), [f"Table A {ds} {tag} T={T}", "Table C"],
+                time_h=JOB_HOURS["cifar_snn"]))
+    runs.append(Run(f"{ds}_teacher_vit", "train_teacher", dict(
+        dataset=ds, teacher="vit_small_patch16_224", teacher_kw={"init_checkpoint": CHECKPOINTS["vit_imagenet"]},
+        teacher_input_size=224, epochs=20, batch_size=128, lr=0.01, weight_decay=0.0, optimizer="sgd",
+        device="cuda", seed=0), ["Table B"], time_h=JOB_HOURS["vit"]))
+    for method in TABLE_B_METHODS:
+        runs.append(Run(f"{ds}_sf_{method}", "train_student", dict(
+            dataset=ds, method=method, student="spikingformer_4_256", teacher="vit_small_patch16_224",
+            teacher_ckpt=f"@{ds}_teacher_vit" if method in methods_where(teacher=True) else None,
+            teacher_input_size=224, T=4, epochs=400, batch_size=64, lr=5e-4, weight_decay=6e-2,
+            optimizer="adamw", device="cuda", seed=0), [f"Table B {ds} {method}"], time_h=JOB_HOURS["spikingformer"]))
+    return runs
+
+
+def _full_imagenet_runs() -> list[Run]:
+    """Table C's ImageNet hybrid students (8 GPUs each), their teachers read from local timm checkpoints."""
+    imagenet = dict(dataset="imagenet", batch_size=512, lr=0.2, weight_decay=2e-5, optimizer="sgd", epochs=100,
+                    T=4, device="cuda", seed=0, method="hybrid")
+    return [Run(f"imagenet_hybrid_{student}_{teacher}", "train_student", dict(
+                imagenet, student=student, teacher=teacher, teacher_ckpt=CHECKPOINTS[teacher]),
+                ["Table C"] + (["Fig. A"] if student == "sew_resnet34" else []), nproc=IMAGENET_NPROC,
+                time_h=JOB_HOURS["imagenet"])
+            for student, teacher in (("sew_resnet34", "resnet34"), ("preact_resnet34", "resnet34"),
+                                     ("preact_resnet34", "resnet50"))]
+
+
+def _full_dvs_runs() -> list[Run]:
+    """Table C's CIFAR10-DVS runs: the ResNet-19 teacher on event frames and its hybrid student."""
+    return [Run("cifar10dvs_teacher_r19", "train_teacher", dict(
+                dataset="cifar10dvs", teacher="cifar_resnet19", teacher_kw={"in_chans": 2}, T=10,
+                batch_size=128, lr=0.1, weight_decay=5e-4, optimizer="sgd", epochs=300, device="cuda", seed=0),
+                ["Table C"], time_h=JOB_HOURS["cifar"]),
+            Run("cifar10dvs_hybrid_r19_r19", "train_student", dict(
+                dataset="cifar10dvs", method="hybrid", student="spiking_resnet19", teacher="cifar_resnet19",
+                teacher_ckpt="@cifar10dvs_teacher_r19", T=10, batch_size=128, lr=0.1, weight_decay=5e-4,
+                optimizer="sgd", epochs=300, device="cuda", seed=0), ["Table C"], time_h=JOB_HOURS["cifar_snn"])]
 
 
 # The ablation of the open choices: name -> (the quick run it varies, its loss options over that run's).

@@ -13,6 +13,7 @@ import warnings
 import os
 from functools import lru_cache
 from pathlib import Path
+from string import Template
 
 import pandas as pd
 
@@ -20,12 +21,13 @@ from hybridkd_lib.data.catalog import DATASETS
 from hybridkd_lib.method.methods import get_method, methods_where
 from hybridkd_lib.models import list_models, model_facts
 from hybridkd_lib.book.evidence import (CONVERGENCE_TOLERANCE, CONVERGENCE_WINDOW, converged,  # noqa: F401
-                                         last_epochs_spread)
+                                         ablation_records_or_file, last_epochs_spread)
 from hybridkd_lib.book.plan import Run, plan
 from hybridkd_lib.base.results import REPO_ROOT, UnreadableFile, default_results_root, read_result
 
 NOT_RUN = "not run"
 REPORTED_FILE = Path(__file__).with_name("reported.json")
+OPEN_CHOICES_FILE = Path(__file__).with_name("open_choices.json")   # the prose of ``open_choices``' table
 # committed benchmark files: GPU runs (not reproducible on CPU machines) and the reference CPU run
 BENCH_DATA_DIRS = {"GPU": REPO_ROOT / "book" / "data" / "gpu", "CPU": REPO_ROOT / "book" / "data" / "cpu"}
 DATASET_NAMES = {name: info.display or name for name, info in DATASETS.items()}
@@ -604,71 +606,46 @@ def fig4_plot(records: list[dict]):
 # ----------------------------------------------------------------------------- what the paper leaves open
 def open_choices() -> pd.DataFrame:
     """Every choice the paper does not state: the value this library uses (read from the code), why,
-    and the parameter that changes it."""
+    and the parameter that changes it. The prose is the data file ``open_choices.json``'s; each ``${name}``
+    in it is a value of ``_open_choice_facts``."""
+    text = json.loads(OPEN_CHOICES_FILE.read_text())
+    facts = _open_choice_facts(text)
+    rows = [{col: Template(row[col]).substitute(facts) for col in text["columns"]} for row in text["rows"]]
+    df = pd.DataFrame(rows, columns=text["columns"])
+    return df.apply(lambda col: col.str.replace(r"`([^`]+)`", r"<code>\1</code>", regex=True))
+
+
+def _open_choice_facts(text: dict) -> dict:
+    """The values ``open_choices`` shows, each read from the code that uses it (``text``: the data file, whose
+    ``neuron`` and ``hybrid_reduction`` entries word the neuron constants and the loss's reduction)."""
     from hybridkd_lib.method.losses import LossConfig
     from hybridkd_lib.models.spikingformer import SPIKINGFORMER_NEURON
     from hybridkd_lib.snn.neurons import DEFAULT_NEURON
     from hybridkd_lib.book.plan import SCALE
 
-    from hybridkd_lib.tools.nirexport import DEFAULT_DT
-    from hybridkd_lib.tools.spikecosts import EnergyModel
+    from hybridkd_lib.tools.defaults import DEFAULT_DT
+    from hybridkd_lib.snn.spikecosts import EnergyModel
 
-    loss, n, sf, facts = LossConfig(), DEFAULT_NEURON, SPIKINGFORMER_NEURON, scale_facts("quick")
-    energy = EnergyModel()
-    neuron = lambda c: (f"tau {c.tau} (leak {c.leak:.2f}), threshold {c.v_threshold}, "
-                        f"{'soft' if c.v_reset is None else f'hard (to {c.v_reset})'} reset"
-                        f"{', detached' if c.detach_reset else ''}, sigmoid surrogate alpha {c.surrogate_alpha}, "
-                        f"decay_input {c.decay_input}")
-    rows = [
-        ("Loss weights", f"ce {loss.ce}, kd {loss.kd}, hybrid_ce {loss.hybrid_ce}, hybrid_kd {loss.hybrid_kd}",
-         "the paper gives the form (w about 1); every term weighted 1, each M_k trained like the SNN itself",
-         '`loss={"ce": .., "kd": .., "hybrid_ce": .., "hybrid_kd": ..}` (0 switches a term off)'),
-        ("Hybrid terms over k", f"{loss.hybrid_reduction}med" if loss.hybrid_reduction == "sum" else "averaged",
-         "the paper's formula writes a sum over k", '`loss={"hybrid_reduction": "mean"}`'),
-        ("KD temperature", f"{loss.temperature}", "the paper states 3-4; Hinton KD's common CIFAR value",
-         '`loss={"temperature": ..}`'),
-        ("RateBP 1/T gradient scale", f"{loss.ratebp_grad_scale} (full profile); "
-         f"{SCALE['quick']['student_loss']['ratebp_grad_scale']} (CPU profiles)",
-         f"the RateBP reference scales the loss's gradient by 1/T (CustomEvaluator); the CPU profiles' "
-         f"{facts['student_epochs']} epochs need the unscaled step (measured below)", '`loss={"ratebp_grad_scale": false}`'),
-        ("Alignment module, feature maps", "1x1 conv (no bias) + BN, no activation; resized to the teacher's grid",
-         "the smallest map from the SNN's channels to the teacher's", "code: `hybrid.MapAlign`"),
-        ("Alignment module, ViT tokens", "linear + LayerNorm + bilinear resize of the token grid + a learnable "
-         "class token", "maps Spikingformer's channels-first 8x8 tokens to the ViT's token-major sequence",
-         "code: `hybrid.TokenAlign`"),
-        ("Stage pairing", "student stage k with the last teacher stage of the same spatial size, else "
-         "round((k+1) K_t / K_s) - 1", "the paper pairs blocks of ResNets of equal stage counts",
-         "code: `hybrid.pair_stages`"),
-        ("How the DVS teacher sees event frames", "the mean frame over T", "an ANN has no time axis",
-         "code: `datasets.ann_view`"),
-        ("Table B augmentation", "the Table C CIFAR recipe (crop + flip, AutoAugment, Cutout 16), not "
-         "Spikingformer's own (RandAugment, mixup, random erasing, label smoothing)",
-         "one recipe for every CIFAR run", '`data_kw={"augment": false}` (normalisation only)'),
-        ("Neuron constants, ResNet students", neuron(n), "the RateBP reference's defaults (`--decay 0.2`)",
-         '`neuron={"tau": .., "v_threshold": .., ...}`'),
-        ("Neuron constants, Spikingformer", neuron(sf) + "; attention LIF threshold 0.5",
-         "Spikingformer's own `MultiStepLIFNode(tau=2.0, detach_reset=True)` with spikingjelly's defaults",
-         '`neuron={...}` (overrides these fields)'),
-        ("Rate-pass value after max-pooling of spikes", "the pooled rates (the reference's construction)",
-         "the value differs from the spiking network's time average (SEW-ResNet-34's stem, Spikingformer's "
-         "tokenizer); see Tutorial 2", '`rate_value="spike_mean"`'),
-        ("BN statistics for evaluation", f"the running averages (full profile); recomputed from {facts['precise_bn']} "
-         f"fixed training batches before each evaluation (quick profile)",
-         f"on digits' {facts['batches_per_epoch']} batches per epoch the running averages' sampling noise alone moved "
-         f"a ResNet-19 student's test top-1 by up to 0.9 points with its weights held fixed", "`precise_bn=N`"),
-        ("Accuracy reported", f"{ACCURACY} (best epoch's recorded too)",
-         "the RateBP reference logs the best epoch; the final one needs no test-set selection", "-"),
-        ("Grad-CAM layer", "the output of the last stage (the map the head pools)",
-         "the seed: \"based on the output layer\"", "code: `cam.cam_models`"),
-        ("Energy per operation (Spike costs page)", f"{energy.pj_per_ac} pJ per accumulate, {energy.pj_per_mac} pJ per "
-         f"MAC ({energy.source}); BN folded, LIF updates and adds not counted",
-         "the figures most SNN papers use; the paper reports no energy", "`spikecosts.EnergyModel(pj_per_ac=.., pj_per_mac=..)`"),
-        ("NIR export: timestep and reset", f"dt {DEFAULT_DT} s; the soft reset written as NIR's reset to 0 (measured "
-         f"on the Spike costs page)", "snnTorch's NIR reader assumes dt 1e-4 s; NIR's LIF has no reset by subtraction",
-         "`export --dt ..`, `--no-approximate-soft-reset`; train with `neuron={\"v_reset\": 0.0}` for an exact export"),
-    ]
-    df = pd.DataFrame(rows, columns=["choice", "value used", "why", "parameter"])
-    return df.apply(lambda col: col.str.replace(r"`([^`]+)`", r"<code>\1</code>", regex=True))
+    loss, facts, energy = LossConfig(), scale_facts("quick"), EnergyModel()
+    return {"ce": loss.ce, "kd": loss.kd, "hybrid_ce": loss.hybrid_ce, "hybrid_kd": loss.hybrid_kd,
+            "hybrid_reduction": text["hybrid_reduction"][loss.hybrid_reduction], "temperature": loss.temperature,
+            "ratebp_grad_scale": loss.ratebp_grad_scale,
+            "cpu_ratebp_grad_scale": SCALE["quick"]["student_loss"]["ratebp_grad_scale"],
+            "student_epochs": facts["student_epochs"], "precise_bn": facts["precise_bn"],
+            "batches_per_epoch": facts["batches_per_epoch"], "accuracy": ACCURACY,
+            "resnet_neuron": _neuron_text(DEFAULT_NEURON, text["neuron"]),
+            "spikingformer_neuron": _neuron_text(SPIKINGFORMER_NEURON, text["neuron"]),
+            "pj_per_ac": energy.pj_per_ac, "pj_per_mac": energy.pj_per_mac, "energy_source": energy.source,
+            "dt": DEFAULT_DT}
+
+
+def _neuron_text(c, words: dict) -> str:
+    """A neuron config's constants in ``words`` (``open_choices.json``'s ``neuron`` entry)."""
+    reset = words["soft_reset"] if c.v_reset is None else Template(words["hard_reset"]).substitute(v_reset=c.v_reset)
+    return Template(words["text"]).substitute(
+        tau=c.tau, leak=f"{c.leak:.2f}", v_threshold=c.v_threshold, reset=reset,
+        detached=words["detached"] if c.detach_reset else "", surrogate_alpha=c.surrogate_alpha,
+        decay_input=c.decay_input)
 
 
 def spikingformer_params() -> pd.DataFrame:
@@ -1163,41 +1140,57 @@ def claims_plot(profile: str = EVIDENCE_PROFILE):
     axes = axes.flatten()
     for ax in axes[panels:]:
         ax.set_visible(False)
-    dead = lambda recs: sum(r.get("at_chance", False) for r in recs)
-    left_out = lambda n: f"\n({n} run at chance left out)" if n else ""
     for ax, (student, teacher) in zip(axes, TABLE_A_PAIRS.values()):
-        everyone = _students(records, method="hybrid", student=student, teacher=teacher)
-        ours = [r for r in everyone if not r.get("at_chance")]
-        Ts = sorted({r["T"] for r in ours})
-        for seed in sorted({r["seed"] for r in ours}):
-            pts = sorted((r["T"], r["top1"]) for r in ours if r["seed"] == seed)
-            ax.plot(*zip(*pts), color="tab:blue", alpha=0.35, marker="o", ms=4, lw=0.8)
-        means = [sum(r["top1"] for r in ours if r["T"] == T) / sum(r["T"] == T for r in ours) for T in Ts]
-        ax.plot(Ts, means, color="k", marker="_", ms=16, lw=1.6, label="mean over seeds")
-        if ours:
-            ax.axhline(ours[0]["teacher_top1"], color="tab:red", ls="--", lw=1, label="teacher")
-        ax.set(title=f"Tab. A: {_short(student)} <- {_short(teacher)}, ours{left_out(dead(everyone))}", xlabel="T",
-               ylabel="test top-1 (%)", xticks=Ts)
-        ax.legend(fontsize=7)
+        _table_a_panel(ax, records, student, teacher)
     for ax, student in zip(axes[len(TABLE_A_PAIRS):], b_students):
-        everyone = _students(records, student=student, T=4)
-        recs = [r for r in everyone if not r.get("at_chance")]
-        methods = [m for m in TABLE_B_METHODS_ORDER if any(r["method"] == m for r in recs)]
-        for seed in sorted({r["seed"] for r in recs}):
-            ys = [next((r["top1"] for r in recs if r["method"] == m and r["seed"] == seed), None) for m in methods]
-            ax.plot(range(len(methods)), ys, color="tab:blue", alpha=0.35, marker="o", ms=4, lw=0.8)
-        means = [sum(r["top1"] for r in recs if r["method"] == m) / sum(r["method"] == m for r in recs) for m in methods]
-        ax.plot(range(len(methods)), means, color="k", marker="_", ms=16, lw=0, label="mean over seeds")
-        ax.set_xticks(range(len(methods)), [get_method(m).title for m in methods], fontsize=8)
-        ax.set(title=f"Tab. B: {_short(student)}, T=4{left_out(dead(everyone))}", ylabel="test top-1 (%)",
-               xlim=(-0.4, len(methods) - 0.6))
-        ax.legend(fontsize=7)
+        _table_b_panel(ax, records, student)
     for ax in axes[:panels]:
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
     fig.suptitle(f"measured ({profile}): every seed a dot, its runs joined; black: the mean", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _left_out_note(everyone: list[dict]) -> str:
+    """A panel title's line saying how many of its runs ended at chance and were left out (empty if none)."""
+    n = sum(r.get("at_chance", False) for r in everyone)
+    return f"\n({n} run at chance left out)" if n else ""
+
+
+def _table_a_panel(ax, records: list[dict], student: str, teacher: str) -> None:
+    """``claims_plot``'s Table A panel of one pair: our method's top-1 against T, a line per seed, the mean over
+    seeds and the teacher (dashed)."""
+    everyone = _students(records, method="hybrid", student=student, teacher=teacher)
+    ours = [r for r in everyone if not r.get("at_chance")]
+    Ts = sorted({r["T"] for r in ours})
+    for seed in sorted({r["seed"] for r in ours}):
+        pts = sorted((r["T"], r["top1"]) for r in ours if r["seed"] == seed)
+        ax.plot(*zip(*pts), color="tab:blue", alpha=0.35, marker="o", ms=4, lw=0.8)
+    means = [sum(r["top1"] for r in ours if r["T"] == T) / sum(r["T"] == T for r in ours) for T in Ts]
+    ax.plot(Ts, means, color="k", marker="_", ms=16, lw=1.6, label="mean over seeds")
+    if ours:
+        ax.axhline(ours[0]["teacher_top1"], color="tab:red", ls="--", lw=1, label="teacher")
+    ax.set(title=f"Tab. A: {_short(student)} <- {_short(teacher)}, ours{_left_out_note(everyone)}", xlabel="T",
+           ylabel="test top-1 (%)", xticks=Ts)
+    ax.legend(fontsize=7)
+
+
+def _table_b_panel(ax, records: list[dict], student: str) -> None:
+    """``claims_plot``'s Table B panel of one student at T=4: top-1 per method, each seed's runs joined, and the
+    mean over seeds."""
+    everyone = _students(records, student=student, T=4)
+    recs = [r for r in everyone if not r.get("at_chance")]
+    methods = [m for m in TABLE_B_METHODS_ORDER if any(r["method"] == m for r in recs)]
+    for seed in sorted({r["seed"] for r in recs}):
+        ys = [next((r["top1"] for r in recs if r["method"] == m and r["seed"] == seed), None) for m in methods]
+        ax.plot(range(len(methods)), ys, color="tab:blue", alpha=0.35, marker="o", ms=4, lw=0.8)
+    means = [sum(r["top1"] for r in recs if r["method"] == m) / sum(r["method"] == m for r in recs) for m in methods]
+    ax.plot(range(len(methods)), means, color="k", marker="_", ms=16, lw=0, label="mean over seeds")
+    ax.set_xticks(range(len(methods)), [get_method(m).title for m in methods], fontsize=8)
+    ax.set(title=f"Tab. B: {_short(student)}, T=4{_left_out_note(everyone)}", ylabel="test top-1 (%)",
+           xlim=(-0.4, len(methods) - 0.6))
+    ax.legend(fontsize=7)
 
 
 def fig_a_evidence(profile: str = EVIDENCE_PROFILE):

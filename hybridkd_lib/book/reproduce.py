@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from hybridkd_lib.base import children
 from hybridkd_lib.book.plan import Run, plan
-from hybridkd_lib.base.results import (REPO_ROOT, UnreadableFile, atomic_write_text, check_writable_folder, read_result,
-                                  write_json)
+from hybridkd_lib.base.results import (IN_CHECKOUT, REPO_ROOT, UnreadableFile, atomic_write_text, check_writable_folder,
+                                       default_results_root, read_result, write_json)
 
 KERNEL = os.environ.get("HYBRIDKD_KERNEL", "hybridkd")
 PACKAGE = REPO_ROOT / "hybridkd_lib"
@@ -44,6 +44,22 @@ DONE_FILES = {"train_teacher": ("result.json", "model.pt"), "train_student": ("r
 
 
 BOOK_MACHINERY = Path(__file__).resolve().parent   # this sub-package: it plans, runs and draws; no run executes it
+# an installed copy has no notebooks (they are the book's, beside the package in its checkout): it lists a plan only
+NEEDS_CHECKOUT = ("reproduce runs the book's notebooks (notebooks/*.ipynb), which an installed hybridkd_lib does not "
+                  "have: run it in the book's checkout (git clone, then pip install -e '.[book]'); --dry-plan works anywhere")
+
+
+def notebook_file(name: str) -> Path:
+    """The book's notebook ``name`` (in the checkout's ``notebooks/``)."""
+    return REPO_ROOT / "notebooks" / f"{name}.ipynb"
+
+
+def notebook_hash(name: str) -> str:
+    """The sha256 of notebook ``name``; outside the checkout, where there is none, a stand-in (a plan is only listed
+    there, never run)."""
+    if not IN_CHECKOUT:
+        return "no notebook: outside the book's checkout"
+    return hashlib.sha256(notebook_file(name).read_bytes()).hexdigest()
 
 
 def code_files() -> list[Path]:
@@ -73,9 +89,8 @@ def run_keys(runs: list[Run], profile: str) -> dict[str, dict]:
     ``key`` (both). ``runs`` in dependency order; a dependency outside ``runs`` counts by its name."""
     code, keys = code_version(), {}
     for run in runs:
-        nb = (REPO_ROOT / "notebooks" / f"{run.notebook}.ipynb").read_bytes()
         own = _hash(json.dumps({"profile": profile, "notebook": run.notebook, "params": run.params}, sort_keys=True),
-                    hashlib.sha256(nb).hexdigest(), code)
+                    notebook_hash(run.notebook), code)
         deps = {d: keys[d]["key"] if d in keys else d for d in run.needs}
         keys[run.name] = {"own": own, "deps": deps, "key": _hash(own, json.dumps(deps, sort_keys=True))}
     return keys
@@ -179,7 +194,7 @@ def execute(run: Run, key: dict, profile_dir: Path, site_dir: Path, kernel: str 
     if run.notebook in TRAIN_NOTEBOOKS:   # a training notebook takes its settings as one TrainConfig dict
         params = {"config": params, "nproc": run.nproc}
     executed = stage / f"{run.notebook}.ipynb"
-    pm.execute_notebook(str(REPO_ROOT / "notebooks" / f"{run.notebook}.ipynb"), str(executed),
+    pm.execute_notebook(str(notebook_file(run.notebook)), str(executed),
                         parameters=params, kernel_name=kernel, cwd=str(REPO_ROOT), progress_bar=False,
                         log_output=False, kernel_manager_class=ipc_kernel_manager())
     missing = [f for f in DONE_FILES[run.notebook] if not (stage / f).is_file()]
@@ -256,31 +271,23 @@ def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, 
               keep_checkpoints: bool = True) -> dict:
     """Execute the profile (or the given ``runs`` of it); returns ``{"ran": [...], "skipped": [...],
     "failed": {name: reason}, "seconds": {name: wall time}, "plan": [(run, state, why), ...]}``.
-    ``dry_plan``: only say what would run and why. ``keep_checkpoints=False``: a finished run keeps its
-    model and results but not its epoch checkpoints (the dry run's choice: it never resumes a finished run).
-    The whole ``ablation`` profile, once every run finished, also rewrites the committed records the book shows
-    (``evidence.write_ablation_file``); so does the whole ``fashion`` profile (``evidence.write_evidence``)."""
+    ``dry_plan``: only say what would run and why (also outside the book's checkout; running needs it).
+    ``keep_checkpoints=False``: a finished run keeps its model and results but not its epoch checkpoints (the dry
+    run's choice: it never resumes a finished run). The whole ``ablation`` profile, once every run finished, also
+    rewrites the committed records the book shows (``evidence.write_ablation_file``); so does the whole ``fashion``
+    profile (``evidence.write_evidence``)."""
+    if not (dry_plan or IN_CHECKOUT):
+        raise ValueError(NEEDS_CHECKOUT)
     whole_plan = runs is None and not only
     runs = with_nproc(plan(profile) if runs is None else runs, nproc, log)
     keys = run_keys(runs, profile)
     by_name = {r.name: r for r in runs}
-    names = list(by_name)
-    if only:
-        unknown = [n for n in only if n not in names]
-        if unknown:
-            raise ValueError(f"unknown run(s) {unknown}; valid for profile {profile!r}: {', '.join(names)}")
-        runs = [r for r in runs if r.name in only]
+    runs = _chosen(runs, only, profile)
     root = Path(results_root or default_results_root())
     profile_dir, site_dir = root / profile, root / "_site"
-    try:
-        report = {"ran": [], "skipped": [], "failed": {}, "seconds": {},
-                  "plan": [(r.name, *status(r, keys[r.name], profile_dir)) for r in runs]}
-    except UnreadableFile as exc:
-        raise ValueError(str(exc)) from None
+    report = {"ran": [], "skipped": [], "failed": {}, "seconds": {}, "plan": _states(runs, keys, profile_dir)}
     if dry_plan:
-        width = max(len(n) for n in names)
-        for name, state, why in report["plan"]:
-            log(f"{name:<{width}}  {state:<18} {why}")
+        _print_plan(report["plan"], max(len(n) for n in by_name), log)
         return report
     todo = [r for r, (_, state, _) in zip(runs, report["plan"]) if state != "up to date"]
     check_can_run(todo)
@@ -298,33 +305,73 @@ def reproduce(profile: str, only=None, results_root=None, kernel: str = KERNEL, 
             report["failed"][run.name] = f"needs {', '.join(waiting)}, which is not up to date (kept its old result)"
             log(f"SKIPPED {run.name}: {report['failed'][run.name]}")
             continue
-        t0 = time.perf_counter()
-        try:
-            execute(run, keys[run.name], profile_dir, site_dir, kernel, keep_checkpoints)
-        except KeyboardInterrupt:   # Ctrl-C or SIGTERM (cli): the kernel and its children end with this process
-            log(f"stopped {run.name} (its notebook kernel, {run.notebook}.ipynb, and what it started); it resumes "
-                f"from {profile_dir / '.staging' / run.name} when the same command runs again")
-            raise
-        except Exception as exc:  # keep going; list it at the end
-            reason = str(exc).strip().splitlines()
-            report["failed"][run.name] = (reason[-1] if reason else type(exc).__name__)[:500]
-            log(f"FAILED {run.name}: {report['failed'][run.name]}")
-            continue
-        report["ran"].append(run.name)
-        report["seconds"][run.name] = round(time.perf_counter() - t0, 1)
-        log(f"ran {run.name} in {time.perf_counter() - t0:.0f} s")
+        _execute_into(report, run, keys[run.name], profile_dir, site_dir, kernel, keep_checkpoints, log)
+    _finish(profile, profile_dir, report, whole_plan, log)
+    return report
+
+
+def _chosen(runs: list[Run], only, profile: str) -> list[Run]:
+    """``runs`` narrowed to the names in ``only`` (all of them without it); an unknown name is an error."""
+    if not only:
+        return runs
+    names = [r.name for r in runs]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise ValueError(f"unknown run(s) {unknown}; valid for profile {profile!r}: {', '.join(names)}")
+    return [r for r in runs if r.name in only]
+
+
+def _states(runs: list[Run], keys: dict, profile_dir: Path) -> list[tuple[str, str, str]]:
+    """``(run, state, why)`` per run; a damaged run key is a ``ValueError`` naming it."""
+    try:
+        return [(r.name, *status(r, keys[r.name], profile_dir)) for r in runs]
+    except UnreadableFile as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _print_plan(states: list[tuple[str, str, str]], width: int, log) -> None:
+    for name, state, why in states:
+        log(f"{name:<{width}}  {state:<18} {why}")
+    if not IN_CHECKOUT:
+        log("(outside the book's checkout: the plan only; running it needs the checkout's notebooks)")
+
+
+def _execute_into(report: dict, run: Run, key: dict, profile_dir: Path, site_dir: Path, kernel: str,
+                  keep_checkpoints: bool, log) -> None:
+    """``execute`` one run and record it in ``report``: ``ran`` and ``seconds``, or ``failed`` with the last line
+    of its error (the other runs go on). Ctrl-C says where it resumes and stops everything."""
+    t0 = time.perf_counter()
+    try:
+        execute(run, key, profile_dir, site_dir, kernel, keep_checkpoints)
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM (cli): the kernel and its children end with this process
+        log(f"stopped {run.name} (its notebook kernel, {run.notebook}.ipynb, and what it started); it resumes "
+            f"from {profile_dir / '.staging' / run.name} when the same command runs again")
+        raise
+    except Exception as exc:  # keep going; list it at the end
+        reason = str(exc).strip().splitlines()
+        report["failed"][run.name] = (reason[-1] if reason else type(exc).__name__)[:500]
+        log(f"FAILED {run.name}: {report['failed'][run.name]}")
+        return
+    report["ran"].append(run.name)
+    report["seconds"][run.name] = round(time.perf_counter() - t0, 1)
+    log(f"ran {run.name} in {time.perf_counter() - t0:.0f} s")
+
+
+def _finish(profile: str, profile_dir: Path, report: dict, whole_plan: bool, log) -> None:
+    """Say what ran; after a whole ``ablation`` or evidence profile with no failure, rewrite its committed records."""
     log(f"{profile}: {len(report['ran'])} ran, {len(report['skipped'])} up to date, "
         f"{len(report['failed'])} failed" + (f": {', '.join(report['failed'])}" if report["failed"] else ""))
-    if profile == "ablation" and whole_plan and not report["failed"]:
+    if report["failed"] or not whole_plan:
+        return
+    if profile == "ablation":
         from hybridkd_lib.book.evidence import write_ablation_file
 
         log(f"wrote {write_ablation_file(profile_dir)} (the records the book shows where results/ablation is absent)")
-    if profile in EVIDENCE_PROFILES and whole_plan and not report["failed"]:
+    if profile in EVIDENCE_PROFILES:
         from hybridkd_lib.book.evidence import write_evidence
 
         wall = sum(report["seconds"].values()) if not report["skipped"] else None   # one uninterrupted invocation
         log(f"wrote {write_evidence(profile, profile_dir, wall)} (the committed records the book shows)")
-    return report
 
 
 EVIDENCE_PROFILES = ("fashion",)   # profiles whose records are committed (book/data/<profile>/)

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hybridkd_lib.base.results import REPO_ROOT
+from hybridkd_lib.base.results import work_root
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,8 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def default_data_root() -> Path:
-    """``$HYBRIDKD_DATA`` if set, else ``<repo>/data``."""
-    return Path(os.environ.get("HYBRIDKD_DATA", REPO_ROOT / "data"))
+    """``$HYBRIDKD_DATA`` if set, else ``data/`` of the checkout (inside one) or of the working folder."""
+    return Path(os.environ.get("HYBRIDKD_DATA", work_root() / "data"))
 
 
 def dataset_info(name: str) -> DatasetInfo:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from hybridkd_lib.base.checks import is_of_type
 from hybridkd_lib.data.catalog import (DATASETS, DatasetInfo, DatasetNotFoundError, dataset_info,  # noqa: F401
                                    dataset_table, default_data_root, expected_path, is_present, reader,
                                    search_paths)
@@ -468,15 +469,10 @@ def make_loader(dataset: Dataset, name: str, batch_size: int, train: bool, num_w
 
 
 def _same_kind(value, default) -> bool:
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """``value`` of ``default``'s type (``checks.is_of_type``); a list passes for a tuple (JSON has no tuples)."""
     if isinstance(default, tuple):
         return isinstance(value, (list, tuple))
-    return isinstance(value, type(default))
+    return is_of_type(value, type(default))
 
 
 def check_options(name: str, options: dict) -> None:

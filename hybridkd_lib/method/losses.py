@@ -11,12 +11,36 @@ paper's form (``w`` about 1, ``tau`` 3-4): the exact values are not public.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Callable
 
-import torch
-import torch.nn.functional as F
+from hybridkd_lib.base.checks import check_keys
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 HYBRID_REDUCTIONS = ("sum", "mean")
+
+
+@dataclass
+class StepOutputs:
+    """What one training forward gives a method's loss terms (``B``: batch, ``K``: student stages).
+
+    ``labels`` ``[B]``; ``logits`` ``[B, classes]`` of the trained network (its graph per the method's
+    propagation); ``teacher_logits`` ``[B, classes]`` of the frozen teacher (no graph; methods with a
+    teacher); ``hybrid_logits``: ``[B, classes]`` of each M_k (methods with hybrids); ``features``: the
+    student's K stage outputs as rates ``[B, ...]`` (methods with ``features``); ``teacher_features``:
+    the teacher's stage outputs (no graph; ``features`` and a teacher); ``learner``: the learner (its
+    ``aligns`` A_k and ``distiller.pairs``, the teacher stage paired with each student stage)."""
+
+    labels: torch.Tensor
+    logits: torch.Tensor
+    teacher_logits: torch.Tensor | None = None
+    hybrid_logits: list = field(default_factory=list)
+    features: list = field(default_factory=list)
+    teacher_features: list = field(default_factory=list)
+    learner: nn.Module | None = None
 
 
 @dataclass
@@ -48,9 +72,7 @@ def check_loss_options(loss: dict) -> None:
     names = list(LossConfig.__dataclass_fields__)
     if not isinstance(loss, dict):
         raise ValueError(f"loss={loss!r} not allowed: expected a dict of {', '.join(names)}")
-    unknown = sorted(set(loss) - set(names))
-    if unknown:
-        raise ValueError(f"unknown loss option(s) {unknown}; valid: {', '.join(names)}")
+    check_keys(loss, names, "loss option")
     for k, v in loss.items():
         if k == "hybrid_reduction":
             if v not in HYBRID_REDUCTIONS:
@@ -65,6 +87,8 @@ def check_loss_options(loss: dict) -> None:
 
 def kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
     """``tau^2 * KL(softmax(y_A/tau) || softmax(y_S/tau))``, batch mean."""
+    import torch.nn.functional as F
+
     t = temperature
     return F.kl_div(F.log_softmax(student_logits.float() / t, -1), F.log_softmax(teacher_logits.float() / t, -1),
                     reduction="batchmean", log_target=True) * t * t
@@ -72,6 +96,8 @@ def kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
 
 def ce_term(out, cfg: LossConfig):
     """``ce * CE(y_S, y)``."""
+    import torch.nn.functional as F
+
     return cfg.ce * F.cross_entropy(out.logits.float(), out.labels) if cfg.ce else None
 
 
@@ -86,6 +112,8 @@ def _per_hybrid(out, cfg: LossConfig) -> float:
 
 def hybrid_ce_term(out, cfg: LossConfig):
     """``hybrid_ce * sum_k CE(y_Mk, y)`` (mean over k with ``hybrid_reduction="mean"``)."""
+    import torch.nn.functional as F
+
     if not (cfg.hybrid_ce and len(out.hybrid_logits)):
         return None
     return cfg.hybrid_ce * _per_hybrid(out, cfg) * sum(F.cross_entropy(m.float(), out.labels) for m in out.hybrid_logits)
@@ -99,12 +127,14 @@ def hybrid_kd_term(out, cfg: LossConfig):
                                                        for m in out.hybrid_logits)
 
 
-TERMS = {"ce": ce_term, "kd": kd_term, "hybrid_ce": hybrid_ce_term, "hybrid_kd": hybrid_kd_term}
+@dataclass(frozen=True)
+class Term:
+    """A built-in loss term: ``compute(out, cfg)`` (a 0-dim tensor, or None where its weight is 0) and the
+    method facts it needs (``Method`` attributes that must be true)."""
+
+    compute: Callable
+    needs: tuple[str, ...] = ()
 
 
-def total_loss(method: str, cfg: LossConfig, y, y_s, y_a=None, y_m=()) -> tuple[torch.Tensor, dict]:
-    """Method ``method``'s loss and its parts (detached 0-dim tensors) from labels ``y`` ``[B]``, the SNN's
-    logits ``y_s``, the teacher's ``y_a`` and the hybrids' ``y_m`` (each ``[B, classes]``)."""
-    from hybridkd_lib.method.methods import StepOutputs, get_method
-
-    return get_method(method).loss(StepOutputs(y, y_s, y_a, list(y_m)), cfg)
+TERMS = {"ce": Term(ce_term), "kd": Term(kd_term, ("teacher",)),
+         "hybrid_ce": Term(hybrid_ce_term, ("hybrids",)), "hybrid_kd": Term(hybrid_kd_term, ("hybrids",))}

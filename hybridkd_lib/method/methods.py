@@ -1,12 +1,12 @@
 """The training methods, each one registered object (``Method``): what it needs (a trained teacher,
 the hybrids M_k and their alignment modules A_k, the stage features), how the trained network's
 gradient propagates (an ANN's backprop, BPTT, RateBP's rate pass), and its named loss terms,
-computed from one step's outputs (``StepOutputs``).
+computed from one step's outputs (``losses.StepOutputs``).
 
-This module is the only place that reads those facts to decide what a step does: the learner
-builds through ``Method.build``, steps through ``Method.step`` and predicts through
-``Method.predict``; validation, the bench, the plan and the report read the registry
-(``get_method``, ``methods_where``, ``bench_methods``).
+This module is the only place that reads those facts to decide what a step does. A method says what a
+run builds (``networks``, ``distiller``); the learner (``train.learner``) builds and owns those modules,
+steps through ``Method.step`` and predicts through ``Method.predict``; validation, the bench, the plan
+and the report read the registry (``get_method``, ``methods_where``, ``bench_methods``).
 
 A new method is one object, from any file (``--plugin FILE_OR_MODULE``)::
 
@@ -22,37 +22,17 @@ Registration refuses a combination nothing implements (e.g. hybrids with BPTT).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from hybridkd_lib.method.losses import TERMS, StepOutputs
 
 if TYPE_CHECKING:   # this module imports no torch (the command line's --help reads it)
     import torch
     from torch import nn
 
-# the built-in loss terms (``losses.TERMS`` computes them) and the method facts each needs
-TERM_NEEDS = {"ce": (), "kd": ("teacher",), "hybrid_ce": ("hybrids",), "hybrid_kd": ("hybrids",)}
 ROLES = ("teacher", "student")          # what a run trains: an ANN teacher or a spiking student
 PROPAGATIONS = ("ann", "bptt", "rate")  # an ANN's backprop, BPTT through time, RateBP's rate pass
-
-
-@dataclass
-class StepOutputs:
-    """What one training forward gives a method's loss terms (``B``: batch, ``K``: student stages).
-
-    ``labels`` ``[B]``; ``logits`` ``[B, classes]`` of the trained network (its graph per the method's
-    propagation); ``teacher_logits`` ``[B, classes]`` of the frozen teacher (no graph; methods with a
-    teacher); ``hybrid_logits``: ``[B, classes]`` of each M_k (methods with hybrids); ``features``: the
-    student's K stage outputs as rates ``[B, ...]`` (methods with ``features``); ``teacher_features``:
-    the teacher's stage outputs (no graph; ``features`` and a teacher); ``learner``: the learner (its
-    ``aligns`` A_k and ``distiller.pairs``, the teacher stage paired with each student stage)."""
-
-    labels: torch.Tensor
-    logits: torch.Tensor
-    teacher_logits: torch.Tensor | None = None
-    hybrid_logits: list = field(default_factory=list)
-    features: list = field(default_factory=list)
-    teacher_features: list = field(default_factory=list)
-    learner: nn.Module | None = None
 
 
 @dataclass(frozen=True)
@@ -85,24 +65,15 @@ class Method:
         """The networks a run of this method builds: ``("teacher",)``, ``("student",)`` or both."""
         return ("teacher",) if self.trains == "teacher" else ("student",) + (("teacher",) if self.teacher else ())
 
-    def build(self, learner: nn.Module, cfg, num_classes: int, input_shape: tuple) -> None:
-        """Set the learner's ``model`` (what is trained), ``student``, ``teacher``, ``distiller`` (with the
-        alignment modules A_k where ``aligns``), ``arch`` and ``model_kw``; ``input_shape`` is one sample's
-        ``[C, H, W]``."""
+    def distiller(self, student: nn.Module | None, teacher: nn.Module | None, input_shape: tuple,
+                  teacher_input_size: int | None = None):
+        """The ``HybridDistiller`` a student run with a teacher steps through (with the alignment modules A_k
+        where ``aligns``), or None; ``input_shape`` is one sample's ``[C, H, W]``."""
         from hybridkd_lib.method.hybrid import HybridDistiller
-        from hybridkd_lib.train.learner import build_student, build_teacher
 
-        learner.student = learner.teacher = learner.distiller = None
-        if self.trains == "teacher":
-            learner.model, learner.model_kw = build_teacher(cfg, num_classes, input_shape[-3], weights=False)
-            learner.arch = cfg.teacher
-            return
-        learner.student, learner.model_kw = build_student(cfg, num_classes, input_shape[-3])
-        learner.model, learner.arch = learner.student, cfg.student
-        if self.teacher:
-            learner.teacher, _ = build_teacher(cfg, num_classes, input_shape[-3], weights=True)
-            learner.distiller = HybridDistiller(learner.student, learner.teacher, input_shape,
-                                                cfg.teacher_input_size, aligns=self.aligns)
+        if not self.teacher or student is None:
+            return None
+        return HybridDistiller(student, teacher, input_shape, teacher_input_size, aligns=self.aligns)
 
     def num_hybrids(self, learner: nn.Module) -> int:
         """How many hybrids M_k a run of this method evaluates."""
@@ -161,9 +132,7 @@ class Method:
 
     def loss_terms(self, out: StepOutputs, loss_cfg) -> dict[str, torch.Tensor]:
         """The named loss terms (0-dim tensors) of ``out``; a term switched off (weight 0) is left out."""
-        from hybridkd_lib.method.losses import TERMS
-
-        terms = {name: TERMS[name](out, loss_cfg) for name in self.terms}
+        terms = {name: TERMS[name].compute(out, loss_cfg) for name in self.terms}
         return {name: value for name, value in terms.items() if value is not None}
 
     def loss(self, out: StepOutputs, loss_cfg) -> tuple[torch.Tensor, dict]:
@@ -194,6 +163,47 @@ class Method:
         y_a = learner.distiller.teacher_logits(x) if learner.distiller is not None and with_teacher else None
         return y_s, y_m, y_a
 
+    # ---------------------------------------------------------------- what a run reports
+    def metric_names(self, learner: nn.Module, with_teacher: bool = True) -> tuple[str, ...]:
+        """The test accuracies a run reports, each the top-1 of one network's logits: ``top1`` (the trained
+        network), ``teacher_top1`` (a student run's teacher, where ``with_teacher``), ``hybrid_top1_M{k}``."""
+        teacher = ("teacher_top1",) if self.teacher and with_teacher else ()
+        return ("top1",) + teacher + tuple(f"hybrid_top1_M{k}" for k in range(self.num_hybrids(learner)))
+
+    def named_predictions(self, learner: nn.Module, x: torch.Tensor, with_teacher: bool = True) -> dict:
+        """``predict``'s logits ``[B, classes]`` under their ``metric_names``."""
+        y_s, y_m, y_a = self.predict(learner, x, with_teacher)
+        return dict(zip(self.metric_names(learner, with_teacher), [y_s, *([y_a] if y_a is not None else []), *y_m]))
+
+    def result_fields(self, metrics: dict) -> dict:
+        """``teacher_top1`` (a teacher run's own ``top1``; None without a teacher) and the list ``hybrid_top1``
+        of a run's final ``metrics``, as ``result.json`` records them."""
+        own = metrics["top1"] if self.trains == "teacher" else None
+        return {"teacher_top1": metrics.get("teacher_top1", own),
+                "hybrid_top1": [v for k, v in metrics.items() if k.startswith("hybrid_top1_M")]}
+
+    def inference_costs(self, learner: nn.Module, batches) -> dict:
+        """What the trained network costs at inference: ``spikecosts.spike_costs`` of the student (with its
+        teacher's MACs where the run has a teacher), or, for a teacher run, the ANN's ``ann_macs_per_image``
+        and energy; ``batches``: input tensors ``[B, C, H, W]`` or ``[T, B, C, H, W]`` on the device."""
+        from dataclasses import asdict
+        from itertools import chain
+
+        from hybridkd_lib.method.hybrid import teacher_input
+        from hybridkd_lib.snn.spikecosts import EnergyModel, ann_macs, spike_costs
+
+        energy, batches = EnergyModel(), iter(batches)
+        first = next(batches, None)
+        if first is None:
+            raise ValueError("inference_costs was given no images")
+        if self.trains == "teacher":   # an ANN run: what the teacher costs
+            macs = ann_macs(learner.model, teacher_input(first, learner.teacher_input_size))
+            return {"energy_model": asdict(energy), "ann_macs_per_image": macs,
+                    "ann_energy_uj_per_image": energy.microjoules(0, macs)}
+        t_macs = (ann_macs(learner.teacher, teacher_input(first, learner.teacher_input_size))
+                  if self.teacher else None)
+        return spike_costs(learner.student, chain([first], batches), energy, t_macs)
+
 
 def _check_combination(m: Method) -> None:
     """Refuse a method nothing implements, naming the fact that does not fit."""
@@ -217,11 +227,11 @@ def _check_combination(m: Method) -> None:
     if not m.terms or not all(isinstance(t, str) for t in m.terms):
         refuse(f"terms={m.terms!r}: a tuple of loss term names")
     if type(m).loss_terms is Method.loss_terms:
-        unknown = [t for t in m.terms if t not in TERM_NEEDS]
+        unknown = [t for t in m.terms if t not in TERMS]
         if unknown:
-            refuse(f"unknown loss term(s) {unknown}; built-in: {', '.join(TERM_NEEDS)} (or override loss_terms)")
+            refuse(f"unknown loss term(s) {unknown}; built-in: {', '.join(TERMS)} (or override loss_terms)")
         for t in m.terms:
-            missing = [need for need in TERM_NEEDS[t] if not getattr(m, need)]
+            missing = [need for need in TERMS[t].needs if not getattr(m, need)]
             if missing:
                 refuse(f"loss term {t!r} needs {' and '.join(f'{n}=True' for n in missing)}")
 

@@ -28,8 +28,8 @@ def neuron_config(neuron_cfg: NeuronConfig | dict | None, default: NeuronConfig 
 class BasicBlock(nn.Module):
     """conv-BN-act-conv-BN + shortcut (identity or 1x1 conv + BN), act after the add."""
 
-    temporary_inputs = ("bn1", "act1", "bn2", "act2")   # their input is read by nobody else (see speed.py)
-    adds_over_input = False   # the residual add writes over bn2's output in the spike pass (see speed.py)
+    temporary_inputs = ("bn1", "act1", "bn2", "act2")   # their input is read by nobody else (ratebp.set_spike_pass)
+    adds_over_input = False   # the residual add writes over bn2's output in the spike pass (ratebp.set_spike_pass)
 
     def __init__(self, cin, cout, stride, spiking, cfg, bias=False):
         super().__init__()
@@ -50,7 +50,7 @@ class SEWBlock(nn.Module):
     """SEW-ResNet block: (conv-BN-LIF) x 2, ADD identity / downsample (conv1x1-BN-LIF)."""
 
     temporary_inputs = ("bn1", "act1", "bn2", "act2")
-    adds_over_input = False   # the ADD writes over act2's spikes in the spike pass (see speed.py)
+    adds_over_input = False   # the ADD writes over act2's spikes in the spike pass (ratebp.set_spike_pass)
 
     def __init__(self, cin, cout, stride, spiking, cfg, bias=True):
         super().__init__()
@@ -71,7 +71,7 @@ class PreActBlock(nn.Module):
     """Pre-activation block: LIF-conv-BN-LIF-conv-BN with a real-valued identity path."""
 
     temporary_inputs = ("bn1", "act2", "bn2")   # act1 reads x, which the shortcut reads too
-    adds_over_input = False   # the residual add writes over bn2's output in the spike pass (see speed.py)
+    adds_over_input = False   # the residual add writes over bn2's output in the spike pass (ratebp.set_spike_pass)
 
     def __init__(self, cin, cout, stride, spiking, cfg, bias=True):
         super().__init__()

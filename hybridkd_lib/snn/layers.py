@@ -94,7 +94,7 @@ class _RateBatchNorm:
     rate_aware = True   # its forward follows the propagation mode (ratebp.set_mode)
     mode = "bptt"
     sync_stats = False
-    writes_over_input = False   # spike pass: normalise in place (set by speed.apply on block temporaries)
+    writes_over_input = False   # spike pass: normalise in place (ratebp.set_spike_pass(in_place=True) on block temporaries)
     spk_mean: torch.Tensor | None = None
     spk_var: torch.Tensor | None = None
     _sample_dims = 3
@@ -273,7 +273,7 @@ class RateBatchNorm1d(_RateBatchNorm, nn.BatchNorm1d):
 
 def residual_add(block: nn.Module, h: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
     """``h + shortcut`` (``[T, B, C, H, W]`` or ``[B, C, H, W]``). In a training-mode forward without autograd (the
-    spike pass) of a ``block`` whose ``adds_over_input`` is set (by ``speed.apply``: ``h`` is a temporary of the
+    spike pass) of a ``block`` whose ``adds_over_input`` is set (by ``ratebp.set_spike_pass``: ``h`` is a temporary of the
     block that nobody else reads), the sum is written over ``h``: no new ``[T, B, ...]`` tensor."""
     if getattr(block, "adds_over_input", False) and block.training and not torch.is_grad_enabled():
         return h.add_(shortcut)

@@ -17,7 +17,12 @@ import torch
 from spikingjelly.activation_based import neuron, surrogate
 from torch import nn
 
+from hybridkd_lib.base.checks import check_keys
+
 MODES = ("bptt", "spike", "rate")
+# how the spike pass runs: "fused" (the in-place eager loop), "plain" (the readable charge / fire / reset loop,
+# ``spike_equations``), "compiled" (those equations as one compiled kernel); every one gives the same records
+SPIKE_LOOPS = ("fused", "plain", "compiled")
 
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -65,6 +70,11 @@ class NeuronConfig:
     def leak(self) -> float:
         return 1.0 - 1.0 / self.tau
 
+    @property
+    def in_scale(self) -> float:
+        """``du_t/dx_t``: how the input charges the membrane (``1/tau`` with ``decay_input``, else 1)."""
+        return 1.0 / self.tau if self.decay_input else 1.0
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -75,9 +85,7 @@ class NeuronConfig:
         overrides = overrides or {}
         if not isinstance(overrides, dict):
             raise ValueError(f"neuron={overrides!r} not allowed: expected a dict of {', '.join(NEURON_FIELDS)}")
-        unknown = sorted(set(overrides) - set(NEURON_FIELDS))
-        if unknown:
-            raise ValueError(f"unknown neuron setting(s) {unknown}; valid: {', '.join(NEURON_FIELDS)}")
+        check_keys(overrides, NEURON_FIELDS, "neuron setting")
         return cls(**{**base.to_dict(), **overrides})
 
 
@@ -99,10 +107,8 @@ class LIF(nn.Module):
             surrogate_function=surrogate.Sigmoid(alpha=cfg.surrogate_alpha),
             detach_reset=cfg.detach_reset, step_mode="m")
         self.mode = "bptt"
-        # "plain": the readable charge / fire / reset loop (spike_equations); "compiled": those equations as
-        # one compiled kernel (set by speed.apply); "fused": the in-place eager loop (same records)
-        self.spike_loop = "fused"
-        self.writes_over_input = False   # spike pass: spikes over the input (set by speed.apply)
+        self.spike_loop = "fused"        # SPIKE_LOOPS; a whole model's: ratebp.set_spike_pass(model, loop=...)
+        self.writes_over_input = False   # spike pass: spikes over the input (ratebp.set_spike_pass(in_place=True))
         self.rate: torch.Tensor | None = None  # [B, ...] recorded by the spike pass
         self.elig: torch.Tensor | None = None  # [B, ...]
 
@@ -115,8 +121,13 @@ class LIF(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "rate":
             return self.rate_forward(x)
-        if self.mode == "spike" and not torch.is_grad_enabled():
-            return self.spike_forward(x) if self.spike_loop == "fused" else self.spike_forward_plain(x)
+        if self.mode == "spike":
+            if torch.is_grad_enabled():
+                raise RuntimeError("a LIF in 'spike' mode runs RateBP's graph-free spike pass: call it under "
+                                   "torch.no_grad() (ratebp.spike_pass does), or set mode 'bptt' to train through time")
+            if self.spike_loop == "fused":
+                return self.spike_forward(x)
+            return self.spike_forward_plain(x, compiled=self.spike_loop == "compiled")
         # the membrane potential is fp32 for bf16/fp16 input (autocast): spikingjelly's CUDA kernel
         # runs only for fp32 state, and 2^-7 steps at the threshold would change spikes; float64 stays
         self.node.reset()
@@ -149,7 +160,7 @@ class LIF(nn.Module):
         v_buf, p_buf = torch.empty(block, dtype=rate.dtype, device=x.device), torch.empty_like(rate[:block])
         # -alpha * theta as a 0-dim tensor: a fill kernel, no host copy
         bias = torch.full((), -self.cfg.surrogate_alpha * self.v_threshold, dtype=rate.dtype, device=x.device)
-        in_scale = 1.0 / self.cfg.tau if self.cfg.decay_input else 1.0   # du_t/dx_t
+        in_scale = self.cfg.in_scale   # du_t/dx_t
         for a in range(0, n, block):
             b = min(n, a + block)
             self._spike_block(x_flat[:, a:b], s_flat[:, a:b], v_buf[:b - a], p_buf[:b - a], elig[a:b], bias, in_scale)
@@ -203,13 +214,13 @@ class LIF(nn.Module):
                 v.mul_(1.0 - s).add_(s, alpha=v_reset)
 
     @torch.no_grad()
-    def spike_forward_plain(self, x: torch.Tensor) -> torch.Tensor:
-        """``spike_forward`` written plainly (``spike_equations``); ``spike_loop = "compiled"`` runs the same
-        equations as one compiled kernel (``compiled_spike_equations``)."""
-        equations = compiled_spike_equations() if self.spike_loop == "compiled" else spike_equations
+    def spike_forward_plain(self, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
+        """``spike_forward`` written plainly (``spike_equations``); ``compiled``: the same equations as one
+        compiled kernel (``compiled_spike_equations``)."""
+        equations = compiled_spike_equations() if compiled else spike_equations
         cfg = self.cfg
         spikes, self.rate, self.elig = equations(x, cfg.leak, self.v_threshold, cfg.surrogate_alpha,
-                                                 1.0 / cfg.tau if cfg.decay_input else 1.0, cfg.v_reset,
+                                                 cfg.in_scale, cfg.v_reset,
                                                  cfg.detach_reset)
         return spikes
 

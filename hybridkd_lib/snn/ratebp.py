@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from hybridkd_lib.snn.layers import SpikeMeanValue
-from hybridkd_lib.snn.neurons import MODES
+from hybridkd_lib.snn.neurons import LIF, MODES, SPIKE_LOOPS
 
 RATE_VALUES = ("rate", "spike_mean")
 
@@ -46,6 +46,31 @@ def set_mode(model: nn.Module, mode: str, value: str | None = None) -> nn.Module
         if mode == "bptt" and hasattr(m, "clear"):
             m.clear()
     return model
+
+
+def set_spike_pass(model: nn.Module, loop: str | None = None, in_place: bool | None = None) -> int:
+    """How ``model`` runs the graph-free spike pass, set for the whole model at once (as spikingjelly's
+    ``set_step_mode``): ``loop`` (``neurons.SPIKE_LOOPS``) for every LIF; ``in_place``: each block's
+    temporaries (the children its ``temporary_inputs`` names) write over their input and its residual add
+    over its own temporary. None leaves a setting as it is; returns how many modules were set."""
+    if loop is not None and loop not in SPIKE_LOOPS:
+        raise ValueError(f"spike loop {loop!r} not allowed; valid: {', '.join(SPIKE_LOOPS)}")
+    switched = 0
+    for block in model.modules():
+        if loop is not None and isinstance(block, LIF):
+            block.spike_loop = loop
+            switched += 1
+        if in_place is None:
+            continue
+        if hasattr(block, "adds_over_input"):   # its residual add writes over its own temporary
+            block.adds_over_input = in_place
+            switched += 1
+        for name in getattr(block, "temporary_inputs", ()):
+            child = getattr(block, name)
+            if hasattr(child, "writes_over_input"):
+                child.writes_over_input = in_place
+                switched += 1
+    return switched
 
 
 def spike_pass(model: nn.Module, x: torch.Tensor, value: str = "rate"):

@@ -20,8 +20,8 @@ from hybridkd_lib.base import checkpoint
 from hybridkd_lib.data import datasets
 from hybridkd_lib.method.methods import methods_where
 from hybridkd_lib.base.results import read_result
-from hybridkd_lib.train.config import TrainConfig
-from hybridkd_lib.train.learner import Learner
+from hybridkd_lib.training.config import TrainConfig
+from hybridkd_lib.training.learner import Learner
 
 
 def load_hybrid_run(run_dir: str | Path):

@@ -30,10 +30,13 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from hybridkd_lib.base import children
 from hybridkd_lib.tools import floor
+from hybridkd_lib.tools.defaults import (BENCH_BATCH_SIZE, BENCH_DEVICE, BENCH_INPUT_SIZE, BENCH_STEPS, BENCH_STUDENT,
+                                         BENCH_TEACHER, BENCH_TS, BENCH_WARMUP, CHILD_TIMEOUT_S)
 from hybridkd_lib.snn import lif_backend
-from hybridkd_lib.train import speed
+from hybridkd_lib.training import speed
 from hybridkd_lib.method.methods import BENCH_VARIANTS, bench_methods
-from hybridkd_lib.train.step import TrainingStep, autocast, peak_mem_mb, place, reset_peak
+from hybridkd_lib.training.distributed import autocast
+from hybridkd_lib.training.step import TrainingStep, peak_mem_mb, place, reset_peak
 
 
 def _bptt_ckpt_logits(student, x):
@@ -46,31 +49,55 @@ def _bptt_ckpt_logits(student, x):
 
 
 def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, input_size: int,
-            device: str, steps: int = 3, warmup: int = 1, student_kw=None, teacher_kw=None,
+            device: str, steps: int = BENCH_STEPS, warmup: int = BENCH_WARMUP, student_kw=None, teacher_kw=None,
             compile: bool = False) -> dict:
     """Median step time and peak memory of one configuration, in this process; ``compile``: the spike pass as
     compiled kernels (``speed.apply``), whose build time (the first warm-up step's excess over the median
     step; 0 for ``conv_floor``, which times no steps) is reported apart as ``compile_s``. Peak memory is read after
     ``steps`` timed steps; then the step's conv floor is timed ``steps`` times, each followed by one more timed
     step, and the record gives the medians (``step_times_s``: all ``2 * steps`` steps)."""
-    from hybridkd_lib.train.config import TrainConfig
-    from hybridkd_lib.train.learner import Learner, make_optimizer
-
     if method not in bench_methods():
         raise ValueError(f"unknown bench method {method!r}; valid: {', '.join(bench_methods())}")
     dev = torch.device(device)
     torch.manual_seed(0)
-    train_method = BENCH_VARIANTS.get(method, method)
-    cfg = TrainConfig(method=train_method, student=student, teacher=teacher, T=T,
-                      student_kw=student_kw or {}, teacher_kw=teacher_kw or {}, compile_spike_pass=compile)
-    learner = place(Learner(cfg, 10, (3, input_size, input_size)).train(), dev)   # as the trainer
-    opt = make_optimizer(cfg, learner.trainable())
-    train_step = TrainingStep(learner, opt, dev, compile_spike_pass=cfg.compile_spike_pass)   # as the trainer
+    learner, train_step = _bench_learner(BENCH_VARIANTS.get(method, method), T, student, teacher, input_size, dev,
+                                         student_kw, teacher_kw, compile)
     compiled = any(getattr(m, "spike_loop", None) == "compiled" for m in learner.modules())
     x = torch.randn(batch_size, 3, input_size, input_size, device=dev)
     y = torch.randint(10, (batch_size,), device=dev)
     x = x.contiguous(memory_format=speed.layout(learner, dev))
+    step = _bench_step(method, learner, train_step, x, y, dev)
+    if compiled:
+        warmup = max(warmup, 1)   # the kernels are built in the first step, never a timed one
+    warmup_times = [_timed(step, dev) for _ in range(warmup)]
+    reset_peak(dev)
+    times, peak, calls, floor_s = _steps_and_floor(method, step, learner, dev, steps)
+    med = statistics.median(times) if times else floor_s
+    return {"method": method, "T": T, "step_time_s": round(med, 4), "step_times_s": [round(t, 4) for t in times],
+            "peak_mem_mb": peak, "images_per_s": round(batch_size / med, 2), "device": device_name(dev),
+            "conv_floor_s": round(floor_s, 4), "floor_ratio": round(med / floor_s, 3), "dense_calls": len(calls),
+            "lif_implementation": lif_backend.bound(dev), "spike_loop": "compiled" if compiled else "fused",
+            "compile_s": round(max(warmup_times[0] - med, 0.0), 2) if compiled and times else 0.0,
+            "batch_size": batch_size, "input_size": input_size, "student": student, "teacher": teacher,
+            "student_kw": student_kw or {}, "threads": torch.get_num_threads()}
 
+
+def _bench_learner(train_method: str, T: int, student: str, teacher: str, input_size: int, dev: torch.device,
+                   student_kw, teacher_kw, compile: bool):
+    """The learner and its training step for ``train_method``, built and placed as the trainer does."""
+    from hybridkd_lib.training.config import TrainConfig
+    from hybridkd_lib.training.learner import Learner, make_optimizer
+
+    cfg = TrainConfig(method=train_method, student=student, teacher=teacher, T=T,
+                      student_kw=student_kw or {}, teacher_kw=teacher_kw or {}, compile_spike_pass=compile)
+    learner = place(Learner(cfg, 10, (3, input_size, input_size)).train(), dev)   # as the trainer
+    opt = make_optimizer(cfg, learner.trainable())
+    return learner, TrainingStep(learner, opt, dev, compile_spike_pass=cfg.compile_spike_pass)   # as the trainer
+
+
+def _bench_step(method: str, learner, train_step, x, y, dev: torch.device):
+    """One step of ``method`` on the batch ``(x, y)``: a graph-free forward, a checkpointed BPTT step, or the
+    trainer's step."""
     def step():
         if method == "forward_only":
             with autocast(dev), torch.no_grad():
@@ -82,49 +109,36 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
             train_step.backward_and_step(loss)
         else:
             train_step(x, y)
+    return step
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
 
-    if compiled:
-        warmup = max(warmup, 1)   # the kernels are built in the first step, never a timed one
-    warmup_times = []
-    for _ in range(warmup):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        warmup_times.append(time.perf_counter() - t0)
-    reset_peak(dev)
+def _timed(step, dev: torch.device) -> float:
+    """Seconds one call of ``step`` takes, CUDA work included."""
+    t0 = time.perf_counter()
+    step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return time.perf_counter() - t0
+
+
+def _steps_and_floor(method: str, step, learner, dev: torch.device, steps: int):
+    """``steps`` timed steps and the peak memory after them (none for ``conv_floor``), then the step's dense calls
+    timed alone ``steps`` times, each followed by one more timed step; returns ``(step times, peak MB, the dense
+    calls, the floor's median seconds)``."""
     times, peak = [], None
-
-    def timed_step():
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-
     if method != "conv_floor":   # the floor's record is its timed products alone (no memory figure)
-        for _ in range(steps):
-            timed_step()
+        times += [_timed(step, dev) for _ in range(steps)]
         peak = round(peak_mem_mb(dev), 1)   # before the floor's own tensors exist
     calls = floor.record(step, learner)   # one more step, its dense calls listed (not timed)
-    sync()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
     # the floor and more steps in turns: on a shared machine a slower minute then slows both sides of the ratio
     floor_times = []
     for i in range(steps):
         floor_times.append(floor.time_calls(calls, dev, repeats=1, warmup=i == 0))
         if method != "conv_floor":
-            timed_step()
-    floor_s = statistics.median(floor_times)
-    med = statistics.median(times) if times else floor_s
-    return {"method": method, "T": T, "step_time_s": round(med, 4), "step_times_s": [round(t, 4) for t in times],
-            "peak_mem_mb": peak, "images_per_s": round(batch_size / med, 2), "device": device_name(dev),
-            "conv_floor_s": round(floor_s, 4), "floor_ratio": round(med / floor_s, 3), "dense_calls": len(calls),
-            "lif_implementation": lif_backend.bound(dev), "spike_loop": "compiled" if compiled else "fused",
-            "compile_s": round(max(warmup_times[0] - med, 0.0), 2) if compiled and times else 0.0,
-            "batch_size": batch_size, "input_size": input_size, "student": student, "teacher": teacher,
-            "student_kw": student_kw or {}, "threads": torch.get_num_threads()}
+            times.append(_timed(step, dev))
+    return times, peak, calls, statistics.median(floor_times)
 
 
 def device_name(dev: torch.device) -> str:
@@ -144,7 +158,7 @@ def check_bench_args(methods, Ts, steps=1, warmup=0, batch_size=1, input_size=32
             raise ValueError(f"{name}={values if name == 'T' else values[0]!r} not allowed; "
                              f"integers >= {low}")
     if out is not None:
-        from hybridkd_lib.train.config import check_writable_folder
+        from hybridkd_lib.training.config import check_writable_folder
 
         out = Path(out)
         if out.is_dir():
@@ -152,7 +166,6 @@ def check_bench_args(methods, Ts, steps=1, warmup=0, batch_size=1, input_size=32
         check_writable_folder(out.parent, "the folder of --out")
 
 
-CHILD_TIMEOUT_S = 3600.0   # one bench configuration in its own process (a full-width T=8 CPU step: minutes)
 OUT_OF_MEMORY = ("can't allocate memory", "CUDA out of memory", "OutOfMemoryError", "MemoryError")
 
 
@@ -166,9 +179,9 @@ def _child_failure(method: str, T: int, rc: int, stderr: str) -> str:
     return f"bench {method} T={T} failed (exit status {rc}): {lines[-1][:500] if lines else 'no message'}"
 
 
-def bench(methods, Ts, student="spiking_resnet18", teacher="cifar_resnet18", batch_size=32, input_size=32,
-          device="cpu", steps=3, warmup=1, student_kw=None, teacher_kw=None, log=print,
-          fresh_process: bool = True, out: str | Path | None = None,
+def bench(methods, Ts=BENCH_TS, student=BENCH_STUDENT, teacher=BENCH_TEACHER, batch_size=BENCH_BATCH_SIZE,
+          input_size=BENCH_INPUT_SIZE, device=BENCH_DEVICE, steps=BENCH_STEPS, warmup=BENCH_WARMUP, student_kw=None,
+          teacher_kw=None, log=print, fresh_process: bool = True, out: str | Path | None = None,
           timeout_s: float | None = CHILD_TIMEOUT_S, compile: bool = False) -> dict:
     """Every (method, T); returns ``{"machine": ..., "records": [...]}``. ``fresh_process`` runs each configuration in its own process: on the CPU because peak RSS cannot be reset, on CUDA because
     spikingjelly reads the LIF implementation ``lif_backend.choose`` picked (``machine["lif_choice"]``)
@@ -222,8 +235,8 @@ def two_step_check(spec: dict, device: str, batch_size: int = 8, steps: int = 2)
     """Two training steps of one set-up (``book.plan.plan_setups``) at full size on random inputs of the dataset's
     shape, bf16 autocast on CUDA; teachers are randomly initialised (no checkpoint is read)."""
     from hybridkd_lib.data.datasets import dataset_info
-    from hybridkd_lib.train.config import TrainConfig
-    from hybridkd_lib.train.learner import Learner, make_optimizer
+    from hybridkd_lib.training.config import TrainConfig
+    from hybridkd_lib.training.learner import Learner, make_optimizer
 
     from hybridkd_lib.models import WEIGHT_OPTIONS
 

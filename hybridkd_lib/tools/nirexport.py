@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,7 @@ from torch import nn
 from hybridkd_lib.snn.layers import GlobalAvgPool, MatMul, SpikeMeanValue, Temporal, _RateBatchNorm
 from hybridkd_lib.models.resnet import BasicBlock, SpikingResNet
 from hybridkd_lib.snn.neurons import LIF
-
-DEFAULT_DT = 1e-4   # seconds per timestep; snnTorch's NIR import assumes 1e-4 (Norse's default dt is 1e-3)
+from hybridkd_lib.tools.defaults import APPROXIMATE_SOFT_RESET, DEFAULT_DT
 
 
 class NIRExportError(ValueError):
@@ -103,7 +103,7 @@ class _Graph:
         elif cfg.v_reset != 0.0:
             raise NIRExportError(f"cannot export layer {name!r} (LIF): hard reset to v_reset={cfg.v_reset} starts "
                                  f"from v = v_reset in spikingjelly and from 0 in NIR's readers")
-        in_scale = 1.0 / cfg.tau if cfg.decay_input else 1.0
+        in_scale = cfg.in_scale
         tau = self.dt / (1.0 - cfg.leak)
         full = lambda v: np.full(shape, v, dtype=np.float32)
         node = nir.LIF(tau=full(tau), r=full(in_scale * tau / self.dt), v_leak=full(0.0),
@@ -121,7 +121,8 @@ class _Graph:
         return self.add(name, node, [src], node.output_type["output"])
 
 
-def to_nir(model: nn.Module, input_shape: tuple, dt: float = DEFAULT_DT, approximate_soft_reset: bool = True):
+def to_nir(model: nn.Module, input_shape: tuple, dt: float = DEFAULT_DT,
+           approximate_soft_reset: bool = APPROXIMATE_SOFT_RESET):
     """The NIR graph of a trained spiking ResNet (``input_shape``: one image, ``(C, H, W)``) for timestep ``dt``
     seconds; its ``metadata`` records ``T``, ``dt`` and every ``approximations`` entry. Raises ``NIRExportError``
     naming the first layer NIR cannot express."""
@@ -205,7 +206,8 @@ def _test_set(result: dict):
     return datasets.get_datasets(result["dataset"], result.get("data_root"), **result.get("data_kw", {}))[1]
 
 
-def export_run(run_dir: str | Path, to: str | Path, dt: float = DEFAULT_DT, approximate_soft_reset: bool = True):
+def export_run(run_dir: str | Path, to: str | Path, dt: float = DEFAULT_DT,
+               approximate_soft_reset: bool = APPROXIMATE_SOFT_RESET):
     """``python -m hybridkd_lib export --run RUN_DIR --to model.nir``: the run's student as a NIR file;
     returns ``(path, graph)``."""
     model, result = load_student(run_dir)
@@ -289,6 +291,72 @@ def _snntorch_run(net, x, T):
     return total.flatten(1) / T, counts
 
 
+@dataclass
+class _Agreement:
+    """The imported graph against one reference network (the student, or its hard-reset twin), summed over
+    batches: images with the same top-1, equal neuron x image spike counts over T (every LIF layer, and the last
+    one alone) out of how many, and the largest logit difference."""
+    same: float = 0.0
+    counts: float = 0.0
+    cells: float = 0.0
+    last: float = 0.0
+    last_cells: float = 0.0
+    max_logit_difference: float = 0.0
+
+    def add(self, logits, counts: dict, theirs, their_counts: dict, lif_names: list[str]) -> None:
+        """One batch: the reference's ``logits`` and spike ``counts`` against the graph's."""
+        self.same += float((logits.argmax(-1) == theirs.argmax(-1)).sum())
+        self.max_logit_difference = max(self.max_logit_difference, float((logits - theirs).abs().max()))
+        for k, name in enumerate(lif_names):
+            ours = counts[name]
+            equal = float((ours == their_counts[name.replace(".", "_")].reshape(ours.shape)).sum())
+            self.counts += equal
+            self.cells += ours.numel()
+            if k == len(lif_names) - 1:
+                self.last += equal
+                self.last_cells += ours.numel()
+
+    def figures(self, images: int, prefix: str) -> dict:
+        """The agreement figures over ``images`` images, each named with ``prefix``."""
+        return {prefix + "prediction_agreement": self.same / images,
+                prefix + "spike_count_agreement": self.counts / self.cells,
+                prefix + "last_lif_spike_count_agreement": self.last / self.last_cells,
+                prefix + "max_logit_difference": self.max_logit_difference}
+
+
+@dataclass
+class _TestTop1:
+    """Correct test predictions of the student and of the graph in snnTorch, out of ``labelled`` images."""
+    student: float = 0.0
+    snntorch: float = 0.0
+    labelled: int = 0
+
+    def add(self, logits, theirs, y) -> None:
+        """One labelled batch: the student's ``logits`` and the graph's ``theirs`` against the labels ``y``."""
+        self.student += float((logits.argmax(-1) == y).sum())
+        self.snntorch += float((theirs.argmax(-1) == y).sum())
+        self.labelled += len(y)
+
+    def figures(self) -> dict:
+        """Test top-1 (%) of the student and of the graph in snnTorch; none where no batch was labelled."""
+        if not self.labelled:
+            return {}
+        return {"student_top1": 100.0 * self.student / self.labelled,
+                "snntorch_top1": 100.0 * self.snntorch / self.labelled}
+
+
+def _import_into_snntorch(graph, device: torch.device):
+    """``graph`` as an snnTorch network (``snntorch.import_from_nir``) in eval mode on ``device``."""
+    import contextlib
+    import io
+
+    import snntorch.import_nir as sn_import
+
+    with contextlib.redirect_stdout(io.StringIO()):   # snnTorch prints a line per rescaled neuron
+        net = sn_import.import_from_nir(graph)
+    return net.eval().to(device)
+
+
 def check_in_snntorch(model: nn.Module, graph, batches, device: str | torch.device = "cpu") -> dict:
     """Import ``graph`` into snnTorch (``snntorch.import_from_nir``) and run it beside the student on ``batches``
     (static inputs ``[B, C, H, W]``, or ``(inputs, labels)`` pairs: then also both test top-1s, ``student_top1`` and
@@ -299,63 +367,30 @@ def check_in_snntorch(model: nn.Module, graph, batches, device: str | torch.devi
     ``last_lif_spike_count_agreement``, ``max_logit_difference``; and the same three against the student with
     every reset made hard (``hard_reset_copy``, what the graph describes: the export's own exactness) under
     ``exact_*``."""
-    import snntorch.import_nir as sn_import
-
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):   # snnTorch prints a line per rescaled neuron
-        net = sn_import.import_from_nir(graph)
     device = torch.device(device)
-    net.eval().to(device)
+    net = _import_into_snntorch(graph, device)
     model = model.eval().to(device)
-    twin = hard_reset_copy(model)
-    T = model.T
+    references = {"": model, "exact_": hard_reset_copy(model)}
     lif_names = [n for n, m in model.named_modules() if isinstance(m, LIF)]
-    tally = {k: 0.0 for k in ("n", "same", "exact_same", "counts", "exact_counts", "cells", "last", "exact_last",
-                              "last_cells")}
-    diff = {"max_logit_difference": 0.0, "exact_max_logit_difference": 0.0}
-    hits = {"student_top1": 0.0, "snntorch_top1": 0.0, "labelled": 0}
+    agreement, top1, images = {prefix: _Agreement() for prefix in references}, _TestTop1(), 0
     for item in batches:
         x, y = item if isinstance(item, (tuple, list)) else (item, None)
         x = x.to(device)
-        theirs, their_counts = _snntorch_run(net, x, T)
-        if y is not None:
-            y = y.to(device)
-            hits["snntorch_top1"] += float((theirs.argmax(-1) == y).sum())
-            hits["labelled"] += len(y)
+        theirs, their_counts = _snntorch_run(net, x, model.T)
         if sorted(their_counts) != sorted(n.replace(".", "_") for n in lif_names):
             raise RuntimeError(f"snnTorch built the neuron layers {sorted(their_counts)} from the graph; the student "
                                f"has {lif_names}")
-        for prefix, ref in (("", model), ("exact_", twin)):
+        for prefix, ref in references.items():
             logits, counts = _our_run(ref, x)
-            tally[prefix + "same"] += float((logits.argmax(-1) == theirs.argmax(-1)).sum())
+            agreement[prefix].add(logits, counts, theirs, their_counts, lif_names)
             if y is not None and prefix == "":
-                hits["student_top1"] += float((logits.argmax(-1) == y).sum())
-            diff[prefix + "max_logit_difference"] = max(diff[prefix + "max_logit_difference"],
-                                                        float((logits - theirs).abs().max()))
-            for k, name in enumerate(lif_names):
-                ours = counts[name]
-                other = their_counts[name.replace(".", "_")].reshape(ours.shape)
-                equal = float((ours == other).sum())
-                tally[prefix + "counts"] += equal
-                if prefix == "":
-                    tally["cells"] += ours.numel()
-                if k == len(lif_names) - 1:
-                    tally[prefix + "last"] += equal
-                    if prefix == "":
-                        tally["last_cells"] += ours.numel()
-        tally["n"] += x.shape[0]
-    out = {"images": int(tally["n"]), "T": T, "framework": f"snntorch {_version('snntorch')}",
+                top1.add(logits, theirs, y.to(device))
+        images += x.shape[0]
+    out = {"images": int(images), "T": model.T, "framework": f"snntorch {_version('snntorch')}",
            "nir": _version("nir"), "approximations": graph.metadata.get("approximations", "none")}
-    for prefix in ("", "exact_"):
-        out[prefix + "prediction_agreement"] = tally[prefix + "same"] / tally["n"]
-        out[prefix + "spike_count_agreement"] = tally[prefix + "counts"] / tally["cells"]
-        out[prefix + "last_lif_spike_count_agreement"] = tally[prefix + "last"] / tally["last_cells"]
-        out[prefix + "max_logit_difference"] = diff[prefix + "max_logit_difference"]
-    if hits["labelled"]:   # test top-1 (%) of the student and of the graph in snnTorch
-        out.update({k: 100.0 * hits[k] / hits["labelled"] for k in ("student_top1", "snntorch_top1")})
-    return out
+    for prefix, tally in agreement.items():
+        out.update(tally.figures(images, prefix))
+    return {**out, **top1.figures()}
 
 
 def _version(package: str) -> str:

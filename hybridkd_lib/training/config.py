@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hybridkd_lib.data.catalog import DATASETS
 from hybridkd_lib.method.methods import BUILT_IN, get_method, methods_where
+from hybridkd_lib.base.checks import check_keys, is_of_type
 from hybridkd_lib.base.results import check_writable_folder
 
 if TYPE_CHECKING:
@@ -93,9 +93,7 @@ def check_settings(settings: dict, what: str = "settings") -> None:
     names = [f.name for f in fields(TrainConfig)]
     if not isinstance(settings, dict):
         raise ValueError(f"{what}={settings!r} not allowed: expected a dict of TrainConfig fields ({', '.join(names)})")
-    unknown = sorted(set(settings) - set(names))
-    if unknown:
-        raise ValueError(f"{what}: unknown setting(s) {unknown}; valid: {', '.join(names)}")
+    check_keys(settings, names, "setting", where=f"{what}: ")
 
 
 def config_from_settings(settings: dict, what: str = "settings") -> TrainConfig:
@@ -109,12 +107,6 @@ def config_from_settings(settings: dict, what: str = "settings") -> TrainConfig:
 
 
 # ----------------------------------------------------------------------------- validation
-def resolve_teacher_ckpt(path: str) -> Path:
-    """A run directory (its ``model.pt``) or a ``.pt`` file."""
-    p = Path(path)
-    return p / "model.pt" if p.is_dir() else p
-
-
 def check_device(device: str) -> None:
     """``cpu``, or ``cuda``/``cuda:N`` where CUDA is available."""
     import torch
@@ -133,10 +125,7 @@ def _check_types(cfg: TrainConfig) -> None:
         allowed = typing.get_args(hint) or (hint,)
         if value is None and type(None) in allowed:
             continue
-        ok = any((t is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-                 or (t is int and isinstance(value, int) and not isinstance(value, bool))
-                 or (t not in (int, float, type(None)) and isinstance(value, t)) for t in allowed)
-        if not ok:
+        if not any(is_of_type(value, t) for t in allowed if t is not type(None)):
             names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
             hint_json = (" (a JSON object, e.g. '{\"width\": 16}'; with papermill pass it as YAML: "
                          f"-y 'config: {{{f.name}: {{width: 16}}}}')" if dict in allowed else "")
@@ -162,7 +151,7 @@ def validate(cfg: TrainConfig, world_size: int = 1, check_out: bool = False) -> 
     from hybridkd_lib.data import datasets
     from hybridkd_lib.snn import ratebp
     from hybridkd_lib.method.losses import check_loss_options
-    from hybridkd_lib.models import check_model_kwargs, check_model_name
+    from hybridkd_lib.models import check_model_kwargs, check_model_name, resolve_teacher_ckpt
     from hybridkd_lib.models.timm_teachers import load_state_dict_file
     from hybridkd_lib.snn.neurons import DEFAULT_NEURON, NeuronConfig
 

@@ -211,6 +211,21 @@ def ann_macs(model: nn.Module, x: torch.Tensor) -> float:
         model.train(was)
 
 
+def _per_layer(counter: _Counter, images: int) -> tuple[list, list]:
+    """Per LIF: ``rate``, ``rate_std`` over images and ``neurons``; per counted layer: its input, ``synops``
+    and ``macs`` per image."""
+    layers = []
+    for name, r in counter.lifs.items():
+        if not r["neuron_steps"]:
+            continue
+        mean = r["rate_sum"] / images
+        layers.append({"name": name, "neurons": r["neurons"], "rate": r["spikes"] / r["neuron_steps"],
+                       "rate_std": max(r["rate_sq"] / images - mean * mean, 0.0) ** 0.5})
+    ops = [{"name": n, "kind": r["kind"], "input": r["input"], "synops": r["synops"] / images,
+            "macs": r["macs"] / images} for n, r in counter.ops.items() if r["calls"]]
+    return layers, ops
+
+
 @torch.no_grad()
 def spike_costs(model: nn.Module, batches, energy: EnergyModel = EnergyModel(), teacher_macs: float | None = None) -> dict:
     """Spike statistics and operation counts of a trained student over ``batches`` (an iterable of input
@@ -238,15 +253,7 @@ def spike_costs(model: nn.Module, batches, energy: EnergyModel = EnergyModel(), 
         model.train(was)
     if not images:
         raise ValueError("spike_costs was given no images")
-    layers = []
-    for name, r in counter.lifs.items():
-        if not r["neuron_steps"]:
-            continue
-        mean = r["rate_sum"] / images
-        layers.append({"name": name, "neurons": r["neurons"], "rate": r["spikes"] / r["neuron_steps"],
-                       "rate_std": max(r["rate_sq"] / images - mean * mean, 0.0) ** 0.5})
-    ops = [{"name": n, "kind": r["kind"], "input": r["input"], "synops": r["synops"] / images,
-            "macs": r["macs"] / images} for n, r in counter.ops.items() if r["calls"]]
+    layers, ops = _per_layer(counter, images)
     synops, macs = sum(o["synops"] for o in ops), sum(o["macs"] for o in ops)
     spikes = sum(r["spikes"] for r in counter.lifs.values())
     steps = sum(r["neuron_steps"] for r in counter.lifs.values())
@@ -264,27 +271,3 @@ def spike_costs(model: nn.Module, batches, energy: EnergyModel = EnergyModel(), 
         out["teacher_energy_uj_per_image"] = energy.microjoules(0, teacher_macs)
         out["energy_vs_teacher"] = out["energy_uj_per_image"] / out["teacher_energy_uj_per_image"]
     return out
-
-
-def learner_costs(learner, batches, energy: EnergyModel = EnergyModel()) -> dict:
-    """``spike_costs`` of a run's student (with its teacher's MACs where the run has a teacher), or, for a
-    teacher run, the ANN's ``ann_macs_per_image`` and energy; ``batches``: input tensors on the device."""
-    from hybridkd_lib.method.hybrid import teacher_input
-
-    batches = iter(batches)
-    try:
-        first = next(batches)
-    except StopIteration:
-        raise ValueError("learner_costs was given no images") from None
-    if learner.student is None:   # an ANN run: what the teacher costs
-        macs = ann_macs(learner.model, teacher_input(first, learner.teacher_input_size))
-        return {"energy_model": asdict(energy), "ann_macs_per_image": macs,
-                "ann_energy_uj_per_image": energy.microjoules(0, macs)}
-    teacher = learner.teacher
-    t_macs = ann_macs(teacher, teacher_input(first, learner.teacher_input_size)) if teacher is not None else None
-    return spike_costs(learner.student, _chain(first, batches), energy, t_macs)
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest

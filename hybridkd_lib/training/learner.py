@@ -1,50 +1,19 @@
-"""What a run trains and its training step: ``Learner`` (student, teacher, hybrids), the teacher
-built from a checkpoint, and the optimizer. Shared by the trainer and the benchmark.
+"""What a run trains and its training step: ``Learner`` (student, teacher, hybrids: the networks its method
+names, built by ``models.build``) and the optimizer. Shared by the trainer and the benchmark.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from hybridkd_lib.base import checkpoint
-from hybridkd_lib.train.config import TrainConfig, resolve_teacher_ckpt
 from hybridkd_lib.method.methods import get_method
-from hybridkd_lib.models import WEIGHT_OPTIONS, create_model
-from hybridkd_lib.models.timm_teachers import check_state_dict
-
-
-def build_student(cfg: TrainConfig, num_classes: int, in_chans: int) -> tuple[nn.Module, dict]:
-    """The spiking student and its keywords (``T``, ``in_chans``, ``neuron_cfg`` from the run's settings)."""
-    kw = dict(cfg.student_kw, T=cfg.T)
-    kw.setdefault("in_chans", in_chans)
-    if cfg.neuron:
-        kw["neuron_cfg"] = dict(cfg.neuron)
-    return create_model(cfg.student, num_classes=num_classes, **kw), kw
-
-
-def build_teacher(cfg: TrainConfig, num_classes: int, in_chans: int, weights: bool) -> tuple[nn.Module, dict]:
-    """The teacher architecture and its keywords; ``weights``: with the trained weights of ``teacher_ckpt``
-    (where given): a run directory or ``model.pt`` of this library, or any checkpoint the teacher's registry
-    entry loads (timm's formats: safetensors, ``state_dict``/``model``/``state_dict_ema`` keys, ``module.``)."""
-    kw = {"in_chans": in_chans, **cfg.teacher_kw}
-    if not (weights and cfg.teacher_ckpt):
-        return create_model(cfg.teacher, num_classes=num_classes, **kw), kw
-    path = resolve_teacher_ckpt(cfg.teacher_ckpt)
-    state = checkpoint.load(path) if path.suffix != ".safetensors" else None
-    if isinstance(state, dict) and "model" in state and "arch" in state:  # a run of this library
-        if state["arch"] != cfg.teacher:
-            raise ValueError(f"teacher checkpoint {str(path)!r} holds {state['arch']!r}, not --teacher {cfg.teacher!r}")
-        kw = {**state.get("model_kw", {}), **{k: v for k, v in cfg.teacher_kw.items() if k not in WEIGHT_OPTIONS}}
-        model = create_model(cfg.teacher, num_classes=num_classes, **kw)
-        check_state_dict(model, state["model"], str(path))
-        model.load_state_dict(state["model"])
-        return model, kw
-    return create_model(cfg.teacher, num_classes=num_classes, weights=path, **kw), kw
+from hybridkd_lib.models import WEIGHT_OPTIONS, build_student, build_teacher
+from hybridkd_lib.training.config import TrainConfig
 
 
 class Learner(nn.Module):
-    """The trainable part of a run and its training step (shared with the benchmark), as its method
-    (``methods.Method``) builds and steps it.
+    """The trainable part of a run and its training step (shared with the benchmark): it builds and owns the
+    networks its method (``methods.Method``) names and steps through the method.
 
     ``forward(x, y)`` is the training step's ``(loss, parts, logits)``, so that ``DistributedDataParallel``
     can wrap the learner; ``x`` is ``[B, C, H, W]`` or a frame sequence ``[T, B, C, H, W]``. Attributes:
@@ -58,10 +27,26 @@ class Learner(nn.Module):
         self.spec = get_method(cfg.method)
         self.teacher_input_size = cfg.teacher_input_size
         self.between_passes = None   # called between RateBP's spike and rate pass (set by speed.apply)
-        self.spec.build(self, cfg, num_classes, tuple(input_shape))
+        self._build(cfg, num_classes, tuple(input_shape))
         # the architecture only: a teacher fine-tuned from a file is rebuilt from model.pt alone
         self.model_kw = {k: v for k, v in self.model_kw.items() if k not in WEIGHT_OPTIONS}
         self.num_hybrids = self.spec.num_hybrids(self)
+
+    def _build(self, cfg: TrainConfig, num_classes: int, input_shape: tuple) -> None:
+        """``model`` (what is trained), ``student``, ``teacher`` (trained weights from ``teacher_ckpt``),
+        ``distiller``, ``arch`` and ``model_kw``: the networks the method names, student first."""
+        in_chans, networks = input_shape[-3], self.spec.networks
+        self.student = self.teacher = None
+        if "student" in networks:
+            self.student, self.model_kw = build_student(cfg.student, num_classes, in_chans, cfg.T, cfg.student_kw,
+                                                        cfg.neuron)
+            self.model, self.arch = self.student, cfg.student
+            if "teacher" in networks:
+                self.teacher, _ = build_teacher(cfg.teacher, num_classes, in_chans, cfg.teacher_kw, cfg.teacher_ckpt)
+        else:
+            self.model, self.model_kw = build_teacher(cfg.teacher, num_classes, in_chans, cfg.teacher_kw)
+            self.arch = cfg.teacher
+        self.distiller = self.spec.distiller(self.student, self.teacher, input_shape, cfg.teacher_input_size)
 
     @property
     def aligns(self) -> nn.ModuleList | None:

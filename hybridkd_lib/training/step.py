@@ -15,7 +15,8 @@ import resource
 import torch
 from torch import nn
 
-from hybridkd_lib.train import speed
+from hybridkd_lib.training import speed
+from hybridkd_lib.training.distributed import autocast
 from hybridkd_lib.snn.layers import convert_sync_batchnorm
 
 
@@ -23,14 +24,9 @@ def place(learner: nn.Module, device: torch.device, world: int = 1) -> nn.Module
     """``learner`` on ``device``; a spiking student in ``speed.layout``'s memory format (channels_last where
     the kernels compute it correctly); every training BN synchronised when ``world > 1``."""
     learner = learner.to(device)
-    if learner.student is not None:
+    if "student" in learner.spec.networks:
         learner = speed.to_layout(learner, device)
     return convert_sync_batchnorm(learner) if world > 1 else learner
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (the LIF state stays fp32, see ``neurons``); nothing on the CPU."""
-    return torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
 
 
 def peak_mem_mb(device: torch.device) -> float:
@@ -59,8 +55,8 @@ class TrainingStep:
         self.learner, self.opt, self.device = learner, opt, device
         self.module = module if module is not None else learner
         self.clip_grad_norm = clip_grad_norm
-        in_backward = device.type == "cpu" and not data_parallel and clip_grad_norm is None
-        if clip_grad_norm is not None and device.type == "cpu" and not data_parallel and speed.enabled():
+        in_backward = speed.steps_in_backward(device, data_parallel) and clip_grad_norm is None
+        if clip_grad_norm is not None and speed.steps_in_backward(device, data_parallel) and speed.enabled():
             log(f"clip_grad_norm={clip_grad_norm}: the optimizer steps after backward (the step-in-backward "
                 f"memory trick is not installed)")
         self.tricks = speed.apply(learner, opt, step_in_backward=in_backward, compile_spike_pass=compile_spike_pass,

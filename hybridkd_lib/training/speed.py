@@ -40,7 +40,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from hybridkd_lib.train import memory
+from hybridkd_lib.snn.ratebp import set_spike_pass
+from hybridkd_lib.training import memory
 
 _ENABLED = True
 
@@ -145,22 +146,6 @@ def to_layout(model: nn.Module, device: torch.device | str) -> nn.Module:
     return model.to(memory_format=layout(model, device))
 
 
-def write_over_temporaries(model: nn.Module, on: bool = True) -> int:
-    """Let every child a block names in ``temporary_inputs`` write over its input in the spike
-    pass; returns how many modules were switched."""
-    switched = 0
-    for block in model.modules():
-        if hasattr(block, "adds_over_input"):   # its residual add writes over its own temporary
-            block.adds_over_input = on
-            switched += 1
-        for name in getattr(block, "temporary_inputs", ()):
-            child = getattr(block, name)
-            if hasattr(child, "writes_over_input"):
-                child.writes_over_input = on
-                switched += 1
-    return switched
-
-
 _COMPILER_PROBLEM: dict[str, str | None] = {}   # device type -> None (works) or why not
 _COMPILER_PROBLEM_SAID: set[str] = set()          # device types whose problem was logged
 
@@ -192,10 +177,14 @@ def use_compiled_spike_pass(model: nn.Module, device: torch.device | str, log=pr
             log(f"compiled spike pass unavailable on {kind} ({problem}); the fused loop runs")
             _COMPILER_PROBLEM_SAID.add(kind)
         return False
-    for m in model.modules():
-        if hasattr(m, "spike_loop"):
-            m.spike_loop = "compiled"
+    set_spike_pass(model, loop="compiled")
     return True
+
+
+def steps_in_backward(device: torch.device, data_parallel: bool) -> bool:
+    """Whether the optimizer steps inside backward by default: one process on the CPU (DDP must see every
+    gradient before any update; on CUDA the trick buys nothing)."""
+    return torch.device(device).type == "cpu" and not data_parallel
 
 
 def apply(learner: nn.Module, opt: torch.optim.Optimizer | None = None, data_parallel: bool = False,
@@ -206,7 +195,7 @@ def apply(learner: nn.Module, opt: torch.optim.Optimizer | None = None, data_par
     (``compile_spike_pass``). Returns the ``Tricks`` the step calls; nothing is installed when off."""
     device = next(learner.parameters()).device
     if step_in_backward is None:
-        step_in_backward = device.type == "cpu" and not data_parallel
+        step_in_backward = steps_in_backward(device, data_parallel)
     if not _ENABLED:
         return Tricks(device)
     student = getattr(learner, "student", learner)   # a learner's spiking model (None: it trains an ANN)
@@ -215,7 +204,7 @@ def apply(learner: nn.Module, opt: torch.optim.Optimizer | None = None, data_par
         use_compiled_spike_pass(student, device, log)
     if device.type == "cpu":
         if student is not None:
-            write_over_temporaries(student)
+            set_spike_pass(student, in_place=True)
         if hasattr(learner, "between_passes"):
             learner.between_passes = partial(memory.release_freed_memory, device)
     in_backward = StepInBackward(opt) if opt is not None and step_in_backward else None

@@ -10,6 +10,12 @@ import torch
 import torch.distributed as dist
 
 
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (the LIF state stays fp32, see ``neurons``); nothing on the CPU. The one place
+    the precision of a step is chosen (the trainer, the bench, evaluation)."""
+    return torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+
+
 @dataclass
 class Distributed:
     """Where this process trains: ``rank`` of ``world`` processes, on ``device``."""
@@ -24,13 +30,9 @@ class Distributed:
     def main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def amp(self) -> bool:
-        """bf16 autocast: on CUDA (the LIF state stays fp32, see ``neurons``)."""
-        return self.device.type == "cuda"
-
     def autocast(self):
-        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.amp)
+        """``autocast`` on this process's device."""
+        return autocast(self.device)
 
     def put(self, *tensors: torch.Tensor) -> tuple:
         """The tensors on this process's device (asynchronous copies from pinned memory on CUDA)."""

@@ -1,0 +1,19 @@
+"""The defaults of the bench (``efficiency.bench``) and of the NIR export (``nirexport.export_run``), written once.
+
+Torch-free, so the command line shows them in ``--help`` without importing torch; the functions they configure
+take them as their signature defaults.
+"""
+# efficiency.bench: Fig. 4's networks, T values and synthetic batch
+BENCH_STUDENT = "spiking_resnet18"
+BENCH_TEACHER = "cifar_resnet18"
+BENCH_TS = (1, 2, 4, 8)
+BENCH_BATCH_SIZE = 32
+BENCH_INPUT_SIZE = 32
+BENCH_DEVICE = "cpu"
+BENCH_STEPS = 3    # timed steps (and as many again, each after one timing of the conv floor)
+BENCH_WARMUP = 1
+CHILD_TIMEOUT_S = 3600.0   # one bench configuration in its own process (a full-width T=8 CPU step: minutes)
+
+# nirexport: seconds per timestep; snnTorch's NIR import assumes 1e-4 (Norse's default dt is 1e-3)
+DEFAULT_DT = 1e-4
+APPROXIMATE_SOFT_RESET = True   # export a soft reset as NIR's reset to 0 (else refuse such a student)
