@@ -246,7 +246,7 @@ def test_spike_pass_equals_spikingjelly_forward(name, channels_last):
 
 def test_residual_add_writes_over_its_temporary_only_in_the_spike_pass():
     """``layers.residual_add``: over ``h`` only in a training-mode forward without autograd of a block whose
-    ``adds_over_input`` is set (speed.apply); in eval, with autograd, or unset, a new tensor."""
+    ``adds_over_input`` is set (ratebp.set_spike_pass); in eval, with autograd, or unset, a new tensor."""
     from hybridkd_lib.snn.layers import residual_add
     from hybridkd_lib.models.resnet import BasicBlock
     from hybridkd_lib.snn.neurons import DEFAULT_NEURON

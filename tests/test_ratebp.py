@@ -415,7 +415,8 @@ def _spike_records(m, x, loop):
 
 @pytest.mark.parametrize("name", list_models("student"))
 def test_compiled_spike_pass_records_what_the_plain_loop_records(name):
-    """``spike_loop = "compiled"`` (``speed.apply(compile_spike_pass=True)``) is the plain equations as one
+    """``spike_loop = "compiled"`` (``ratebp.set_spike_pass(loop="compiled")``, which
+    ``speed.apply(compile_spike_pass=True)`` calls) is the plain equations as one
     compiled kernel: the same spikes (so every later layer's input), rates and eligibilities, bitwise in float32."""
     from hybridkd_lib.training import speed
 

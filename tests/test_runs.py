@@ -208,7 +208,8 @@ def test_the_run_cache_key_covers_every_file_of_the_method_and_none_of_the_book(
     from hybridkd_lib.book import reproduce
 
     names = {str(p.relative_to(reproduce.PACKAGE)) for p in reproduce.code_files()}
-    assert {"models/registry.py", "results.py", "trainer.py", "losses.py", "learner.py", "methods.py", "step.py"} <= names
+    assert {"models/registry.py", "base/results.py", "training/trainer.py", "method/losses.py", "training/learner.py",
+            "method/methods.py", "training/step.py"} <= names
     every = {str(p.relative_to(reproduce.PACKAGE)) for p in reproduce.PACKAGE.rglob("*.py")
              if "__pycache__" not in p.parts}
     assert every - names == {n for n in every if n.startswith("book/")}

@@ -15,7 +15,7 @@ class DatasetInfo:
 
     ``reader`` is ``"module:function"``, imported only when the data is read (this module imports no torch);
     the function's keyword arguments other than ``root`` and ``download`` are the dataset's options
-    (``data_kw``), so ``data.get_datasets`` and ``data.check_options`` need nothing else."""
+    (``data_kw``), so ``datasets.get_datasets`` and ``datasets.check_options`` need nothing else."""
 
     name: str
     num_classes: int

@@ -25,7 +25,7 @@ from hybridkd_lib.models.stages import StageModel
 
 
 def teacher_input(x: torch.Tensor, size: int | None = None) -> torch.Tensor:
-    """What the ANN teacher is given: ``data.ann_view`` of ``x`` (a frame sequence's mean frame),
+    """What the ANN teacher is given: ``datasets.ann_view`` of ``x`` (a frame sequence's mean frame),
     resized to ``size`` x ``size`` when set (e.g. 224 for a ViT-S/16 teacher on 32x32 CIFAR)."""
     x = ann_view(x)
     if size and x.shape[-1] != size:

@@ -5,8 +5,9 @@
 
 (``hybrid_reduction="mean"``: the two sums over k become means.)
 
-Each term is a function of one step's outputs (``methods.StepOutputs``) and the weights (``TERMS``);
-which terms a method uses is its ``terms`` in ``hybridkd_lib.method.methods``. The weights are the
+Each term is a function of one step's outputs (``StepOutputs``) and the weights, listed once in ``TERMS``
+with the method facts it needs; which terms a method uses is its ``terms`` (``hybridkd_lib.method.methods``).
+No torch is imported until a term is computed (the command line's ``--help`` reads this module). The weights are the
 paper's form (``w`` about 1, ``tau`` 3-4): the exact values are not public.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ gradient propagates (an ANN's backprop, BPTT, RateBP's rate pass), and its named
 computed from one step's outputs (``losses.StepOutputs``).
 
 This module is the only place that reads those facts to decide what a step does. A method says what a
-run builds (``networks``, ``distiller``); the learner (``train.learner``) builds and owns those modules,
+run builds (``networks``, ``distiller``); the learner (``training.learner``) builds and owns those modules,
 steps through ``Method.step`` and predicts through ``Method.predict``; validation, the bench, the plan
 and the report read the registry (``get_method``, ``methods_where``, ``bench_methods``).
 
@@ -160,7 +160,7 @@ class Method:
         if self.trains == "teacher":
             return learner.model(teacher_input(x, learner.teacher_input_size)), [], None
         y_s, y_m = learner.distiller(x) if self.hybrids else (learner.model(x), [])
-        y_a = learner.distiller.teacher_logits(x) if learner.distiller is not None and with_teacher else None
+        y_a = learner.distiller.teacher_logits(x) if self.teacher and with_teacher else None
         return y_s, y_m, y_a
 
     # ---------------------------------------------------------------- what a run reports

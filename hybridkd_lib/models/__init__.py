@@ -1,4 +1,4 @@
-"""Model registry: spiking students and ANN teachers on one stage protocol."""
+"""Floor 3: the model registry, spiking students and ANN teachers on one stage protocol, and their builders."""
 from hybridkd_lib.models.registry import (WEIGHT_OPTIONS, ModelFacts, check_model_kwargs, check_model_name,
                                           create_model, list_models, model_facts, register_model,
                                           unregister_model)

@@ -144,7 +144,7 @@ class LIF(nn.Module):
         (soft reset, detached: ``ef <- 1 + lambda * ef``); reset. On the CPU the elements of a step run in blocks of
         ``CPU_BLOCK`` (the whole T loop per block, so its temporaries stay in the L2 cache: ~1/3 less time
         than whole-map passes on the full-width maps); only block-sized temporaries are allocated, whatever T; with
-        ``writes_over_input`` (set by ``speed.apply``) the spikes of step t go into ``x[t]`` (read once, before),
+        ``writes_over_input`` (``ratebp.set_spike_pass(in_place=True)``) the spikes of step t go into ``x[t]`` (read once, before),
         so not even the output is new memory. The same records as ``spike_equations`` (tests/test_ratebp.py).
         """
         T = x.shape[0]

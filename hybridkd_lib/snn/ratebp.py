@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from hybridkd_lib.snn.layers import SpikeMeanValue
-from hybridkd_lib.snn.neurons import LIF, MODES, SPIKE_LOOPS
+from hybridkd_lib.snn.neurons import MODES, SPIKE_LOOPS
 
 RATE_VALUES = ("rate", "spike_mean")
 
@@ -57,7 +57,7 @@ def set_spike_pass(model: nn.Module, loop: str | None = None, in_place: bool | N
         raise ValueError(f"spike loop {loop!r} not allowed; valid: {', '.join(SPIKE_LOOPS)}")
     switched = 0
     for block in model.modules():
-        if loop is not None and isinstance(block, LIF):
+        if loop is not None and hasattr(block, "spike_loop"):   # every LIF (and a plug-in's neuron like it)
             block.spike_loop = loop
             switched += 1
         if in_place is None:

@@ -16,6 +16,7 @@ from hybridkd_lib.base import children, results
 from hybridkd_lib.training.config import TrainConfig, validate
 from hybridkd_lib.training.trainer import train
 
+
 def launch(cfg: TrainConfig, nproc: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None,
            log=print) -> dict:
     """Train ``cfg`` in this process (``nproc * nnodes == 1``) or as ``nproc`` processes per machine

@@ -26,7 +26,7 @@ class Learner(nn.Module):
         self.T, self.loss_cfg, self.rate_value = cfg.T, cfg.loss_cfg, cfg.rate_value
         self.spec = get_method(cfg.method)
         self.teacher_input_size = cfg.teacher_input_size
-        self.between_passes = None   # called between RateBP's spike and rate pass (set by speed.apply)
+        self.between_passes = None   # called between RateBP's spike and rate pass (set by speed.apply on the CPU)
         self._build(cfg, num_classes, tuple(input_shape))
         # the architecture only: a teacher fine-tuned from a file is rebuilt from model.pt alone
         self.model_kw = {k: v for k, v in self.model_kw.items() if k not in WEIGHT_OPTIONS}

@@ -18,6 +18,7 @@ from hybridkd_lib.training.learner import Learner, make_optimizer
 from hybridkd_lib.training.runfolder import SETTINGS_FILE
 from hybridkd_lib.training.step import TrainingStep, place
 
+
 @dataclass
 class Session:
     """Everything ``train`` sets up once, before the epoch loop."""
