@@ -146,3 +146,11 @@ def test_help_and_datasets_answer_without_importing_torch():
         assert out.strip(), args
     assert "--clip-grad-norm" in _imports_torch("train", "--help")[1]
     assert "--plugin" in _imports_torch("bench", "--help")[1]
+
+
+def test_no_function_in_the_package_is_over_50_lines():
+    """A function a maintainer reads in one screen: ``def`` to its last line, docstring included."""
+    long = [f"{p.relative_to(PACKAGE)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1})"
+            for p in PACKAGE.rglob("*.py") for n in ast.walk(ast.parse(p.read_text()))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 50]
+    assert long == [], long
