@@ -118,7 +118,7 @@ def cmd_bench(args) -> int:
     out = bench(args.methods or list(bench_methods()), args.T, student=args.student, teacher=args.teacher, batch_size=args.batch_size,
                 input_size=args.input_size, device=args.device, steps=args.steps, warmup=args.warmup,
                 student_kw=args.student_kw, teacher_kw=args.teacher_kw, out=args.out, timeout_s=args.timeout,
-                compile=args.compile)
+                compile=args.compile, precision=args.precision)
     if args.out:
         print(f"wrote {args.out}")
     print(f"\n{'method':>12} {'T':>3} {'s/step':>8} {'peak MB':>8} {'img/s':>8} {'x floor':>8} {'compile s':>9}")
@@ -239,6 +239,8 @@ def _add_bench_command(sub) -> None:
                    help="stop a configuration's process still running after this long (an error naming it)")
     b.add_argument("--compile", action="store_true",
                    help="run the spike pass as compiled kernels (torch.compile; its build time is reported apart)")
+    b.add_argument("--precision", default=bd.BENCH_PRECISION,
+                   help="fp32 | bf16 | fp16: a CUDA step's compute precision (recorded; the CPU computes in fp32)")
     _add_plugin_option(b)
     b.set_defaults(func=cmd_bench)
 

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# GPU check: one command on a CUDA machine without internet, datasets or the project's venv.
+# GPU check: one command on a CUDA machine without internet, datasets or the project's venv, sized for a
+# lent GPU (15 minutes in all, start-up included, no second chance): its worst case, set-up included, stays
+# under 9 minutes. The most valuable figures come first; each stage has its own time limit, writes its JSON
+# as soon as it has something (the bench after every configuration), and a stage cut short loses only itself.
 #   0. set-up: .venv/bin/python if there is one; else the machine's python3 (torch >= 2.11 with CUDA)
 #      plus the wheels of `make wheels` (.whl/: this project and the pure-Python pins it lacks),
 #      installed into a temporary folder (no network, nothing outside it changed);
-#   1. the tests that have CUDA variants;
-#   2. two bf16 training steps of every distinct training set-up of the full plan, at full size, on
-#      random inputs of each dataset's shape;
-#   3. the Fig. 4 bench on synthetic CIFAR-shaped data, spiking_resnet18 <- cifar_resnet18,
-#      T in {1, 2, 4, 8}, every method and the conv floor, batch 128, the spike pass compiled (Triton),
+#   1. the Fig. 4 bench in float32 (the reference's precision), then in bf16, on synthetic CIFAR-shaped data:
+#      spiking_resnet18 <- cifar_resnet18, T in {1, 2, 4, 8}, batch 128, the spike pass compiled (Triton),
 #      BPTT's LIF on the fastest spikingjelly kernels that pass the equality check (lif_backend);
-#   4. a 200-step `hybrid` training throughput run at T=4, batch 128, compiled spike pass (goal 4,000 img/s).
+#   2. a 200-step `hybrid` training throughput run at T=4, batch 128, compiled spike pass, float32;
+#   3. the tests that have CUDA variants;
+#   4. two float32 training steps of every distinct training set-up of the full plan, at full size, on
+#      random inputs of each dataset's shape.
 # Results (JSON, with the device name) go to OUT_DIR (default book/data/gpu/) -- commit them: CPU
-# machines cannot redo them. Budget: about 12 minutes on one H200 (the compiled kernels are built first).
+# machines cannot redo them. Stage limits: 150 + 120 + 60 + 60 + 60 s.
 # Usage: bash scripts/gpu_check.sh [OUT_DIR]   (PY=... picks another interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,11 +46,41 @@ assert torch.cuda.is_available(), "no CUDA device"
 print("torch", torch.__version__, "on", torch.cuda.get_device_name(0))
 PYEOF
 
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_ratebp.py \
-  -k "cuda or single_lif or fp32" 2>&1 | tee "$OUT/pytest_cuda_$stamp.log"
+# stage NAME SECONDS CMD...: run CMD for at most SECONDS; a stage cut short or failing is said, the next runs
+stage() {
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (at most ${limit} s)"
+  local rc=0
+  timeout "$limit" "$@" || rc=$?
+  [ "$rc" -eq 0 ] || echo "== $name: cut short or failed (exit $rc); its JSON keeps what it finished" >&2
+}
 
-timeout 150 "$PY" - "$OUT/setups_cuda_$stamp.json" <<'PYEOF'
+for precision in fp32 bf16; do
+  limit=$([ "$precision" = fp32 ] && echo 150 || echo 120)
+  stage "Fig. 4 bench, $precision" "$limit" "$PY" -m hybridkd_lib bench --device cuda --T 1 2 4 8 --batch-size 128 \
+    --steps 5 --warmup 2 --methods bptt bptt_kd ratebp kd hybrid --compile --precision "$precision" \
+    --out "$OUT/bench_cuda_${precision}_$stamp.json"
+done
+
+stage "throughput" 60 "$PY" - "$OUT/throughput_cuda_$stamp.json" <<'PYEOF'
 import json, sys
+from hybridkd_lib.tools.efficiency import run_one
+from hybridkd_lib.base.results import git_commit, write_json
+rec = run_one("hybrid", 4, "spiking_resnet18", "cifar_resnet18", batch_size=128, input_size=32,
+              device="cuda", steps=200, warmup=10, compile=True, precision="fp32")
+rec.update(kind="throughput", steps=200, git_commit=git_commit(), target_images_per_s=4000,
+           epoch_s_cifar10=round(50000 / rec["images_per_s"], 1),
+           hours_300_epochs=round(300 * 50000 / rec["images_per_s"] / 3600, 2))
+write_json(sys.argv[1], rec)
+print(json.dumps(rec, indent=1))
+PYEOF
+
+stage "CUDA tests" 60 bash -c '"$0" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_ratebp.py \
+  -k "cuda or single_lif or fp32" 2>&1 | tee "$1"' "$PY" "$OUT/pytest_cuda_$stamp.log"
+
+stage "the full plan's set-ups" 60 "$PY" - "$OUT/setups_cuda_$stamp.json" <<'PYEOF'
+import sys
 from hybridkd_lib.book.plan import plan_setups
 from hybridkd_lib.tools.efficiency import two_step_check
 from hybridkd_lib.base.results import git_commit, write_json
@@ -57,24 +90,7 @@ for spec in plan_setups("full"):
     print(f"{rec['name']:<42} {rec['method']:<7} input {rec['input']} steps {rec['step_times_s']} s, "
           f"peak {rec['peak_mem_mb']:.0f} MB, finite {rec['finite']}")
     records.append(rec)
-write_json(sys.argv[1], {"kind": "full_plan_setups", "git_commit": git_commit(), "records": records})
+    write_json(sys.argv[1], {"kind": "full_plan_setups", "git_commit": git_commit(), "records": records})
 assert all(r["finite"] for r in records), "a non-finite loss"
-PYEOF
-
-timeout 420 "$PY" -m hybridkd_lib bench --device cuda --T 1 2 4 8 --batch-size 128 --steps 10 --warmup 3 \
-  --methods forward_only conv_floor bptt bptt_ckpt bptt_kd ratebp kd hybrid --compile \
-  --out "$OUT/bench_cuda_$stamp.json"
-
-timeout 120 "$PY" - "$OUT/throughput_cuda_$stamp.json" <<'PYEOF'
-import json, sys
-from hybridkd_lib.tools.efficiency import run_one
-from hybridkd_lib.base.results import git_commit, write_json
-rec = run_one("hybrid", 4, "spiking_resnet18", "cifar_resnet18", batch_size=128, input_size=32,
-              device="cuda", steps=200, warmup=10, compile=True)
-rec.update(kind="throughput", steps=200, git_commit=git_commit(), target_images_per_s=4000,
-           epoch_s_cifar10=round(50000 / rec["images_per_s"], 1),
-           hours_300_epochs=round(300 * 50000 / rec["images_per_s"] / 3600, 2))
-write_json(sys.argv[1], rec)
-print(json.dumps(rec, indent=1))
 PYEOF
 echo "wrote $OUT"

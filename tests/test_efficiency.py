@@ -18,8 +18,9 @@ def test_bench_records_all_methods(tmp_path):
     assert [(r["method"], r["T"]) for r in recs] == [(m, 1) for m in BENCH_METHODS]
     for r in recs:
         for key in ("method", "T", "step_time_s", "peak_mem_mb", "images_per_s", "device", "batch_size",
-                    "git_commit", "conv_floor_s", "floor_ratio", "dense_calls", "lif_implementation"):
+                    "git_commit", "conv_floor_s", "floor_ratio", "dense_calls", "lif_implementation", "precision"):
             assert key in r
+        assert r["precision"] == "fp32"
         assert r["step_time_s"] > 0 and r["device"].startswith("cpu") and r["conv_floor_s"] > 0
         assert r["lif_implementation"] == "torch-reference" and r["dense_calls"] > 0
         # the floor entry is its products' time alone: no memory figure, ratio 1
@@ -46,6 +47,13 @@ def _rec(method, T, t, mem, conv_floor=None):
     return {"method": method, "T": T, "step_time_s": t, "peak_mem_mb": mem, "device": "cpu (x, 2 threads)",
             "batch_size": 32, "input_size": 32, "student": "spiking_resnet18", "teacher": "cifar_resnet18",
             "student_kw": {}, "source": "measured (test)", "conv_floor_s": conv_floor}
+
+
+def test_bench_precision_is_checked_before_anything_runs():
+    with pytest.raises(ValueError, match=r"precision='bf16' needs a CUDA device \(device='cpu'\)"):
+        bench(["bptt"], [1], precision="bf16", log=lambda *_: None)
+    with pytest.raises(ValueError, match=r"precision='fp8' not allowed; valid: fp32, bf16, fp16"):
+        bench(["bptt"], [1], precision="fp8", device="cuda", log=lambda *_: None)
 
 
 def test_bench_claims_compute_every_target_ratio():

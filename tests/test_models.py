@@ -64,7 +64,7 @@ def _full_size(name, num_classes):
 # RateBP reference model/resnet.py (resnet18, resnet19: bias-free convs), model/sew_resnet.py and
 # model/preact_resnet.py (torchvision's ResNet-34 layout, every conv with bias: 21,797,672 + 8,512);
 # Spikingformer cifar10/model.py at embed_dims=256, depths=4 (4,156,202 with the two LayerNorms per
-# block its forward never calls, 4 x 1,024; the paper reports 4.15 M).
+# block its forward never calls, 4 x 1,024; the Spikingformer paper reports 4.15 M).
 SOURCE_PARAMS = {"spiking_resnet18": (10, 11_173_962), "spiking_resnet19": (10, 12_697_994),
                  "sew_resnet34": (1000, 21_806_184), "preact_resnet34": (1000, 21_806_184),
                  "spikingformer_4_256": (10, 4_156_202 - 4 * 1_024)}

@@ -1,5 +1,7 @@
 """Hybrid distillation, the trainer's faults and bad input."""
 import json
+import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -377,3 +379,38 @@ def test_clip_grad_norm_clips_every_gradient_and_keeps_the_update_after_backward
     with pytest.raises(ValueError, match="clip_grad_norm=0 not allowed; clip_grad_norm must be > 0"):
         from hybridkd_lib.training.config import validate
         validate(TrainConfig(method="ratebp", clip_grad_norm=0))
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"precision": "fp64"}, "precision='fp64' not allowed; valid: fp32, bf16, fp16"),
+    ({"precision": "bf16"}, "precision='bf16' needs a CUDA device (device='cpu'); the CPU computes in fp32"),
+    ({"lr_step": "batch"}, "lr_step='batch' not allowed; valid: step, epoch"),
+])
+def test_precision_and_schedule_stepping_are_checked_settings(tmp_path, kw, message):
+    from hybridkd_lib.training.config import validate
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        validate(_cfg(tmp_path, "ratebp", **kw))
+
+
+@pytest.mark.parametrize("lr_step", ["step", "epoch"])
+def test_the_cosine_schedule_steps_per_step_or_per_epoch_and_the_run_records_it(tmp_path, lr_step):
+    """``lr_step="epoch"`` (the RateBP reference's ``CosineAnnealingLR(T_max=epochs)``, stepped once per epoch):
+    the rate is constant within an epoch; ``"step"``: it decays over every step of the run."""
+    cfg = _cfg(tmp_path, "ratebp", epochs=3, lr_step=lr_step)
+    res = train(cfg, log=lambda *_: None)
+    assert res["lr_step"] == lr_step and res["precision"] == "fp32"
+    _, state = checkpoint.load_latest(Path(cfg.out) / "checkpoints", log=lambda *_: None)
+    steps = 3 * TINY["max_steps_per_epoch"]
+    assert state["scheduler"]["T_max"] == (steps if lr_step == "step" else 3)
+    assert state["scheduler"]["last_epoch"] == (steps if lr_step == "step" else 3)
+    # at each epoch's end both schedules stand at the same point of the cosine
+    assert [round(r["lr"], 6) for r in res["history"]] == [round(0.05 * (1 + math.cos(math.pi * e / 3)) / 2, 6)
+                                                           for e in (1, 2, 3)]
+
+
+def test_every_training_run_of_the_full_profile_trains_in_fp32_stepping_per_epoch():
+    from hybridkd_lib.book.plan import plan
+
+    runs = [r for r in plan("full") if r.notebook.startswith("train_")]
+    assert runs and all((r.params["precision"], r.params["lr_step"]) == ("fp32", "epoch") for r in runs)

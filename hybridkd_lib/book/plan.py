@@ -195,6 +195,9 @@ def _full_plan() -> list[Run]:
     teachers of Table B are fine-tuned here at 224 from a local ImageNet ViT-S/16 checkpoint."""
     runs = [r for ds in ("cifar10", "cifar100") for r in _full_cifar_runs(ds)]
     runs += _full_imagenet_runs() + _full_dvs_runs()
+    for r in runs:   # as the RateBP reference trains: in float32, the cosine schedule stepped once per epoch
+        if r.notebook.startswith("train_"):
+            r.params.update(precision="fp32", lr_step="epoch")
     runs.append(Run("cam", "cam", dict(run="@imagenet_hybrid_sew_resnet34_resnet34", n_images=4), ["Fig. A"]))
     for tag in ("r18_r18", "r19_r34"):
         runs += nir_runs(next(r for r in runs if r.name == f"cifar10_hybrid_{tag}_T4"), "cuda")

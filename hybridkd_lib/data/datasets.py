@@ -241,8 +241,8 @@ def _shift(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- CIFAR
 def cifar_transforms(name: str, augment: bool = True):
     """(train, test) torchvision transforms for CIFAR-10/100: the RateBP reference's recipe
-    (random crop + flip, AutoAugment, Cutout 16) for every CIFAR run, Table B's too (the paper
-    states none); ``augment=False``: normalisation only."""
+    (random crop + flip, AutoAugment, Cutout 16) for every CIFAR run, Table B's too (the
+    supplementary states none); ``augment=False``: normalisation only."""
     from torchvision import transforms as T
 
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)

@@ -7,8 +7,9 @@
 
 Each term is a function of one step's outputs (``StepOutputs``) and the weights, listed once in ``TERMS``
 with the method facts it needs; which terms a method uses is its ``terms`` (``hybridkd_lib.method.methods``).
-No torch is imported until a term is computed (the command line's ``--help`` reads this module). The weights are the
-paper's form (``w`` about 1, ``tau`` 3-4): the exact values are not public.
+The supplementary states no loss weights, temperature or reduction over k: each is a project choice (the
+book's page "What the paper leaves open"). No torch is imported until a term is computed (the command
+line's ``--help`` reads this module).
 """
 from __future__ import annotations
 
@@ -49,10 +50,10 @@ class LossConfig:
     """Weights (0 switches a term off) and the KD temperature.
 
     Defaults: ``ce=1`` (labels always anchor the SNN); ``kd=1`` and
-    ``temperature=4`` (Hinton KD as in the paper's Vanilla KD baseline, tau in 3-4);
+    ``temperature=4`` (Hinton KD's common CIFAR value; the supplementary states no temperature);
     ``hybrid_ce=1`` and ``hybrid_kd=1`` (each hybrid M_k is trained like the SNN itself,
     so the prefix features serve both the SNN and the teacher's suffix).
-    ``hybrid_reduction``: ``"sum"`` (the paper's formula) or ``"mean"`` of the hybrid terms over k.
+    ``hybrid_reduction``: ``"sum"`` or ``"mean"`` of the hybrid terms over k (a project choice).
     ``ratebp_grad_scale``: RateBP reference's 1/T gradient scale of the loss.
     """
 

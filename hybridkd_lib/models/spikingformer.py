@@ -18,7 +18,7 @@ the 1x1 projections are ``Conv1d`` and the norms ``BatchNorm1d`` (the source's
 
 The source's blocks also create two LayerNorms that their forward never calls; they are
 left out (4,096 parameters at D=256: the source module has 4,156,202, the network it
-computes 4,152,106, the paper's 4.15 M).
+computes 4,152,106, the Spikingformer paper's 4.15 M).
 
 Neurons: the source's ``MultiStepLIFNode(tau=2.0, detach_reset=True)`` with spikingjelly's
 defaults, i.e. tau 2.0, ``decay_input=True``, hard reset to 0, threshold 1.0 (0.5 for the

@@ -12,6 +12,7 @@ BENCH_INPUT_SIZE = 32
 BENCH_DEVICE = "cpu"
 BENCH_STEPS = 3    # timed steps (and as many again, each after one timing of the conv floor)
 BENCH_WARMUP = 1
+BENCH_PRECISION = "fp32"   # a CUDA step's compute precision (training.config.PRECISIONS); the CPU computes in fp32
 CHILD_TIMEOUT_S = 3600.0   # one bench configuration in its own process (a full-width T=8 CPU step: minutes)
 
 # nirexport: seconds per timestep; snnTorch's NIR import assumes 1e-4 (Norse's default dt is 1e-3)

@@ -31,7 +31,7 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 from hybridkd_lib.base import children
 from hybridkd_lib.tools import floor
 from hybridkd_lib.tools.defaults import (BENCH_BATCH_SIZE, BENCH_DEVICE, BENCH_INPUT_SIZE, BENCH_STEPS, BENCH_STUDENT,
-                                         BENCH_TEACHER, BENCH_TS, BENCH_WARMUP, CHILD_TIMEOUT_S)
+                                         BENCH_PRECISION, BENCH_TEACHER, BENCH_TS, BENCH_WARMUP, CHILD_TIMEOUT_S)
 from hybridkd_lib.snn import lif_backend
 from hybridkd_lib.training import speed
 from hybridkd_lib.method.methods import BENCH_VARIANTS, bench_methods
@@ -50,8 +50,9 @@ def _bptt_ckpt_logits(student, x):
 
 def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, input_size: int,
             device: str, steps: int = BENCH_STEPS, warmup: int = BENCH_WARMUP, student_kw=None, teacher_kw=None,
-            compile: bool = False) -> dict:
-    """Median step time and peak memory of one configuration, in this process; ``compile``: the spike pass as
+            compile: bool = False, precision: str = BENCH_PRECISION) -> dict:
+    """Median step time and peak memory of one configuration, in this process (``precision``: a CUDA step's, as
+    ``TrainConfig.precision``); ``compile``: the spike pass as
     compiled kernels (``speed.apply``), whose build time (the first warm-up step's excess over the median
     step; 0 for ``conv_floor``, which times no steps) is reported apart as ``compile_s``. Peak memory is read after
     ``steps`` timed steps; then the step's conv floor is timed ``steps`` times, each followed by one more timed
@@ -61,12 +62,12 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
     dev = torch.device(device)
     torch.manual_seed(0)
     learner, train_step = _bench_learner(BENCH_VARIANTS.get(method, method), T, student, teacher, input_size, dev,
-                                         student_kw, teacher_kw, compile)
+                                         student_kw, teacher_kw, compile, precision)
     compiled = any(getattr(m, "spike_loop", None) == "compiled" for m in learner.modules())
     x = torch.randn(batch_size, 3, input_size, input_size, device=dev)
     y = torch.randint(10, (batch_size,), device=dev)
     x = x.contiguous(memory_format=speed.layout(learner, dev))
-    step = _bench_step(method, learner, train_step, x, y, dev)
+    step = _bench_step(method, learner, train_step, x, y, dev, precision)
     if compiled:
         warmup = max(warmup, 1)   # the kernels are built in the first step, never a timed one
     warmup_times = [_timed(step, dev) for _ in range(warmup)]
@@ -79,32 +80,34 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
             "lif_implementation": lif_backend.bound(dev), "spike_loop": "compiled" if compiled else "fused",
             "compile_s": round(max(warmup_times[0] - med, 0.0), 2) if compiled and times else 0.0,
             "batch_size": batch_size, "input_size": input_size, "student": student, "teacher": teacher,
-            "student_kw": student_kw or {}, "threads": torch.get_num_threads()}
+            "student_kw": student_kw or {}, "threads": torch.get_num_threads(), "precision": precision}
 
 
 def _bench_learner(train_method: str, T: int, student: str, teacher: str, input_size: int, dev: torch.device,
-                   student_kw, teacher_kw, compile: bool):
+                   student_kw, teacher_kw, compile: bool, precision: str):
     """The learner and its training step for ``train_method``, built and placed as the trainer does."""
     from hybridkd_lib.training.config import TrainConfig
     from hybridkd_lib.training.learner import Learner, make_optimizer
 
     cfg = TrainConfig(method=train_method, student=student, teacher=teacher, T=T,
-                      student_kw=student_kw or {}, teacher_kw=teacher_kw or {}, compile_spike_pass=compile)
+                      student_kw=student_kw or {}, teacher_kw=teacher_kw or {}, compile_spike_pass=compile,
+                      precision=precision)
     learner = place(Learner(cfg, 10, (3, input_size, input_size)).train(), dev)   # as the trainer
     opt = make_optimizer(cfg, learner.trainable())
-    return learner, TrainingStep(learner, opt, dev, compile_spike_pass=cfg.compile_spike_pass)   # as the trainer
+    return learner, TrainingStep(learner, opt, dev, compile_spike_pass=cfg.compile_spike_pass,
+                                 precision=precision)   # as the trainer
 
 
-def _bench_step(method: str, learner, train_step, x, y, dev: torch.device):
+def _bench_step(method: str, learner, train_step, x, y, dev: torch.device, precision: str):
     """One step of ``method`` on the batch ``(x, y)``: a graph-free forward, a checkpointed BPTT step, or the
     trainer's step."""
     def step():
         if method == "forward_only":
-            with autocast(dev), torch.no_grad():
+            with autocast(dev, precision), torch.no_grad():
                 learner.student(x)
             train_step.tricks.after_step()
         elif method == "bptt_ckpt":
-            with autocast(dev):
+            with autocast(dev, precision):
                 loss = torch.nn.functional.cross_entropy(_bptt_ckpt_logits(learner.student, x).float(), y)
             train_step.backward_and_step(loss)
         else:
@@ -147,8 +150,12 @@ def device_name(dev: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def check_bench_args(methods, Ts, steps=1, warmup=0, batch_size=1, input_size=32, out=None) -> None:
+def check_bench_args(methods, Ts, steps=1, warmup=0, batch_size=1, input_size=32, out=None, precision="fp32",
+                     device="cpu") -> None:
     """Refuse bad bench input before anything is measured (and check ``out`` can be written)."""
+    from hybridkd_lib.training.config import check_precision
+
+    check_precision(precision, device)
     bad = [m for m in methods if m not in bench_methods()]
     if bad or not methods:
         raise ValueError(f"unknown bench method(s) {bad or methods}; valid: {', '.join(bench_methods())}")
@@ -182,14 +189,14 @@ def _child_failure(method: str, T: int, rc: int, stderr: str) -> str:
 def bench(methods, Ts=BENCH_TS, student=BENCH_STUDENT, teacher=BENCH_TEACHER, batch_size=BENCH_BATCH_SIZE,
           input_size=BENCH_INPUT_SIZE, device=BENCH_DEVICE, steps=BENCH_STEPS, warmup=BENCH_WARMUP, student_kw=None,
           teacher_kw=None, log=print, fresh_process: bool = True, out: str | Path | None = None,
-          timeout_s: float | None = CHILD_TIMEOUT_S, compile: bool = False) -> dict:
+          timeout_s: float | None = CHILD_TIMEOUT_S, compile: bool = False, precision: str = BENCH_PRECISION) -> dict:
     """Every (method, T); returns ``{"machine": ..., "records": [...]}``. ``fresh_process`` runs each configuration in its own process: on the CPU because peak RSS cannot be reset, on CUDA because
     spikingjelly reads the LIF implementation ``lif_backend.choose`` picked (``machine["lif_choice"]``)
     when it is imported (``False``: one process, with the implementation this process has bound). ``out``:
     a JSON file rewritten (atomically) after every configuration, so a later failure keeps the earlier ones.
     ``timeout_s``: a configuration's process still running after that long is stopped (an error naming it).
-    ``compile``: the spike pass as compiled kernels (``run_one``)."""
-    check_bench_args(methods, Ts, steps, warmup, batch_size, input_size, out)
+    ``compile``: the spike pass as compiled kernels; ``precision``: a CUDA step's (``run_one``)."""
+    check_bench_args(methods, Ts, steps, warmup, batch_size, input_size, out, precision, device)
     from hybridkd_lib.models import check_model_kwargs, check_model_name
 
     check_model_name(student, "student")
@@ -209,7 +216,7 @@ def bench(methods, Ts=BENCH_TS, student=BENCH_STUDENT, teacher=BENCH_TEACHER, ba
         for m in methods:
             spec = dict(method=m, T=T, student=student, teacher=teacher, batch_size=batch_size,
                         input_size=input_size, device=device, steps=steps, warmup=warmup,
-                        student_kw=student_kw, teacher_kw=teacher_kw, compile=compile)
+                        student_kw=student_kw, teacher_kw=teacher_kw, compile=compile, precision=precision)
             if fresh_process:
                 p = children.run([sys.executable, "-m", "hybridkd_lib.tools.efficiency", json.dumps(spec)],
                                  f"bench configuration {m} T={T}", timeout_s, env=child_env)
@@ -233,7 +240,7 @@ def bench(methods, Ts=BENCH_TS, student=BENCH_STUDENT, teacher=BENCH_TEACHER, ba
 
 def two_step_check(spec: dict, device: str, batch_size: int = 8, steps: int = 2) -> dict:
     """Two training steps of one set-up (``book.plan.plan_setups``) at full size on random inputs of the dataset's
-    shape, bf16 autocast on CUDA; teachers are randomly initialised (no checkpoint is read)."""
+    shape, in fp32 as the full profile trains; teachers are randomly initialised (no checkpoint is read)."""
     from hybridkd_lib.data.datasets import dataset_info
     from hybridkd_lib.training.config import TrainConfig
     from hybridkd_lib.training.learner import Learner, make_optimizer

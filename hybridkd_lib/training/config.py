@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 # TrainConfig imports no torch (the command line's --help is built from it); validation imports what it checks
 
 OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("fp32", "bf16", "fp16")   # a CUDA step's compute precision (autocast); the CPU computes in fp32
+LR_STEPS = ("step", "epoch")             # when the cosine schedule advances
 
 
 def _opt(default=None, help: str = "", student_only: bool = False, factory=None):
@@ -73,6 +75,11 @@ class TrainConfig:
     num_workers: int | None = _opt(None, "loader processes per training process (None: 0 for in-memory data, else "
                                          "from the CPUs)")
     max_steps_per_epoch: int | None = _opt(None, "cap the steps of an epoch (smoke runs)")
+    precision: str = _opt("fp32", "fp32 | bf16 | fp16: a CUDA step's compute precision (bf16/fp16: autocast, the LIF "
+                                  "state stays fp32; fp16 with a gradient scaler); the RateBP reference trains in fp32. "
+                                  "The CPU computes in fp32")
+    lr_step: str = _opt("step", "step | epoch: when the cosine schedule advances (the RateBP reference: once per epoch; "
+                                "the CPU profiles: every step)")
     progress: bool = _opt(True, "show progress bars")
 
     @property
@@ -115,6 +122,14 @@ def check_device(device: str) -> None:
                        if torch.cuda.is_available() else [])
     if device not in valid:
         raise ValueError(f"device={device!r} not available here; valid: {', '.join(valid)}")
+
+
+def check_precision(precision: str, device: str) -> None:
+    """``PRECISIONS``; bf16 and fp16 only on CUDA (the CPU computes in fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} not allowed; valid: {', '.join(PRECISIONS)}")
+    if precision != "fp32" and not str(device).startswith("cuda"):
+        raise ValueError(f"precision={precision!r} needs a CUDA device (device={device!r}); the CPU computes in fp32")
 
 
 def _check_types(cfg: TrainConfig) -> None:
@@ -180,6 +195,9 @@ def validate(cfg: TrainConfig, world_size: int = 1, check_out: bool = False) -> 
     check_device(cfg.device)
     if cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    check_precision(cfg.precision, cfg.device)
+    if cfg.lr_step not in LR_STEPS:
+        raise ValueError(f"lr_step={cfg.lr_step!r} not allowed; valid: {', '.join(LR_STEPS)}")
     check_loss_options(cfg.loss)
     if cfg.method in methods_where(teacher=True):   # it loads a trained teacher
         if not cfg.teacher_ckpt:

@@ -10,29 +10,35 @@ import torch
 import torch.distributed as dist
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (the LIF state stays fp32, see ``neurons``); nothing on the CPU. The one place
-    the precision of a step is chosen (the trainer, the bench, evaluation)."""
-    return torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # config.PRECISIONS
+
+
+def autocast(device: torch.device, precision: str = "fp32"):
+    """Autocast to ``precision`` (``config.PRECISIONS``) on CUDA, where it is not fp32 (the LIF state stays fp32,
+    see ``neurons``); nothing on the CPU. The one place a step's precision takes effect (the trainer, the
+    bench, evaluation)."""
+    dtype = AUTOCAST_DTYPES[precision]
+    return torch.autocast(device.type, dtype or torch.bfloat16, enabled=device.type == "cuda" and dtype is not None)
 
 
 @dataclass
 class Distributed:
-    """Where this process trains: ``rank`` of ``world`` processes, on ``device``."""
+    """Where this process trains: ``rank`` of ``world`` processes, on ``device``, in ``precision``."""
 
     rank: int = 0
     world: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     owns_group: bool = False  # this run initialised the process group (and destroys it)
+    precision: str = "fp32"   # a CUDA step's compute precision (``autocast``)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
     def autocast(self):
-        """``autocast`` on this process's device."""
-        return autocast(self.device)
+        """``autocast`` on this process's device, in its ``precision``."""
+        return autocast(self.device, self.precision)
 
     def put(self, *tensors: torch.Tensor) -> tuple:
         """The tensors on this process's device (asynchronous copies from pinned memory on CUDA)."""
@@ -54,13 +60,13 @@ class Distributed:
             dist.destroy_process_group()
 
 
-def init_distributed(device: str) -> Distributed:
+def init_distributed(device: str, precision: str = "fp32") -> Distributed:
     """One process per device under torchrun (``WORLD_SIZE``/``RANK``/``LOCAL_RANK``): ``LOCAL_RANK``
     picks the GPU; NCCL on CUDA, gloo on CPU. A single process needs nothing."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dev = torch.device(device)
     if world == 1:
-        return Distributed(device=dev)
+        return Distributed(device=dev, precision=precision)
     if "LOCAL_RANK" not in os.environ:
         raise ValueError(f"WORLD_SIZE={world} but LOCAL_RANK is not set: start several processes with torchrun "
                          f"(torchrun --nproc_per_node N -m hybridkd_lib train ...), which sets both")
@@ -77,7 +83,7 @@ def init_distributed(device: str) -> Distributed:
     if owns:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
                                 device_id=dev if dev.type == "cuda" else None)
-    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank, dev, owns)
+    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank, dev, owns, precision)
 
 
 def broadcast_from_main(obj, env: Distributed):

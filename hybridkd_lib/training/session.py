@@ -49,10 +49,12 @@ def setup(cfg: TrainConfig, env: Distributed, log=print) -> tuple[Session, dict 
     per_rank = cfg.batch_size // env.world
     sampler, train_loader, test_loader = _loaders(cfg, env, train_set, test_set, per_rank)
     steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
+    # the cosine schedule advances every step, or once per epoch as the RateBP reference's (``lr_step``)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * (steps if cfg.lr_step == "step" else 1))
     state = _resume(cfg, env, learner, opt, sched, log)
     step = TrainingStep(learner, opt, env.device, module=_data_parallel(learner, cfg, env), data_parallel=env.world > 1,
                         clip_grad_norm=cfg.clip_grad_norm, compile_spike_pass=cfg.compile_spike_pass,
+                        precision=cfg.precision,
                         log=log if env.main else (lambda *_: None))
     return Session(cfg, env, learner, step, opt, sched, sampler, train_loader, test_loader, steps, num_classes,
                    check_every=1 if env.device.type == "cpu" else 50,

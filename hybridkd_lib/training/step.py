@@ -51,8 +51,11 @@ class TrainingStep:
 
     def __init__(self, learner: nn.Module, opt: torch.optim.Optimizer, device: torch.device,
                  module: nn.Module | None = None, data_parallel: bool = False,
-                 clip_grad_norm: float | None = None, compile_spike_pass: bool = False, log=print):
-        self.learner, self.opt, self.device = learner, opt, device
+                 clip_grad_norm: float | None = None, compile_spike_pass: bool = False, precision: str = "fp32",
+                 log=print):
+        self.learner, self.opt, self.device, self.precision = learner, opt, device, precision
+        # fp16 keeps small gradients representable by scaling the loss (torch.amp's GradScaler; CUDA only)
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         self.module = module if module is not None else learner
         self.clip_grad_norm = clip_grad_norm
         in_backward = speed.steps_in_backward(device, data_parallel) and clip_grad_norm is None
@@ -63,7 +66,7 @@ class TrainingStep:
                                   log=log)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             loss, parts, _ = self.module(x, y)
         self.backward_and_step(loss)
         return loss, parts
@@ -75,10 +78,16 @@ class TrainingStep:
             loss.backward()   # every parameter is updated as its gradient completes
         else:
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+            if self.scaler is not None:
+                self.scaler.unscale_(self.opt)   # clipping sees the true gradients
             if self.clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.learner.trainable(), self.clip_grad_norm)
-            self.opt.step()
+            if self.scaler is None:
+                self.opt.step()
+            else:
+                self.scaler.step(self.opt)   # skipped where a gradient overflowed
+                self.scaler.update()
         self.tricks.after_step()
 
     def close(self) -> None:

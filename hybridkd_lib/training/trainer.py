@@ -81,7 +81,8 @@ def train_one_epoch(s: Session, epoch: int) -> float:
         if step >= s.steps_per_epoch:
             break
         loss, parts = s.step(*env.put(x, y))
-        s.sched.step()
+        if cfg.lr_step == "step":
+            s.sched.step()
         loss_sum += loss.detach() * len(y)
         n_seen += len(y)
         pending.append(loss.detach())
@@ -138,7 +139,7 @@ def train(cfg: TrainConfig, on_epoch_end=None, log=print, overwrite: bool = Fals
     the result untouched; a finished run whose ``model.pt`` is gone gets it back from its last
     checkpoint), other settings stop before any work unless ``overwrite`` starts over."""
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
-    env = init_distributed(cfg.device)
+    env = init_distributed(cfg.device, cfg.precision)
     try:
         folder = bind_run_folder(cfg, env, overwrite)
         if folder != "new" and env.main and not (Path(cfg.out) / SETTINGS_FILE).is_file():
@@ -183,6 +184,8 @@ def _run_epochs(s: Session, state: dict | None, on_epoch_end, log) -> dict:
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         train_loss = train_one_epoch(s, epoch)
+        if cfg.lr_step == "epoch":
+            s.sched.step()
         train_time += time.perf_counter() - t0
         recompute_bn_stats(s.learner, s.bn_batches, env)
         metrics = evaluate(s.learner, s.test_loader, env, with_teacher=teacher_top1 is None)
