@@ -9,8 +9,8 @@ convolutions and linear layers of one ``ratebp`` step, timed alone: ``floor``), 
 ``bptt_ckpt`` (BPTT with per-stage gradient checkpointing), ``bptt_kd``, ``ratebp``, ``kd``,
 ``hybrid`` (ours). Every record also carries its own step's floor (``conv_floor_s``: the dense
 products of one step of that method, timed alone in the same process) and ``floor_ratio``, its
-step time over that floor. Every method's step is the trainer's step (``step.TrainingStep``: the layout of ``speed.layout``, bf16 autocast
-on CUDA, and the CPU memory tricks of ``speed.apply``: the optimizer update of each parameter inside
+step time over that floor. Every method's step is the trainer's step (``step.TrainingStep``: the layout of ``speed.layout``, the ``precision``
+asked for on CUDA, and the CPU memory tricks of ``speed.apply``: the optimizer update of each parameter inside
 backward, block temporaries overwritten, freed heap pages returned to the OS).
 """
 from __future__ import annotations

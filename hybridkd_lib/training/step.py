@@ -2,7 +2,7 @@
 
 ``place`` puts a learner on its device in the layout the kernels compute correctly there
 (``speed.layout``) with every training BN synchronised across processes; ``TrainingStep`` is then
-``(loss, parts) = step(x, y)``: the method's forward under bf16 autocast on CUDA, backward, the
+``(loss, parts) = step(x, y)``: the method's forward (under autocast where ``precision`` is bf16 or fp16, CUDA only), backward, the
 optional gradient clipping (``clip_grad_norm``, timm's meaning: the global L2 norm of every trained
 gradient) and the optimizer update, with the CPU memory tricks ``speed.apply`` installs (the update
 inside backward on single-process CPU runs without clipping). ``peak_mem_mb`` reads peak memory as
