@@ -9,7 +9,7 @@
 #   1. the Fig. 4 bench in float32 (the reference's precision), then in bf16, on synthetic CIFAR-shaped data:
 #      spiking_resnet18 <- cifar_resnet18, T in {1, 2, 4, 8}, batch 128, the spike pass compiled (Triton),
 #      BPTT's LIF on the fastest spikingjelly kernels that pass the equality check (lif_backend);
-#   2. a 200-step `hybrid` training throughput run at T=4, batch 128, compiled spike pass, float32;
+#   2. a 50-step `hybrid` training throughput run at T=4, batch 128, compiled spike pass, float32;
 #   3. the tests that have CUDA variants;
 #   4. two float32 training steps of every distinct training set-up of the full plan, at full size, on
 #      random inputs of each dataset's shape.
@@ -46,14 +46,19 @@ assert torch.cuda.is_available(), "no CUDA device"
 print("torch", torch.__version__, "on", torch.cuda.get_device_name(0))
 PYEOF
 
-# stage NAME SECONDS CMD...: run CMD for at most SECONDS; a stage cut short or failing is said, the next runs
+# stage NAME SECONDS CMD...: run CMD for at most SECONDS; a stage cut short or failing is said and the next
+# runs; the script exits 1 at the end if any stage did not finish
+failed=()
 stage() {
   local name=$1 limit=$2
   shift 2
   echo "== $name (at most ${limit} s)"
   local rc=0
   timeout "$limit" "$@" || rc=$?
-  [ "$rc" -eq 0 ] || echo "== $name: cut short or failed (exit $rc); its JSON keeps what it finished" >&2
+  if [ "$rc" -ne 0 ]; then
+    echo "== $name: cut short or failed (exit $rc); its JSON keeps what it finished" >&2
+    failed+=("$name")
+  fi
 }
 
 for precision in fp32 bf16; do
@@ -68,15 +73,15 @@ import json, sys
 from hybridkd_lib.tools.efficiency import run_one
 from hybridkd_lib.base.results import git_commit, write_json
 rec = run_one("hybrid", 4, "spiking_resnet18", "cifar_resnet18", batch_size=128, input_size=32,
-              device="cuda", steps=200, warmup=10, compile=True, precision="fp32")
-rec.update(kind="throughput", steps=200, git_commit=git_commit(), target_images_per_s=4000,
+              device="cuda", steps=50, warmup=5, compile=True, precision="fp32")
+rec.update(kind="throughput", steps=50, git_commit=git_commit(), target_images_per_s=4000,
            epoch_s_cifar10=round(50000 / rec["images_per_s"], 1),
            hours_300_epochs=round(300 * 50000 / rec["images_per_s"] / 3600, 2))
 write_json(sys.argv[1], rec)
 print(json.dumps(rec, indent=1))
 PYEOF
 
-stage "CUDA tests" 60 bash -c '"$0" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_ratebp.py \
+stage "CUDA tests" 60 bash -o pipefail -c '"$0" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_ratebp.py \
   -k "cuda or single_lif or fp32" 2>&1 | tee "$1"' "$PY" "$OUT/pytest_cuda_$stamp.log"
 
 stage "the full plan's set-ups" 60 "$PY" - "$OUT/setups_cuda_$stamp.json" <<'PYEOF'
@@ -94,3 +99,7 @@ for spec in plan_setups("full"):
 assert all(r["finite"] for r in records), "a non-finite loss"
 PYEOF
 echo "wrote $OUT"
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "stages not finished: ${failed[*]}" >&2
+  exit 1
+fi

@@ -207,7 +207,7 @@ def test_bn_rate_backward_equals_autograd_of_the_defining_formula(affine):
 
 
 def test_lif_state_stays_fp32_under_bf16_autocast_and_spikes_match_spikingjelly_fp32():
-    """bf16 autocast (the CUDA default) must not put the membrane potential or the eligibility in
+    """bf16 autocast (``precision="bf16"`` on CUDA) must not put the membrane potential or the eligibility in
     bf16: spikingjelly's CUDA kernel needs fp32 state, and 2^-7 steps at the threshold change spikes."""
     from spikingjelly.activation_based import neuron, surrogate
 

@@ -414,3 +414,15 @@ def test_every_training_run_of_the_full_profile_trains_in_fp32_stepping_per_epoc
 
     runs = [r for r in plan("full") if r.notebook.startswith("train_")]
     assert runs and all((r.params["precision"], r.params["lr_step"]) == ("fp32", "epoch") for r in runs)
+
+
+def test_a_cuda_run_recorded_before_precision_existed_counts_as_bf16(tmp_path):
+    """CUDA steps ran under bf16 autocast before ``precision`` was a setting: an older CUDA run's settings get
+    ``bf16``, a CPU run's the default ``fp32``, so neither is relabelled."""
+    from hybridkd_lib.training.runfolder import _with_later_fields, run_settings
+
+    now = run_settings(_cfg(tmp_path, "ratebp"))
+    old = {k: v for k, v in now.items() if k not in ("precision", "lr_step")}
+    assert _with_later_fields(dict(old, device="cuda"), now, _cfg(tmp_path, "ratebp"))["precision"] == "bf16"
+    assert _with_later_fields(old, now, _cfg(tmp_path, "ratebp"))["precision"] == "fp32"
+    assert _with_later_fields(old, now, _cfg(tmp_path, "ratebp"))["lr_step"] == "step"

@@ -187,7 +187,7 @@ JOB_HOURS = {"cifar": 24, "cifar_snn": 48, "vit": 12, "spikingformer": 72, "imag
 # Where the full profile expects the weights it starts from (see the Datasets page).
 CHECKPOINTS = {"resnet34": "data/checkpoints/resnet34_timm.pth", "resnet50": "data/checkpoints/resnet50_timm.pth",
                "vit_imagenet": "data/checkpoints/vit_small_patch16_224_imagenet.pth"}
-IMAGENET_NPROC = 8  # Table C: global batch 512 = 8 GPUs x 64
+IMAGENET_NPROC = 8  # the RateBP code's ImageNet batch of 512 = 8 GPUs x 64 (the supplementary states no batch)
 
 
 def _full_plan() -> list[Run]:

@@ -660,15 +660,23 @@ def _open_choice_facts(text: dict) -> dict:
 OPTIMIZER_NAMES = {"sgd": "SGD with momentum", "adamw": "AdamW"}
 
 
+def _reported_teacher_top1(teacher: str) -> float:
+    """The ImageNet teacher's top-1 Table C reports."""
+    return next(r["teacher_top1"] for r in reported()["table_c"] if r["dataset"] == "ImageNet" and r["teacher"] == teacher)
+
+
 def _full_profile_facts() -> dict:
     """The full profile's settings the open-choices table names, read from its plan."""
     from hybridkd_lib.book.plan import IMAGENET_NPROC, plan
+    from hybridkd_lib.training.config import TrainConfig
 
     runs = {r.name: r for r in plan("full")}
     sf, vit, imnet = (runs[n].params for n in ("cifar10_sf_hybrid", "cifar10_teacher_vit",
                                                "imagenet_hybrid_sew_resnet34_resnet34"))
     quick = next(r for r in plan("quick") if r.notebook == "train_student").params
-    return {"lr_step_full": sf["lr_step"], "lr_step_cpu": quick.get("lr_step", "step"),
+    return {"lr_step_full": sf["lr_step"], "lr_step_cpu": quick.get("lr_step", TrainConfig.lr_step),
+            "r34_top1": f"{_reported_teacher_top1('ResNet-34'):.2f}",
+            "r50_top1": f"{_reported_teacher_top1('ResNet-50'):.2f}",
             "precision_full": sf["precision"], "imagenet_T": imnet["T"], "imagenet_batch": imnet["batch_size"],
             "imagenet_nproc": IMAGENET_NPROC, "dvs_T": runs["cifar10dvs_hybrid_r19_r19"].params["T"],
             "cifar_batch": runs["cifar10_hybrid_r18_r18_T4"].params["batch_size"], "vit_epochs": vit["epochs"],
@@ -689,7 +697,8 @@ def _neuron_text(c, words: dict) -> str:
 
 
 def spikingformer_params() -> pd.DataFrame:
-    """Spikingformer-4-256's parameter count: the paper's (reported) and this library's model (counted)."""
+    """Spikingformer-4-256's parameter count: the Spikingformer paper's (reported) and this library's model
+    (counted)."""
     import torch
 
     from hybridkd_lib.models import create_model

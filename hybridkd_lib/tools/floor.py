@@ -2,7 +2,7 @@
 
 ``record(step, model)`` runs ``step()`` once with forward hooks on every convolution and linear layer of
 ``model`` and lists each call as a ``DenseCall``: the input's shape and layout, the compute dtype (the
-output's: bf16 under CUDA autocast) and which backward products the step computes for it (the gradient
+output's: bf16 or fp16 under CUDA autocast) and which backward products the step computes for it (the gradient
 with respect to the input where the input needs one, the weight's where the weight is trained). For a
 RateBP step that is the spike pass's forward over ``[T*B, ...]``, the rate pass's forward and both
 backward products over ``[B, ...]``, and with a teacher its graph-free forward and, for the hybrids, its

@@ -28,6 +28,8 @@ def _with_later_fields(recorded: dict, now: dict, cfg: TrainConfig) -> dict:
     (a new field's default keeps the behaviour runs had before it), so an older run still matches."""
     defaults = {f.name: (f.default_factory() if f.default_factory is not MISSING else f.default)
                 for f in fields(cfg)}
+    if str(recorded.get("device", "cpu")).startswith("cuda"):
+        defaults["precision"] = "bf16"   # CUDA runs before ``precision`` existed trained under bf16 autocast
     return {**{k: defaults[k] for k in now if k not in recorded and k in defaults}, **recorded}
 
 

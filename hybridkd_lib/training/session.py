@@ -56,6 +56,8 @@ def setup(cfg: TrainConfig, env: Distributed, log=print) -> tuple[Session, dict 
                         clip_grad_norm=cfg.clip_grad_norm, compile_spike_pass=cfg.compile_spike_pass,
                         precision=cfg.precision,
                         log=log if env.main else (lambda *_: None))
+    if state is not None and step.scaler is not None and "grad_scaler" in state:   # fp16: its loss scale too
+        step.scaler.load_state_dict(state["grad_scaler"])
     return Session(cfg, env, learner, step, opt, sched, sampler, train_loader, test_loader, steps, num_classes,
                    check_every=1 if env.device.type == "cpu" else 50,
                    bn_batches=_fixed_batches(train_set, cfg, env, per_rank)), state

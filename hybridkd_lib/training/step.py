@@ -62,6 +62,8 @@ class TrainingStep:
         if clip_grad_norm is not None and speed.steps_in_backward(device, data_parallel) and speed.enabled():
             log(f"clip_grad_norm={clip_grad_norm}: the optimizer steps after backward (the step-in-backward "
                 f"memory trick is not installed)")
+        # the optimizer steps inside backward only on the CPU, where there is no fp16 and so no scaler
+        assert not (in_backward and self.scaler is not None), "a gradient scaler cannot step inside backward"
         self.tricks = speed.apply(learner, opt, step_in_backward=in_backward, compile_spike_pass=compile_spike_pass,
                                   log=log)
 

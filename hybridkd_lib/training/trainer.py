@@ -231,7 +231,8 @@ def _save_epoch(s: Session, epoch: int, history: list, train_time: float) -> Non
     checkpoint.save_epoch(out / "checkpoints", epoch, {
         "epoch": epoch, "learner": s.learner.state_dict(), "optimizer": s.opt.state_dict(),
         "scheduler": s.sched.state_dict(), "rng": torch.get_rng_state(), "history": history,
-        "train_time_s": train_time, "settings": run_settings(s.cfg)})
+        "train_time_s": train_time, "settings": run_settings(s.cfg),
+        **({"grad_scaler": s.step.scaler.state_dict()} if s.step.scaler is not None else {})})
 
 
 def _save_model(s: Session) -> None:
