@@ -30,7 +30,6 @@ class Learner(nn.Module):
         self._build(cfg, num_classes, tuple(input_shape))
         # the architecture only: a teacher fine-tuned from a file is rebuilt from model.pt alone
         self.model_kw = {k: v for k, v in self.model_kw.items() if k not in WEIGHT_OPTIONS}
-        self.num_hybrids = self.spec.num_hybrids(self)
 
     def _build(self, cfg: TrainConfig, num_classes: int, input_shape: tuple) -> None:
         """``model`` (what is trained), ``student``, ``teacher`` (trained weights from ``teacher_ckpt``),
