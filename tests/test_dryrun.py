@@ -42,6 +42,10 @@ def test_every_run_of_the_full_plan_executes(dry):
             assert res["device"] == "cpu" and res["world_size"] == dry["processes"][run.name]
             # a finished dry-run run keeps its model and results, not its resume checkpoints
             assert (root / run.name / "model.pt").is_file() and not (root / run.name / "checkpoints").exists()
+            # as the RateBP reference trains: float32, the cosine schedule stepped once per epoch
+            assert (res["precision"], res["lr_step"]) == ("fp32", "epoch"), run.name
+    bench = json.loads((root / "efficiency" / "bench.json").read_text())["records"]
+    assert bench and {r["precision"] for r in bench} == {"fp32"}
     # the multi-process runs of the plan ran as 2 torchrun processes through the same DDP code
     imagenet = [r for r in rows if r["dataset"] == "imagenet"]
     assert len(imagenet) == 3 and all(r["processes"] == 2 for r in imagenet)

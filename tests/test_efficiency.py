@@ -294,3 +294,17 @@ def test_lif_checks_run_each_candidate_and_say_why_one_is_not_taken():
         assert choice["checked"][name] == "not taken: spikingjelly bound 'torch-reference' instead"
     assert said == [f"BPTT's LIF on cpu: torch (torch: {choice['checked']['torch']}; cuda: not taken: spikingjelly "
                     f"bound 'torch-reference' instead; triton: not taken: spikingjelly bound 'torch-reference' instead)"]
+
+
+def test_fig4_names_each_records_precision_and_never_mixes_two():
+    """A CUDA file of bf16 records and one of fp32 records stay two runs, each labelled; an older CUDA record
+    (before ``precision`` existed) counts as the bf16 it ran under; the CPU's is fp32."""
+    from hybridkd_lib.book import report
+
+    cuda = dict(_rec("ratebp", 8, 1.0, 10.0), device="cuda (H100)")
+    recs = [dict(cuda, precision="fp32"), dict(cuda, precision="bf16", step_time_s=0.5)]
+    table = report.bench_table(recs)
+    assert table.loc[("measured (test)", "ratebp"), ("step_time_s", 8)] == 1.0
+    assert table.loc[("measured (test), bf16", "ratebp"), ("step_time_s", 8)] == 0.5
+    assert [report.record_precision(r) for r in (cuda, _rec("bptt", 1, 1.0, 1.0))] == ["bf16", "fp32"]
+    assert "cuda (H100), fp32, batch 32" in report._label(recs[0])

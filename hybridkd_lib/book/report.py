@@ -448,6 +448,29 @@ def table_c() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def teacher_check(profile: str = "full") -> pd.DataFrame:
+    """The ImageNet teachers: the pinned timm weights (``plan.TIMM_WEIGHTS``), the reported top-1 and the one the
+    ``profile``'s student runs measured on the validation set, and whether they agree within
+    ``plan.TEACHER_TOLERANCE`` points (a different figure means other weights or another evaluation transform)."""
+    from hybridkd_lib.book.plan import TEACHER_TOLERANCE, TIMM_WEIGHTS
+
+    rows, seen = [], set()
+    for run in plan("full"):
+        prm = run.params
+        if prm.get("dataset") != "imagenet" or run.notebook != "train_student" or prm["teacher"] in seen:
+            continue
+        seen.add(prm["teacher"])
+        reported_top1 = _reported_teacher_top1(NICE[prm["teacher"]])
+        measured = (result(run.name, profile) or {}).get("teacher_top1")
+        verdict = NOT_RUN if measured is None else (
+            "agrees" if abs(measured - reported_top1) <= TEACHER_TOLERANCE else "differs")
+        rows.append({"teacher": NICE[prm["teacher"]], "timm weights": TIMM_WEIGHTS[prm["teacher"]],
+                     "top-1 (%) reported": reported_top1,
+                     f"top-1 (%) measured ({profile})": NOT_RUN if measured is None else round(measured, 2),
+                     f"within {TEACHER_TOLERANCE} points": verdict, "measured in": run.name})
+    return pd.DataFrame(rows)
+
+
 def table_b_settings() -> pd.DataFrame:
     """Table B's training settings, rendered from the plan's ``full`` profile (never retyped): the ViT-S/16
     teachers' fine-tuning and the Spikingformer students' recipe (project choices: the supplementary gives none)."""
@@ -492,16 +515,24 @@ def bench_records(profile: str | None = None) -> list[dict]:
 
 
 def _frame(records: list[dict]) -> pd.DataFrame:
-    """Records as a table with a ``run`` column (the record's source)."""
+    """Records as a table with a ``run`` column (the record's source, and its precision where not fp32, so that
+    records of two precisions are never one run)."""
     df = pd.DataFrame(records)
-    df["run"] = [r.get("source", "this run") for r in records]
+    df["run"] = [r.get("source", "this run") + ("" if record_precision(r) == "fp32" else f", {record_precision(r)}")
+                 for r in records]
     return df
 
 
 def _label(r: dict) -> str:
     kw = r.get("student_kw") or {}
     size = f", width {kw['width']}" if "width" in kw else ""
-    return f"{r.get('source', 'this run')}: {r['device']}, batch {r['batch_size']}{size}"
+    return f"{r.get('source', 'this run')}: {r['device']}, {record_precision(r)}, batch {r['batch_size']}{size}"
+
+
+def record_precision(r: dict) -> str:
+    """A bench record's compute precision; records from before ``precision`` existed: fp32 on the CPU, bf16 on
+    CUDA (the autocast every CUDA step then ran under)."""
+    return r.get("precision") or ("fp32" if str(r.get("device", "")).startswith("cpu") else "bf16")
 
 
 def bench_table(records: list[dict]) -> pd.DataFrame:
