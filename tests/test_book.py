@@ -148,22 +148,31 @@ def test_notebooks_are_committed_without_outputs():
             assert sum("parameters" in c["metadata"].get("tags", []) for c in code) == 1, nb.name
 
 
-# each tutorial through papermill with small settings a student might choose (the book executes the defaults);
-# tutorial_hybrid also with the ResNet-19 <- ResNet-34 pair its exercise 4 invites
+# each tutorial through papermill with small settings a student might choose (the book executes the defaults),
+# every exercise's solution cell run after the notebook (the book skips them); tutorial_hybrid also with the
+# ResNet-19 <- ResNet-34 pair its exercise 4 invites
 _TINY_TRAINING = {"teacher_epochs": 1, "student_epochs": 1, "max_steps_per_epoch": 2}
 TUTORIAL_RUNS = {
     "tutorial_lif": ("tutorial_lif", {"taus": [2, 4], "T": 12, "train_steps": 20, "n_neurons": 5, "alphas": [0.5, 50.0]},
-                     ["theta/tau (T -> inf)", "held-out accuracy", "predicted within T=8", "surrogate, alpha 50.0"]),
+                     ["theta/tau (T -> inf)", "held-out accuracy", "predicted within T=8", "surrogate, alpha 50.0",
+                      "within 200 steps: x=0.24 silent, x=0.26 fired", "spikes in 30 steps: 20",
+                      "surrogate, alpha 4.0", "x=1.01 fired"]),
     "tutorial_ratebp": ("tutorial_ratebp", {"Ts": [1, 2], "depths": [1, 2], "seeds": [0, 1], "cost_batch": 4, "tau": 2,
                                             "gap_students": ["sew_resnet34"]},
-                        ["time-varying", "spike pass (s)", "max gap, stage outputs", "MB per step", "max-pool of two"]),
+                        ["time-varying", "spike pass (s)", "max gap, stage outputs", "MB per step", "max-pool of two",
+                         "library's spike pass: r = 0.6667", "noise std 2.0", "layer 2 (last)", "RateBP is",
+                         "BPTT at T=32"]),
     "tutorial_hybrid": ("tutorial_hybrid", {"width": 4, "teacher_width": 8, "T": 2, **_TINY_TRAINING},
                         ["by hand", "changed by one step", "8 -> 16", "ratio L / step: [2.0]",
-                         "the last stage and the head get none: True", "ours (hybrid), seed 2"]),
+                         "the last stage and the head get none: True", "ours (hybrid), seed 2", "no_hybrid_kd",
+                         "memory-aware: total", "dt = 0.0001 s", "test top-1 on", "refused, sew_resnet34",
+                         "twin the graph describes: same prediction 100.0 %", "8 -> 8", "M_2 terms only",
+                         "kd term = kappa^2 KL", "2 hybrids"]),
     "tutorial_hybrid_r19_r34": ("tutorial_hybrid", {"student": "spiking_resnet19", "teacher": "cifar_resnet34", "width": 4,
                                                     "teacher_width": 8, "T": 2, **_TINY_TRAINING},
                                 ["stage 4", "4 -> 8", "gradient reaches SNN stages 1..2: True",
-                                 "the last stage and the head get none: True", "Vanilla KD, seed 1"]),
+                                 "the last stage and the head get none: True", "Vanilla KD, seed 1",
+                                 "memory-aware: total", "M_1 terms only"]),
 }
 
 
@@ -172,10 +181,18 @@ def test_tutorials_run_through_papermill(name, tmp_path):
     notebook, params, expected = TUTORIAL_RUNS[name]
     if notebook == "tutorial_hybrid":
         params = dict(params, runs_dir=str(tmp_path / "runs"))
+    source = json.loads((REPO_ROOT / "notebooks" / f"{notebook}.ipynb").read_text())
+    for cell in source["cells"]:   # the solutions (skipped where the book executes it) run after the notebook
+        tags = cell["metadata"].get("tags", [])
+        if "solution" in tags:
+            cell["metadata"]["tags"] = [t for t in tags if t != "skip-execution"]
+    (tmp_path / "with_solutions.ipynb").write_text(json.dumps(source))
     out = tmp_path / f"{name}.ipynb"
-    pm.execute_notebook(str(REPO_ROOT / "notebooks" / f"{notebook}.ipynb"), str(out), parameters=params,
+    pm.execute_notebook(str(tmp_path / "with_solutions.ipynb"), str(out), parameters=params,
                         kernel_name="hybridkd", cwd=str(REPO_ROOT), progress_bar=False)
     cells = json.loads(out.read_text())["cells"]
+    solved = [c for c in cells if "solution" in c["metadata"].get("tags", [])]
+    assert len(solved) >= 3 and all(c["outputs"] and c["execution_count"] for c in solved)
     text = "".join("".join(o.get("data", {}).get("text/plain", "")) + "".join(o.get("text", ""))
                    for c in cells if c["cell_type"] == "code" for o in c["outputs"])
     images = sum("image/png" in o.get("data", {}) for c in cells if c["cell_type"] == "code" for o in c["outputs"])

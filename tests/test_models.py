@@ -140,9 +140,9 @@ def test_spikingformer_is_the_sources():
 
 
 def test_reference_neuron_constants_and_the_neuron_parameter():
-    """RateBP reference: leak 0.2 (tau 1.25), threshold 1, soft detached reset, sigmoid alpha 4."""
+    """RateBP reference: decay 0.2 (tau 1.25), threshold 1, soft detached reset, sigmoid alpha 4."""
     from hybridkd_lib.snn.neurons import DEFAULT_NEURON, NeuronConfig
-    assert (DEFAULT_NEURON.leak, DEFAULT_NEURON.v_threshold, DEFAULT_NEURON.v_reset, DEFAULT_NEURON.detach_reset,
+    assert (DEFAULT_NEURON.decay, DEFAULT_NEURON.v_threshold, DEFAULT_NEURON.v_reset, DEFAULT_NEURON.detach_reset,
             DEFAULT_NEURON.surrogate_alpha, DEFAULT_NEURON.decay_input) == (pytest.approx(0.2), 1.0, None, True, 4.0,
                                                                             False)
     m = create_model("spiking_resnet18", width=8, neuron_cfg={"tau": 2})

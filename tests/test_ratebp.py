@@ -269,7 +269,7 @@ class TwoLayer(nn.Module):
 def _hand_ratebp(net: TwoLayer, x, c):
     """RateBP written out by hand for ``sum(c * rate_2)``: the spike pass's rates and eligibilities
     (soft, detached reset: ``ef_t = 1 + lambda * ef_{t-1}``), then ``dW = (dL/dr * e)^T r_in``."""
-    lam, alpha, T = net.lif1.cfg.leak, net.lif1.cfg.surrogate_alpha, net.T
+    lam, alpha, T = net.lif1.cfg.decay, net.lif1.cfg.surrogate_alpha, net.T
 
     def lif(z_t):   # z_t: [T, B, N] -> spikes [T, B, N], rate, eligibility
         v, ef, elig, spikes = torch.zeros_like(z_t[0]), 1.0, torch.zeros_like(z_t[0]), []

@@ -86,3 +86,105 @@ def test_tutorials_use_only_the_public_api(name):
     from hybridkd_lib.book import report  # noqa: F401  (the helpers the tutorials read exist and are public)
     for helper in re.findall(r"report\.(\w+)\(", code):
         assert hasattr(report, helper) and not helper.startswith("_")
+
+
+def _minutes(name):
+    intro = "".join(_cells(name)[1]["source"])
+    match = re.search(r"\*\*Time in class:\*\* about (\d+) minutes", intro)
+    assert match, (name, "states its time as '**Time in class:** about N minutes'")
+    return int(match.group(1))
+
+
+def test_the_stated_times_fit_a_two_hour_lab_with_the_plan_at_the_start():
+    """Every tutorial states its minutes (training included); the plan in the first one lists them, a set-up,
+    and a total of at most two hours."""
+    plan = "".join(_cells(TUTORIALS[0])[1]["source"])
+    rows = dict(re.findall(r"^\| ([^|]+?) \| (\d+) \|", plan, re.M))
+    total = int(rows.pop("Total"))
+    assert sum(int(m) for m in rows.values()) == total <= 120
+    for number, name in enumerate(TUTORIALS, start=1):
+        row = next(int(m) for part, m in rows.items() if part.startswith(f"Tutorial {number}:"))
+        assert row == _minutes(name), name
+    assert sum(_minutes(name) for name in TUTORIALS) <= total
+    assert "Run live" in plan and "Demonstrate" in plan and "Homework" in plan
+
+
+@pytest.mark.parametrize("name", TUTORIALS)
+def test_every_exercise_has_a_folded_executable_solution(name):
+    """One code cell per exercise, after the exercises, folded in the book (hide-input), in JupyterLab
+    (source_hidden) and Colab (a form), and skipped where the book executes the notebook: tests/test_book.py
+    runs them after the notebook."""
+    cells = _cells(name)
+    text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    exercises = text.split("## Exercises", 1)[1].split("<details>", 1)[0]
+    solutions = [c for c in cells if "solution" in c["metadata"].get("tags", [])]
+    assert len(solutions) == len(re.findall(r"^\d+\. ", exercises, re.M))
+    first = next(i for i, c in enumerate(cells) if "## Exercises" in "".join(c["source"]))
+    for number, cell in enumerate(solutions, start=1):
+        assert cells.index(cell) > first and cell["cell_type"] == "code"
+        assert {"hide-input", "skip-execution"} <= set(cell["metadata"]["tags"])
+        assert cell["metadata"]["jupyter"]["source_hidden"] and cell["metadata"]["cellView"] == "form"
+        source = "".join(cell["source"])
+        assert source.startswith(f"#@title Solution {number}:"), source[:40]
+        compile(source, f"{name} solution {number}", "exec")
+
+
+def test_tutorial_2_computes_before_it_derives():
+    """A three-step numeric example of r and e is the first code a student sees, before the derivation."""
+    cells = _cells("tutorial_ratebp")
+    shown = [i for i, c in enumerate(cells) if c["cell_type"] == "code"
+             and not {"remove-cell", "parameters", "hide-input"} & set(c["metadata"].get("tags", []))]
+    derivation = next(i for i, c in enumerate(cells) if "BPTT computes the same sum" in "".join(c["source"]))
+    assert shown[0] < derivation and "spike_equations" in "".join(cells[shown[0]]["source"])
+    assert "BPTT computes the same sum" not in "".join(cells[1]["source"])
+
+
+def _documented():
+    """From book/api.md: documented ``module.name`` paths, and per automodule its members (None: all)."""
+    text = (REPO_ROOT / "book" / "api.md").read_text()
+    names, modules = set(), {}
+    for kind, target, members in re.findall(r"\.\. (automodule|autofunction|autoclass):: (\S+)"
+                                            r"((?:\n   :members:[^\n]*(?:\n {13}[^\n]*)*)?)", text):
+        if kind != "automodule":
+            names.add(target)
+            continue
+        listed = members.replace(":members:", "").replace("\n", " ").strip()
+        modules[target] = {m.strip() for m in listed.split(",")} if listed else None
+    return names, modules
+
+
+def _is_documented(module, name, names, modules):
+    if module == "hybridkd_lib":
+        import hybridkd_lib
+        return name in hybridkd_lib.API
+    if f"{module}.{name}" in names or f"{module}.{name}" in modules:
+        return True
+    return module in modules and (modules[module] is None or name in modules[module])
+
+
+@pytest.mark.parametrize("name", TUTORIALS)
+def test_tutorial_cells_use_only_names_the_api_page_documents(name):
+    import ast
+
+    names, modules = _documented()
+    aliases, used = {}, []
+    for cell in _cells(name)[1:]:
+        if cell["cell_type"] != "code":
+            continue
+        tree = ast.parse("".join(cell["source"]))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module.startswith("hybridkd_lib"):
+                for alias in node.names:
+                    used.append((node.module, alias.name))
+                    aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("hybridkd_lib") for a in node.names)
+        for node in ast.walk(tree):   # attributes of an imported library module: ratebp.rate_forward, lab.draw_hybrids
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases \
+                    and aliases[node.value.id] in modules:
+                used.append((aliases[node.value.id], node.attr))
+            if isinstance(node, ast.Attribute):
+                private = node.attr.startswith("_") and not node.attr.startswith("__")
+                assert node.attr not in ("mode", "node") and not private, (name, node.attr)
+    undocumented = sorted(f"{m}.{n}" for m, n in used if not _is_documented(m, n, names, modules))
+    assert undocumented == [], undocumented

@@ -722,7 +722,7 @@ def _neuron_text(c, words: dict) -> str:
     """A neuron config's constants in ``words`` (``open_choices.json``'s ``neuron`` entry)."""
     reset = words["soft_reset"] if c.v_reset is None else Template(words["hard_reset"]).substitute(v_reset=c.v_reset)
     return Template(words["text"]).substitute(
-        tau=c.tau, leak=f"{c.leak:.2f}", v_threshold=c.v_threshold, reset=reset,
+        tau=c.tau, decay=f"{c.decay:.2f}", v_threshold=c.v_threshold, reset=reset,
         detached=words["detached"] if c.detach_reset else "", surrogate_alpha=c.surrogate_alpha,
         decay_input=c.decay_input)
 

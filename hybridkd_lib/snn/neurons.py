@@ -36,7 +36,7 @@ class NeuronConfig:
     """Every LIF setting in one place; the defaults are the RateBP reference's.
 
     The reference (Tab-ct/rate-based-backpropagation, ``--decay 0.2`` through ``warp_decay``
-    and a sigmoid) has the leak ``lambda = 0.2``, i.e. ``tau = 1.25`` (``lambda = 1 - 1/tau``),
+    and a sigmoid) has the decay ``lambda = 0.2``, i.e. ``tau = 1.25`` (``lambda = 1 - 1/tau``),
     threshold 1.0, soft reset (``v_reset=None``; a float is the hard reset to that value),
     detached reset and a sigmoid surrogate with ``alpha = 4``. A model whose own source uses
     other constants says so (``Spikingformer``: tau 2.0).
@@ -56,7 +56,7 @@ class NeuronConfig:
                 raise ValueError(f"{name}={value!r} not allowed; expected a number")
             object.__setattr__(self, name, float(value))  # an int (tau=2) is the float it names
         if self.tau <= 1.0:
-            raise ValueError(f"tau={self.tau!r} not allowed; tau must be a number > 1 (leak = 1 - 1/tau)")
+            raise ValueError(f"tau={self.tau!r} not allowed; tau must be a number > 1 (decay = 1 - 1/tau)")
         if self.v_threshold <= 0 or self.surrogate_alpha <= 0:
             raise ValueError(f"v_threshold={self.v_threshold!r}, surrogate_alpha={self.surrogate_alpha!r} not "
                              f"allowed; both must be > 0")
@@ -67,7 +67,9 @@ class NeuronConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} not allowed; expected true or false")
 
     @property
-    def leak(self) -> float:
+    def decay(self) -> float:
+        """``lambda = 1 - 1/tau``: the fraction of the membrane potential a neuron keeps from one step to the
+        next (the decay factor; ``1/tau`` is what leaks away). ``tau = 1.25`` keeps 0.2, ``tau = 4`` keeps 0.75."""
         return 1.0 - 1.0 / self.tau
 
     @property
@@ -177,7 +179,7 @@ class LIF(nn.Module):
         """The T steps of one block of elements: ``x``, ``spikes`` ``[T, m]``; ``v``, ``p``, ``elig`` ``[m]``
         (``elig`` gets the sum of ``ef_t * sg_t``); ``bias`` is ``-alpha * theta``, ``in_scale`` is ``du_t/dx_t``."""
         T = x.shape[0]
-        lam, thr, alpha = self.cfg.leak, self.v_threshold, self.cfg.surrogate_alpha
+        lam, thr, alpha = self.cfg.decay, self.v_threshold, self.cfg.surrogate_alpha
         v_reset, detach_reset = self.cfg.v_reset, self.cfg.detach_reset
         ef: float | torch.Tensor = 1.0
         for t in range(T):                 # 7 elementwise passes per step in the common case
@@ -219,7 +221,7 @@ class LIF(nn.Module):
         compiled kernel (``compiled_spike_equations``)."""
         equations = compiled_spike_equations() if compiled else spike_equations
         cfg = self.cfg
-        spikes, self.rate, self.elig = equations(x, cfg.leak, self.v_threshold, cfg.surrogate_alpha,
+        spikes, self.rate, self.elig = equations(x, cfg.decay, self.v_threshold, cfg.surrogate_alpha,
                                                  cfg.in_scale, cfg.v_reset,
                                                  cfg.detach_reset)
         return spikes

@@ -104,7 +104,7 @@ class _Graph:
             raise NIRExportError(f"cannot export layer {name!r} (LIF): hard reset to v_reset={cfg.v_reset} starts "
                                  f"from v = v_reset in spikingjelly and from 0 in NIR's readers")
         in_scale = cfg.in_scale
-        tau = self.dt / (1.0 - cfg.leak)
+        tau = self.dt / (1.0 - cfg.decay)
         full = lambda v: np.full(shape, v, dtype=np.float32)
         node = nir.LIF(tau=full(tau), r=full(in_scale * tau / self.dt), v_leak=full(0.0),
                        v_threshold=full(lif.v_threshold), v_reset=full(0.0))
