@@ -237,7 +237,7 @@ def _smoke_run_folder(tmp_path, name="teacher_r18"):
     d.mkdir(parents=True)
     (d / ".run_key").write_text(json.dumps(key))
     (d / "result.json").write_text(json.dumps({"top1": 90.0}))
-    (d / "model.pt").write_bytes(b"weights")
+    checkpoint.atomic_save({"arch": "cifar_resnet18", "model_kw": {}, "num_classes": 10, "model": {}}, d / "model.pt")
     return next(r for r in runs if r.name == name), key, d
 
 
@@ -255,7 +255,7 @@ def test_a_damaged_run_key_is_one_line_naming_it_and_the_model_stays(tmp_path):
     (d / ".run_key").write_bytes(b"\xff\xfe garbage")
     p = _cli("reproduce", "--profile", "smoke", "--dry-plan", "--results", str(tmp_path))
     _one_line(p, f"run key {d / '.run_key'} is unreadable")
-    assert "delete that file" in p.stderr and (d / "model.pt").read_bytes() == b"weights"
+    assert "delete that file" in p.stderr and checkpoint.load_model_file(d / "model.pt")["arch"] == "cifar_resnet18"
 
 
 def test_a_damaged_settings_file_is_one_line_and_the_run_comes_back_without_retraining(finished_run):

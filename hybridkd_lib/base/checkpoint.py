@@ -1,7 +1,7 @@
 """Atomic, resumable checkpoints (temp file + rename; the last ``keep`` are kept).
 
 Every load uses ``torch.load(..., weights_only=True)``: checkpoints hold only
-tensors, numbers, strings and containers of them.
+tensors, numbers, strings and containers of them; a damaged file is one line naming it (``load``).
 
 A run's ``checkpoints/`` folder has an index (``index.json``: the name and size of every checkpoint
 this library wrote there, oldest first). Retention, resuming and ``--overwrite`` read only that index:
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -27,8 +28,65 @@ def atomic_save(obj, path: str | Path) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
-def load(path: str | Path, map_location="cpu"):
-    return torch.load(path, map_location=map_location, weights_only=True)
+def load(path: str | Path, map_location="cpu", what: str | None = None, mmap: bool = False):
+    """``torch.load(path, weights_only=True)``; a damaged file (empty, truncated, random bytes, or holding
+    objects other than tensors, numbers, strings and containers of them) is an ``UnreadableFile`` whose one
+    line names ``what`` (by default "model file" or "checkpoint") and ``path``, never torch's advice to load
+    it unsafely. ``mmap``: tensors are mapped, not read (a cheap check that the file is whole)."""
+    what = what or ("model file" if Path(path).name == "model.pt" else "checkpoint")
+    with open(path, "rb") as f:   # a missing or unreadable file: the OSError names it
+        head = f.read(len(_ZIP_MAGIC))
+    try:
+        with warnings.catch_warnings():
+            if head != _ZIP_MAGIC:   # an old-format file or none: torch's unpickler warns before it fails
+                warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as exc:   # UnpicklingError, RuntimeError (miniz), EOFError, OSError (mmap of a short file), ...
+        raise UnreadableFile(f"{what} {path} is unreadable ({_damage(Path(path), head, exc)})") from None
+
+
+_ZIP_MAGIC = b"PK\x03\x04"   # torch.save's format since PyTorch 1.6: a zip archive
+
+
+def _damage(path: Path, head: bytes, exc: Exception) -> str:
+    """What is wrong with a file ``torch.load`` refused (``head``: its first bytes), in a few words (torch's
+    own message is many lines and ends with advice to load it unsafely)."""
+    if not head:
+        return "the file is empty"
+    if head != _ZIP_MAGIC:
+        return "not a PyTorch zip file: random bytes or another format"
+    text = str(exc)
+    if "central directory" in text or "zip archive" in text or not zipfile.is_zipfile(path):
+        return "truncated or damaged: its zip archive cannot be read"
+    if "weights_only" in text.lower() or "Unsupported global" in text or "Weights only" in text:
+        return ("it holds objects other than tensors, numbers and strings, which are never loaded: "
+                "loading them could run code")
+    first = text.strip().splitlines()[0][:200] if text.strip() else ""
+    return f"damaged ({type(exc).__name__}{': ' + first if first else ''})"
+
+
+MODEL_KEYS = ("arch", "model_kw", "num_classes", "model")
+
+
+def load_model_file(path: str | Path, mmap: bool = False) -> dict:
+    """A run's ``model.pt`` (``MODEL_KEYS``: enough to rebuild the model); ``UnreadableFile`` naming it when
+    it is damaged or holds no model of this library."""
+    state = load(path, what="model file", mmap=mmap)
+    missing = [k for k in MODEL_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UnreadableFile(f"model file {path} is unreadable (not a model this library wrote: no "
+                             f"{', '.join(missing)})")
+    return state
+
+
+def model_file_damage(path: str | Path) -> str | None:
+    """Why a run's ``model.pt`` cannot be used (its one-line ``UnreadableFile`` or ``OSError``), or None when
+    it is whole. Cheap: the tensors are mapped, not read."""
+    try:
+        load_model_file(path, mmap=True)
+    except (UnreadableFile, OSError) as exc:
+        return str(exc)
+    return None
 
 
 def epoch_path(folder: Path, epoch: int) -> Path:
@@ -112,8 +170,9 @@ def load_latest(folder: str | Path, log=print, legacy: bool = True):
             if missing:
                 raise ValueError(f"not an epoch checkpoint of this library (no {', '.join(missing)})")
             return path, state
-        except Exception as exc:  # truncated pickle, bad zip, another file, ...
-            msg = f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); trying the previous one"
+        except Exception as exc:  # truncated, random bytes, another file, ...
+            why = str(exc) if isinstance(exc, UnreadableFile) else f"checkpoint {path} is unreadable ({exc})"
+            msg = f"{why}; trying the previous one"
             warnings.warn(msg)
             log(msg)
     return None, None

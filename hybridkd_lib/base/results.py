@@ -90,7 +90,8 @@ def write_json(path, obj) -> Path:
 
 
 class UnreadableFile(ValueError):
-    """A metadata file that is there but cannot be trusted (truncated, not JSON, the wrong shape)."""
+    """A file that is there but cannot be trusted (truncated, random bytes, not JSON, the wrong shape): a
+    metadata file, a model or a checkpoint. Its message is one line naming the file."""
 
 
 def read_json_file(path: str | Path, what: str = "file") -> dict:

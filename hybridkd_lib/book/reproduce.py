@@ -3,11 +3,12 @@
 Each run executes its notebook from ``notebooks/`` into a staging folder
 ``results/<profile>/.staging/<run>/`` and, once it finished, replaces
 ``results/<profile>/<run>/`` (an old result stays where it was until then;
-an interrupted run resumes in its staging folder). The executed copy is kept,
+an interrupted run resumes in its staging folder). The executed copy is kept, with
+the kernel's own log (``kernel.log``: what the kernel itself says, never on the console),
 and an HTML rendering goes to ``results/_site/runs/<profile>/<run>.html``.
 
 A run is up to date when its recorded key (``.run_key``) equals its key now and
-every file its dependents read is there (``DONE_FILES``). The key hashes the
+every file its dependents read is there (``DONE_FILES``) and readable (a trained model). The key hashes the
 run's parameters, its notebook and the library code a result can depend on
 (``code_files``: not this sub-package), and the keys of the runs it reads (a teacher's key is part of its students', a trained model's part of
 the Grad-CAM run's), so a changed teacher re-runs its students. ``status`` says
@@ -37,6 +38,7 @@ from hybridkd_lib.base.results import (IN_CHECKOUT, REPO_ROOT, UnreadableFile, a
 KERNEL = os.environ.get("HYBRIDKD_KERNEL", "hybridkd")
 PACKAGE = REPO_ROOT / "hybridkd_lib"
 TRAIN_NOTEBOOKS = ("train_teacher", "train_student")
+KERNEL_LOG = "kernel.log"   # a run's notebook kernel's own stderr (its log), kept beside the executed notebook
 # what a finished run leaves that its dependents (or the book) read
 DONE_FILES = {"train_teacher": ("result.json", "model.pt"), "train_student": ("result.json", "model.pt"),
               "cam": ("result.json", "cam.png", "cam.npz"), "efficiency": ("result.json", "bench.json"),
@@ -125,8 +127,8 @@ def _recorded(folder: Path) -> dict:
 
 
 def status(run: Run, key: dict, profile_dir: Path) -> tuple[str, str]:
-    """``(state, why)``: ``up to date``, ``new``, ``settings changed``, ``dependency changed`` or
-    ``files missing``. A damaged ``result.json`` makes the run stale."""
+    """``(state, why)``: ``up to date``, ``new``, ``settings changed``, ``dependency changed``, ``files
+    missing`` or ``files damaged``. A damaged ``result.json`` or ``model.pt`` makes the run stale."""
     d = profile_dir / run.name
     staged = (profile_dir / ".staging" / run.name).is_dir()
     rec = _recorded(d)
@@ -138,11 +140,21 @@ def status(run: Run, key: dict, profile_dir: Path) -> tuple[str, str]:
         return "new", "its result.json is unreadable: runs again"
     if rec.get("key") == key["key"]:
         missing = [f for f in DONE_FILES[run.notebook] if not (d / f).is_file()]
-        return ("files missing", ", ".join(missing)) if missing else ("up to date", "")
+        if missing:
+            return "files missing", ", ".join(missing)
+        damaged = _damaged_model(d) if "model.pt" in DONE_FILES[run.notebook] else None
+        return ("files damaged", f"{damaged}: runs again") if damaged else ("up to date", "")
     if rec.get("own") != key["own"]:
         return "settings changed", "its parameters, notebook or the library's code"
     changed = [dep for dep, k in key["deps"].items() if rec.get("deps", {}).get(dep) != k]
     return "dependency changed", ", ".join(changed)
+
+
+def _damaged_model(folder: Path) -> str | None:
+    """Why ``folder/model.pt`` cannot be used (truncated, random bytes, no model in it), or None."""
+    from hybridkd_lib.base import checkpoint   # torch: only for a run that is otherwise up to date
+
+    return checkpoint.model_file_damage(folder / "model.pt")
 
 
 def export_html(executed: Path, target: Path):
@@ -152,9 +164,11 @@ def export_html(executed: Path, target: Path):
     atomic_write_text(target, body)
 
 
-def ipc_kernel_manager():
+def ipc_kernel_manager(log: Path | None = None):
     """A kernel manager whose kernels talk over local IPC sockets instead of TCP ports: no network
-    port is opened (and ipykernel has no reason to warn about unencrypted TCP)."""
+    port is opened (and ipykernel has no reason to warn about unencrypted TCP). ``log``: the file the
+    kernel's own stderr goes to (its log, never a cell's output, which goes to the notebook), so that a
+    kernel stopped mid-cell by Ctrl-C writes its socket errors there, not over the clean message."""
     from jupyter_client.manager import AsyncKernelManager
 
     class IPCKernelManager(AsyncKernelManager):
@@ -169,7 +183,11 @@ def ipc_kernel_manager():
 
         async def _async_launch_kernel(self, kernel_cmd, **kw):
             # the kernel ends with this process (ipykernel's own parent poller also exits within a second)
-            return await super()._async_launch_kernel(kernel_cmd, **{**kw, **children.preexec()})
+            kw = {**kw, **children.preexec()}
+            if log is None:
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+            with open(log, "ab") as f:   # the kernel holds its own copy of the file
+                return await super()._async_launch_kernel(kernel_cmd, **kw, stderr=f)
 
     return IPCKernelManager
 
@@ -196,7 +214,7 @@ def execute(run: Run, key: dict, profile_dir: Path, site_dir: Path, kernel: str 
     executed = stage / f"{run.notebook}.ipynb"
     pm.execute_notebook(str(notebook_file(run.notebook)), str(executed),
                         parameters=params, kernel_name=kernel, cwd=str(REPO_ROOT), progress_bar=False,
-                        log_output=False, kernel_manager_class=ipc_kernel_manager())
+                        log_output=False, kernel_manager_class=ipc_kernel_manager(stage / KERNEL_LOG))
     missing = [f for f in DONE_FILES[run.notebook] if not (stage / f).is_file()]
     if missing:
         raise RuntimeError(f"notebook finished without writing {', '.join(missing)} in {stage}")

@@ -21,7 +21,8 @@ of two activations (spiking attention) and the other students' blocks are refuse
 from __future__ import annotations
 
 import copy
-import os
+import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +122,14 @@ class _Graph:
         return self.add(name, node, [src], node.output_type["output"])
 
 
+def check_dt(dt) -> float:
+    """``dt`` as a float: a finite number of seconds > 0 (``ValueError`` naming it otherwise: a NaN or infinite
+    timestep would give every LIF a NaN time constant)."""
+    if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not math.isfinite(dt) or dt <= 0:
+        raise ValueError(f"dt={dt!r} not allowed; the timestep is a finite number of seconds > 0")
+    return float(dt)
+
+
 def to_nir(model: nn.Module, input_shape: tuple, dt: float = DEFAULT_DT,
            approximate_soft_reset: bool = APPROXIMATE_SOFT_RESET):
     """The NIR graph of a trained spiking ResNet (``input_shape``: one image, ``(C, H, W)``) for timestep ``dt``
@@ -128,8 +137,7 @@ def to_nir(model: nn.Module, input_shape: tuple, dt: float = DEFAULT_DT,
     naming the first layer NIR cannot express."""
     import nir
 
-    if isinstance(dt, bool) or not isinstance(dt, (int, float)) or dt <= 0:
-        raise ValueError(f"dt={dt!r} not allowed; the timestep is a number of seconds > 0")
+    check_dt(dt)
     if not isinstance(model, SpikingResNet):
         _refuse("", model, f"{type(model).__name__} is not a CIFAR spiking ResNet")
     g = _Graph(float(dt), approximate_soft_reset)
@@ -163,27 +171,50 @@ def to_nir(model: nn.Module, input_shape: tuple, dt: float = DEFAULT_DT,
     return nir.NIRGraph(nodes=g.nodes, edges=g.edges, metadata=metadata)
 
 
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
 def write(graph, path: str | Path) -> Path:
-    """Write ``graph`` to ``path`` (NIR's HDF5 file) atomically: a partial file never takes its name."""
+    """Write ``graph`` to ``path`` (NIR's HDF5 file) the way checkpoints are written (``atomic_write``: a temp
+    file beside it, fsynced, renamed). The HDF5 file is built in memory first: HDF5 that meets a full disk
+    mid-file can crash the process, a plain write of its bytes cannot; a failed write leaves no temp file and
+    ``path`` as it was, and is an ``OSError`` naming ``path`` and the free space there."""
     import nir
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        nir.write(str(tmp), graph)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    from hybridkd_lib.base.results import atomic_write
+
+    buffer = io.BytesIO()
+    nir.write(buffer, graph)
+    return atomic_write(path, lambda f: f.write(buffer.getbuffer()), binary=True)
+
+
+def check_target(to: str | Path) -> Path:
+    """``to`` as an export target, or a ``ValueError`` naming it where writing there would destroy something:
+    a file the library needs (a run's model, result, settings, checkpoints: ``runfolder.library_file``), a
+    folder, or an existing file that is not a NIR (HDF5) file."""
+    from hybridkd_lib.training.runfolder import library_file
+
+    to = Path(to)
+    if to.is_dir():
+        raise ValueError(f"cannot export to {to}: it is a folder; name the .nir file to write in it")
+    for p in dict.fromkeys((to, to.resolve())):
+        what = library_file(p)
+        if what:
+            raise ValueError(f"cannot export to {to}: it is {what}, which the library needs; choose another file")
+    if to.exists():
+        with open(to, "rb") as f:
+            if f.read(len(_HDF5_SIGNATURE)) != _HDF5_SIGNATURE:
+                raise ValueError(f"cannot export to {to}: it exists and is not a NIR (HDF5) file; choose another "
+                                 f"file or delete it first")
+    return to
 
 
 def load_student(run_dir: str | Path):
     """A finished run's trained student (eval mode) and its result dict (``model.pt`` read with
-    ``weights_only=True``)."""
+    ``weights_only=True``; a damaged one is an ``UnreadableFile`` naming it and the way back)."""
     from hybridkd_lib.base import checkpoint
     from hybridkd_lib.models import create_model
-    from hybridkd_lib.base.results import read_result
+    from hybridkd_lib.base.results import UnreadableFile, read_result
 
     run_dir = Path(run_dir)
     result = read_result(run_dir)
@@ -191,7 +222,11 @@ def load_student(run_dir: str | Path):
         raise FileNotFoundError(f"run {str(run_dir)!r} has no result.json and model.pt (not finished?)")
     if not result.get("student"):
         raise ValueError(f"run {str(run_dir)!r} trained a teacher ({result.get('teacher')!r}), not a spiking student")
-    state = checkpoint.load(run_dir / "model.pt")
+    try:
+        state = checkpoint.load_model_file(run_dir / "model.pt")
+    except UnreadableFile as exc:
+        raise UnreadableFile(f"{exc}: run that run's `train` command again to restore it from its last "
+                             f"checkpoint") from None
     model = create_model(state["arch"], num_classes=state["num_classes"], **state["model_kw"])
     model.load_state_dict(state["model"])
     return model.eval(), result
@@ -209,7 +244,13 @@ def _test_set(result: dict):
 def export_run(run_dir: str | Path, to: str | Path, dt: float = DEFAULT_DT,
                approximate_soft_reset: bool = APPROXIMATE_SOFT_RESET):
     """``python -m hybridkd_lib export --run RUN_DIR --to model.nir``: the run's student as a NIR file;
-    returns ``(path, graph)``."""
+    returns ``(path, graph)``. ``dt`` (``check_dt``) and ``to`` (``check_target``: never a file the library
+    needs) are checked before anything is read."""
+    dt, to = check_dt(dt), check_target(to)
+    return _export(run_dir, to, dt, approximate_soft_reset)
+
+
+def _export(run_dir, to: Path, dt: float, approximate_soft_reset: bool):
     model, result = load_student(run_dir)
     shape = tuple(_test_set(result)[0][0].shape[-3:])
     graph = to_nir(model, shape, dt, approximate_soft_reset)
@@ -233,7 +274,7 @@ def export_and_check(run: str | Path, out: str | Path, device: str = "cpu") -> d
     from hybridkd_lib.base.results import check_writable_folder, git_commit, write_json
 
     out = check_writable_folder(out)
-    path, graph = export_run(run, out / "model.nir")
+    path, graph = _export(run, out / "model.nir", DEFAULT_DT, APPROXIMATE_SOFT_RESET)   # its own run folder
     result = dict(check_run(run, graph, device=device), kind="nir_check", nir_file=str(path),
                   nodes=len(graph.nodes), edges=len(graph.edges), dt=graph.metadata["dt"], device=str(device),
                   git_commit=git_commit())

@@ -1,12 +1,14 @@
 """A run's folder bound to its settings: ``settings.json`` (written once the set-up succeeded), what the
 folder holds for a given configuration (``run_folder_state``: new, resume, finished, restore) and the files
-the library wrote there (``remove_run_files``, ``write_metrics``)."""
+the library wrote there (``remove_run_files``, ``write_metrics``; ``library_file``: what no export may
+write over)."""
 from __future__ import annotations
 
 import csv
 import hashlib
 import io
 import json
+import os
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
@@ -38,6 +40,29 @@ def settings_hash(settings: dict) -> str:
 
 
 RUN_FILES = ("metrics.csv", "model.pt", "result.json", SETTINGS_FILE)   # what a run writes besides checkpoints/
+
+
+# what marks a folder the library wrote a run in: its result or settings, its checkpoints' index
+RUN_MARKERS = ("result.json", SETTINGS_FILE)
+RUN_KEY = ".run_key"   # a run ``reproduce`` put in place: every file there is the library's
+_WHAT = {"model.pt": "the run's trained model", "result.json": "the run's result", SETTINGS_FILE: "the run's settings",
+         "metrics.csv": "the run's metrics"}
+
+
+def library_file(path: str | Path) -> str | None:
+    """What ``path`` is when it is a file the library needs, or None: a run's model, result, settings or
+    metrics (even where it is missing now), a checkpoint or the checkpoints' index, any file of a run that
+    ``reproduce`` put in place (``RUN_KEY``). Nothing may write over it but the library's own run."""
+    path = Path(os.path.abspath(path))
+    folder = path.parent
+    if (folder / RUN_KEY).is_file() and (path.exists() or path.name in _WHAT):
+        return f"a file of the run {folder} that reproduce wrote"
+    run = any((folder / m).is_file() for m in RUN_MARKERS) or (folder / "checkpoints" / checkpoint.INDEX).is_file()
+    if run and path.name in _WHAT:
+        return f"{_WHAT[path.name]} ({folder} is a run folder)"
+    if (folder / checkpoint.INDEX).is_file() and (path.name == checkpoint.INDEX or path.exists()):
+        return f"{'the index of' if path.name == checkpoint.INDEX else 'a file of'} the run's checkpoints ({folder})"
+    return None
 
 
 def remove_run_files(out: Path) -> None:
@@ -73,10 +98,10 @@ def _recorded_settings(out: Path) -> dict | None:
 
 
 def run_folder_state(cfg: TrainConfig, overwrite: bool = False) -> str:
-    """``"new"``, ``"resume"``, ``"finished"`` or ``"restore"`` (finished, its ``model.pt`` gone) for
-    ``cfg.out``; a folder that holds a run with other settings (or checkpoints with none recorded) is an
-    error naming what differs and the ways forward. ``overwrite`` first removes the files the library
-    wrote there (``remove_run_files``). A damaged ``result.json`` does not count as finished."""
+    """``"new"``, ``"resume"``, ``"finished"`` or ``"restore"`` (finished, its ``model.pt`` gone or
+    unreadable) for ``cfg.out``; a folder that holds a run with other settings (or checkpoints with none
+    recorded) is an error naming what differs and the ways forward. ``overwrite`` first removes the files
+    the library wrote there (``remove_run_files``). A damaged ``result.json`` does not count as finished."""
     out = Path(cfg.out)
     if overwrite:
         remove_run_files(out)
@@ -100,7 +125,24 @@ def run_folder_state(cfg: TrainConfig, overwrite: bool = False) -> str:
         finished = False   # resumed from its last checkpoint: evaluated and written again
     if not finished:
         return "resume"
-    return "finished" if (out / "model.pt").is_file() else "restore"
+    return _model_state(out, cfg.epochs)
+
+
+def _model_state(out: Path, epochs: int) -> str:
+    """A finished run: ``"finished"`` when its ``model.pt`` is whole, ``"restore"`` when it is gone or
+    unreadable (written again from the last epoch's checkpoint); an unreadable one with no checkpoint
+    of the last epoch left is an error naming it."""
+    model = out / "model.pt"
+    if not model.is_file():
+        return "restore"
+    damage = checkpoint.model_file_damage(model)
+    if damage is None:
+        return "finished"
+    last = checkpoint.epoch_path(out / "checkpoints", epochs - 1)
+    if last not in checkpoint.written(out / "checkpoints", legacy=(out / SETTINGS_FILE).is_file()):
+        raise ValueError(f"{damage}, and no checkpoint of the last epoch is left to restore it from; pass "
+                         f"--overwrite to train the run again")
+    return "restore"
 
 
 def write_metrics(path: Path, rows: list[dict]):
