@@ -19,7 +19,16 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (hybridkd)"
 	touch $(STAMP)
 
-setup: $(STAMP)
+# ipykernel warns at every kernel start that its local TCP sockets are not encrypted: nothing about the
+# user's work, and `make book` starts a dozen kernels. The venv's kernel configuration (read by every kernel
+# this venv's Python runs: papermill's, jupyter-book's) drops that one message and no other.
+KERNEL_CONFIG := $(VENV)/etc/ipython/ipython_kernel_config.py
+
+$(KERNEL_CONFIG): scripts/ipython_kernel_config.py | $(STAMP)
+	mkdir -p $(@D)
+	cp scripts/ipython_kernel_config.py $@
+
+setup: $(STAMP) $(KERNEL_CONFIG)
 
 test: setup
 	$(PY) -m pytest -q

@@ -1,7 +1,11 @@
-"""Command line: ``python -m hybridkd_lib {datasets,train,bench,reproduce}``.
+"""Command line: ``python -m hybridkd_lib {datasets,train,bench,export,reproduce}`` (``--version``).
 
 Parsing and ``--help`` import no torch: each command imports what it runs. ``--plugin FILE_OR_MODULE``
-(``train``, ``bench``, ``reproduce``; repeatable) is imported before anything is checked.
+(``train``, ``bench``, ``reproduce``; repeatable) and ``$HYBRIDKD_PLUGINS`` are imported when the command
+starts, before anything is checked, never while the parser is built (``--help`` and ``datasets`` answer
+whatever the variable holds). Every error is one line, ``error: ...`` (exit status 2): argparse's too, and
+every number an option takes is finite and in its range (``_number``; a run's settings: ``config.RANGES``).
+``train``, ``bench`` and ``reproduce`` go on to their results when the reader of their output goes away.
 """
 from __future__ import annotations
 
@@ -44,12 +48,35 @@ def _json(text):
     return value
 
 
-def _option_type(annotation):
-    """argparse ``type`` of a ``TrainConfig`` field from its annotation (``X | None`` parses as X)."""
+def _number(name: str, integer: bool = False, **allowed):
+    """argparse ``type`` of a number option: a finite number (an integer where ``integer``) in the range
+    ``allowed`` (``checks.number_problem``'s keywords), else the one-line error naming it and the range."""
+    from hybridkd_lib.base.checks import number_problem
+
+    def parse(text: str):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            value = text
+        problem = number_problem(name, value, integer=integer, **allowed)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+    parse.__name__ = "integer" if integer else "number"   # argparse's word for it
+    return parse
+
+
+def _option_type(annotation, name: str = ""):
+    """argparse ``type`` of a ``TrainConfig`` field from its annotation (``X | None`` parses as X); a number
+    is checked against the field's range (``config.RANGES``: a float is finite and in range)."""
     import typing
 
+    from hybridkd_lib.training.config import RANGES
+
     kinds = [k for k in (typing.get_args(annotation) or (annotation,)) if k is not type(None)]
-    return {dict: _json, int: int, float: float, str: str}[kinds[0]]
+    if kinds[0] in (int, float) and (kinds[0] is float or name in RANGES):
+        return _number(name, **{"integer": kinds[0] is int, **RANGES.get(name, {})})
+    return {dict: _json, int: int, str: str}[kinds[0]]
 
 
 def add_train_options(parser) -> None:
@@ -69,7 +96,7 @@ def add_train_options(parser) -> None:
         default = f.default_factory() if f.default_factory is not MISSING else f.default
         shown = "" if default is MISSING or f.name == "out" else f" (default: {json.dumps(default)})"
         kind = {"action": argparse.BooleanOptionalAction} if hints[f.name] is bool else \
-            {"type": _option_type(hints[f.name])}   # a switch: --name / --no-name
+            {"type": _option_type(hints[f.name], f.name)}   # a switch: --name / --no-name
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
                             help=f.metadata.get("help", "") + shown, **kind)
 
@@ -235,7 +262,8 @@ def _add_bench_command(sub) -> None:
     b.add_argument("--student-kw", type=_json, default={})
     b.add_argument("--teacher-kw", type=_json, default={})
     b.add_argument("--out", default=None, help="JSON file for the records")
-    b.add_argument("--timeout", type=float, default=bd.CHILD_TIMEOUT_S, metavar="SECONDS",
+    b.add_argument("--timeout", type=_number("timeout", low=0, low_open=True), default=bd.CHILD_TIMEOUT_S,
+                   metavar="SECONDS",
                    help="stop a configuration's process still running after this long (an error naming it)")
     b.add_argument("--compile", action="store_true",
                    help="run the spike pass as compiled kernels (torch.compile; its build time is reported apart)")
@@ -252,7 +280,7 @@ def _add_export_command(sub) -> None:
     e = sub.add_parser("export", help="export a trained student to a NIR graph file (nir.write, HDF5)")
     e.add_argument("--run", required=True, metavar="RUN_DIR", help="a finished student run (result.json, model.pt)")
     e.add_argument("--to", required=True, metavar="FILE", help="the .nir file to write")
-    e.add_argument("--dt", type=float, default=DEFAULT_DT,
+    e.add_argument("--dt", type=_number("dt", low=0, low_open=True), default=DEFAULT_DT,
                    help=f"seconds per timestep of the continuous-time LIF (default {_sci(DEFAULT_DT)}: what snnTorch's "
                         f"import assumes)")
     e.add_argument("--approximate-soft-reset", action=argparse.BooleanOptionalAction, default=APPROXIMATE_SOFT_RESET,
@@ -271,7 +299,7 @@ def _add_reproduce_command(sub) -> None:
     r.add_argument("--profile", default="quick", help=" | ".join(PROFILES))
     r.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these runs of the plan")
     r.add_argument("--results", default=None, help="results folder (default: $HYBRIDKD_RESULTS or ./results)")
-    r.add_argument("--nproc", type=int, default=None,
+    r.add_argument("--nproc", type=_number("nproc", integer=True, low=1), default=None,
                    help="processes (GPUs) per multi-process run instead of the plan's (global batch kept)")
     r.add_argument("--dry-run", action="store_true",
                    help="write tiny datasets and checkpoints in the real formats, then execute every distinct run "
@@ -279,7 +307,7 @@ def _add_reproduce_command(sub) -> None:
     r.add_argument("--out", default=None, help="with --dry-run: its folder (default: a new temporary folder)")
     r.add_argument("--dry-plan", "--list", dest="dry_plan", action="store_true",
                    help="print every run and whether it would run, and why (new, settings changed, dependency "
-                        "changed, files missing); run nothing")
+                        "changed, files missing, files damaged); run nothing")
     _add_launcher_options(r)
     _add_plugin_option(r)
     r.set_defaults(func=cmd_reproduce)
@@ -297,15 +325,27 @@ def _add_launcher_options(r) -> None:
     r.add_argument("--account", default=None, help="Slurm account")
     r.add_argument("--qos", default=None, help="Slurm QOS")
     r.add_argument("--constraint", default=None, help="Slurm node constraint (e.g. a GPU type)")
-    r.add_argument("--gpus-per-node", type=int, default=8, help="GPUs a node has (no run may ask for more)")
-    r.add_argument("--time", type=float, default=None, metavar="HOURS",
+    r.add_argument("--gpus-per-node", type=_number("gpus_per_node", integer=True, low=1), default=8,
+                   help="GPUs a node has (no run may ask for more)")
+    r.add_argument("--time", type=_number("time", low=0, low_open=True), default=None, metavar="HOURS",
                    help="wall time of every job (default: each run's from the plan)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are the command line's usual one line (``error: ...``, exit status 2), pointing
+    at ``--help`` instead of printing the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one sub-command per job (``datasets``, ``train``, ``bench``, ``export``, ``reproduce``)."""
-    p = argparse.ArgumentParser(prog="python -m hybridkd_lib",
-                                description="HybridKD: hybrid block-wise ANN-guided distillation of SNNs")
+    import hybridkd_lib
+
+    p = _Parser(prog="python -m hybridkd_lib",
+                description="HybridKD: hybrid block-wise ANN-guided distillation of SNNs")
+    p.add_argument("--version", action="version", version=f"hybridkd_lib {hybridkd_lib.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for add_command in (_add_datasets_command, _add_train_command, _add_bench_command, _add_export_command,
                         _add_reproduce_command):
@@ -315,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _stop_as_interrupt(signum, frame):
     raise KeyboardInterrupt   # SIGTERM (kill, a scheduler, torchrun) stops a command as Ctrl-C does
+
+
+def _to_devnull(fd: int) -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _streams_to_devnull() -> None:
@@ -329,21 +375,97 @@ def _streams_to_devnull() -> None:
                 stream.flush()
             except (BrokenPipeError, ValueError):
                 pass
-            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+            _to_devnull(fd)
+
+
+class _ReaderMayGo:
+    """``sys.stdout`` or ``sys.stderr`` of a command that writes a result: when its reader has gone
+    (``train ... | head -1``), the file descriptor is sent to /dev/null at the first write that finds it gone,
+    and the command goes on to its result (its messages go nowhere)."""
+
+    def __init__(self, stream, fd: int):
+        self._stream, self._fd = stream, fd
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            _to_devnull(self._fd)
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            _to_devnull(self._fd)
+            try:
+                self._stream.flush()   # what was buffered goes to /dev/null now
+            except (BrokenPipeError, ValueError):
+                pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _keep_going_without_a_reader() -> None:
+    """``train``, ``bench`` and ``reproduce`` finish and write their results when the reader of their output
+    goes away: writes to a closed pipe are EPIPE errors, not SIGPIPE (as Python sets it), and the streams go to
+    /dev/null at the first one. The streams stay wrapped to the process's end, whose last flush they guard too."""
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    if not isinstance(sys.stdout, _ReaderMayGo):
+        sys.stdout, sys.stderr = _ReaderMayGo(sys.stdout, 1), _ReaderMayGo(sys.stderr, 2)
+
+
+def _load_plugins(args) -> None:
+    """The plug-ins of ``--plugin`` then ``$HYBRIDKD_PLUGINS``, one by one: one that cannot be loaded, or that
+    takes a name of a built-in method or of a bench variant, is an error naming it."""
+    from hybridkd_lib.base import plugins
+    from hybridkd_lib.method import methods
+
+    given = [(spec, "") for spec in getattr(args, "plugin", None) or []]
+    for spec, origin in given + [(spec, f" (listed in ${plugins.ENV})") for spec in plugins.listed()]:
+        before = dict(methods.METHODS)
+        plugins.load(spec, origin)
+        changed = [n for n in methods.BUILT_IN if methods.METHODS.get(n) is not before[n]]
+        taken = [n for n in methods.METHODS if n in methods.BENCH_VARIANTS]
+        if changed or taken:
+            name = (changed or taken)[0]
+            what = (f"the built-in method {name!r}" if changed else
+                    f"the name {name!r} of bench's variant of {methods.BENCH_VARIANTS[name]!r}")
+            raise ValueError(f"plugin {spec!r}{origin} registers a method under {what}; give its method a name "
+                             f"of its own (taken: {', '.join(methods.BUILT_IN + tuple(methods.BENCH_VARIANTS))})")
+
+
+def _run(args) -> int:
+    """The command, after its plug-ins; ``datasets`` answers whatever ``$HYBRIDKD_PLUGINS`` holds (a plug-in
+    that cannot be loaded is said, and the listing goes on without the plug-ins)."""
+    from hybridkd_lib.base import plugins
+
+    if args.command == "datasets":
+        try:
+            plugins.load_from_environment()
+        except ValueError as exc:
+            print(f"warning: {exc}; listed without the plug-ins", file=sys.stderr)
+            with plugins.deferred():
+                return args.func(args)
+        return args.func(args)
+    _load_plugins(args)
+    if args.command in ("train", "bench", "reproduce"):
+        _keep_going_without_a_reader()
+    return args.func(args)
 
 
 def main(argv=None) -> int:
+    from hybridkd_lib.base import plugins
+
     if sys.stdout is None or sys.stderr is None:   # started with a closed stdout or stderr
         _streams_to_devnull()
-    args = build_parser().parse_args(argv)
+    with plugins.deferred():   # the parser and --help never load plug-ins: the command does, inside the handling
+        args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_as_interrupt)
     try:
-        if getattr(args, "plugin", None):
-            from hybridkd_lib.base import plugins
-
-            for spec in args.plugin:
-                plugins.load(spec)
-        return args.func(args)
+        return _run(args)
     except BrokenPipeError:   # the reader of stdout went away (| head): nothing more to say
         _streams_to_devnull()
         return 141

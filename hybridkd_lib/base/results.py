@@ -126,7 +126,14 @@ def git_commit() -> str:
 
 
 def check_writable_folder(path: str | Path, what: str = "out") -> Path:
-    """Create ``path`` if needed and write and remove a probe file in it, or say why not."""
+    """Create ``path`` if needed and write and remove a probe file in it, or say why not (a symbolic link to
+    nothing on the way to ``path`` is named, not reported as "File exists")."""
+    from hybridkd_lib.base.checks import dangling_link
+
+    link = dangling_link(path)
+    if link:
+        raise ValueError(f"{what}={str(path)!r} cannot be created: {link}; create the link's target or choose "
+                         f"another {what}")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{what}={str(path)!r} is a file; expected a folder (it is created if missing)")

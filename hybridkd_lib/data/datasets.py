@@ -292,6 +292,33 @@ def cifar_datasets(name: str, root: Path, download: bool = False, verify_md5: bo
     except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as exc:
         raise ValueError(f"{name}: {_unreadable_cifar_file(cls, root, verify_md5) or 'a file'} is corrupt or "
                          f"truncated ({type(exc).__name__}: {exc}); replace it from the official tarball") from None
+    except RuntimeError:   # torchvision's "Dataset not found or corrupted": which file, and what is wrong
+        problem = _cifar_file_problem(cls, root)
+        if problem is None:
+            raise
+        raise CorruptDataFile(f"{name}: {problem}; replace it: {dataset_info(name).how_to_get}") from None
+
+
+class CorruptDataFile(ValueError, RuntimeError):
+    """A dataset file that is missing or not the official release's (message: one line naming it). A
+    ``RuntimeError`` too, as torchvision's "Dataset not found or corrupted" it replaces."""
+
+
+def _cifar_file_problem(cls, root: Path) -> str | None:
+    """The first CIFAR file under ``root`` (batches, then the meta file) that is missing or whose bytes are not
+    the official release's (its md5 sum), said in words; None where every file is the release's."""
+    from torchvision.datasets.utils import calculate_md5
+
+    folder = Path(root) / cls.base_folder
+    for fname, md5 in cls.train_list + cls.test_list + [(cls.meta["filename"], cls.meta["md5"])]:
+        path = folder / fname
+        if not path.is_file():
+            return f"{path} is missing"
+        got = calculate_md5(str(path))
+        if got != md5:
+            return (f"{path} is corrupted or not the official release's file ({path.stat().st_size} bytes, md5 "
+                    f"{got}; the release's: {md5})")
+    return None
 
 
 def cifar10_datasets(root: Path, download: bool = False, verify_md5: bool = True, augment: bool = True):

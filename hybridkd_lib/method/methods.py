@@ -236,6 +236,9 @@ def _check_combination(m: Method) -> None:
                 refuse(f"loss term {t!r} needs {' and '.join(f'{n}=True' for n in missing)}")
 
 
+# benchmark variants of a training method (Fig. 4): the forward pass alone, the dense products of a RateBP
+# step timed alone (``floor``), BPTT with recomputed blocks
+BENCH_VARIANTS = {"forward_only": "bptt", "conv_floor": "ratebp", "bptt_ckpt": "bptt"}
 METHODS: dict[str, Method] = {}
 
 
@@ -244,6 +247,9 @@ def register_method(method: Method) -> Method:
     method is an error."""
     if not isinstance(method, Method):
         raise TypeError(f"register_method expects a hybridkd_lib.method.methods.Method, got {type(method).__name__}")
+    if method.name in BENCH_VARIANTS:
+        raise ValueError(f"method {method.name!r} cannot be registered: it is the name of bench's variant of "
+                         f"{BENCH_VARIANTS[method.name]!r}; give the method a name of its own")
     if method.name in METHODS and METHODS[method.name] != method:
         raise ValueError(f"method {method.name!r} is already registered ({METHODS[method.name].title or 'built in'})")
     METHODS[method.name] = method
@@ -288,9 +294,6 @@ def methods_where(**facts) -> tuple[str, ...]:
     return tuple(n for n, m in METHODS.items() if all(getattr(m, k) == v for k, v in facts.items()))
 
 
-# benchmark variants of a training method (Fig. 4): the forward pass alone, the dense products of a RateBP
-# step timed alone (``floor``), BPTT with recomputed blocks
-BENCH_VARIANTS = {"forward_only": "bptt", "conv_floor": "ratebp", "bptt_ckpt": "bptt"}
 
 
 def bench_methods(built_in_only: bool = False) -> tuple[str, ...]:

@@ -151,11 +151,21 @@ def device_name(dev: torch.device) -> str:
 
 
 def check_bench_args(methods, Ts, steps=1, warmup=0, batch_size=1, input_size=32, out=None, precision="fp32",
-                     device="cpu") -> None:
-    """Refuse bad bench input before anything is measured (and check ``out`` can be written)."""
+                     device="cpu", timeout_s=None) -> None:
+    """Refuse bad bench input before anything is measured (and check ``out`` can be written); a method
+    registered under a variant's name (a plug-in's ``conv_floor``) is refused, never silently timed as the
+    variant."""
+    from hybridkd_lib.base.checks import check_number
+    from hybridkd_lib.method.methods import methods_where
     from hybridkd_lib.training.config import check_precision
 
     check_precision(precision, device)
+    if timeout_s is not None:
+        check_number("timeout", timeout_s, low=0, low_open=True)
+    taken = [m for m in methods_where() if m in BENCH_VARIANTS]
+    if taken:
+        raise ValueError(f"method {taken[0]!r} is registered (by a plug-in) under the name of bench's variant of "
+                         f"{BENCH_VARIANTS[taken[0]]!r}; give the method a name of its own")
     bad = [m for m in methods if m not in bench_methods()]
     if bad or not methods:
         raise ValueError(f"unknown bench method(s) {bad or methods}; valid: {', '.join(bench_methods())}")
@@ -165,7 +175,7 @@ def check_bench_args(methods, Ts, steps=1, warmup=0, batch_size=1, input_size=32
             raise ValueError(f"{name}={values if name == 'T' else values[0]!r} not allowed; "
                              f"integers >= {low}")
     if out is not None:
-        from hybridkd_lib.training.config import check_writable_folder
+        from hybridkd_lib.base.results import check_writable_folder
 
         out = Path(out)
         if out.is_dir():
@@ -186,6 +196,17 @@ def _child_failure(method: str, T: int, rc: int, stderr: str) -> str:
     return f"bench {method} T={T} failed (exit status {rc}): {lines[-1][:500] if lines else 'no message'}"
 
 
+def _child_record(stdout: str, said: set, log) -> dict:
+    """The record on a configuration's last stdout line; the lines before it (what the step said, e.g. that
+    the compiled spike pass fell back to the fused loop, and why) are passed to ``log``, each once per bench."""
+    lines = stdout.strip().splitlines()
+    for line in lines[:-1]:
+        if line.strip() and line not in said:
+            said.add(line)
+            log(line)
+    return json.loads(lines[-1])
+
+
 def bench(methods, Ts=BENCH_TS, student=BENCH_STUDENT, teacher=BENCH_TEACHER, batch_size=BENCH_BATCH_SIZE,
           input_size=BENCH_INPUT_SIZE, device=BENCH_DEVICE, steps=BENCH_STEPS, warmup=BENCH_WARMUP, student_kw=None,
           teacher_kw=None, log=print, fresh_process: bool = True, out: str | Path | None = None,
@@ -196,7 +217,7 @@ def bench(methods, Ts=BENCH_TS, student=BENCH_STUDENT, teacher=BENCH_TEACHER, ba
     a JSON file rewritten (atomically) after every configuration, so a later failure keeps the earlier ones.
     ``timeout_s``: a configuration's process still running after that long is stopped (an error naming it).
     ``compile``: the spike pass as compiled kernels; ``precision``: a CUDA step's (``run_one``)."""
-    check_bench_args(methods, Ts, steps, warmup, batch_size, input_size, out, precision, device)
+    check_bench_args(methods, Ts, steps, warmup, batch_size, input_size, out, precision, device, timeout_s)
     from hybridkd_lib.models import check_model_kwargs, check_model_name
 
     check_model_name(student, "student")
@@ -211,7 +232,7 @@ def bench(methods, Ts=BENCH_TS, student=BENCH_STUDENT, teacher=BENCH_TEACHER, ba
     choice = lif_backend.choose(device, log=log)   # CUDA: the fastest correct kernels for BPTT's LIF
     machine["lif_choice"] = choice
     child_env = {**os.environ, lif_backend.VARIABLE: choice["implementation"]}
-    records = []
+    records, said = [], set()
     for T in Ts:
         for m in methods:
             spec = dict(method=m, T=T, student=student, teacher=teacher, batch_size=batch_size,
@@ -222,7 +243,7 @@ def bench(methods, Ts=BENCH_TS, student=BENCH_STUDENT, teacher=BENCH_TEACHER, ba
                                  f"bench configuration {m} T={T}", timeout_s, env=child_env)
                 if p.returncode != 0:
                     raise RuntimeError(_child_failure(m, T, p.returncode, p.stderr))
-                rec = json.loads(p.stdout.strip().splitlines()[-1])
+                rec = _child_record(p.stdout, said, log)
             else:
                 rec = run_one(**spec)
                 gc.collect()

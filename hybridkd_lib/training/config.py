@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from hybridkd_lib.data.catalog import DATASETS
 from hybridkd_lib.method.methods import BUILT_IN, get_method, methods_where
-from hybridkd_lib.base.checks import check_keys, is_of_type
+from hybridkd_lib.base.checks import check_keys, check_number, is_of_type, non_finite
 from hybridkd_lib.base.results import check_writable_folder
 
 if TYPE_CHECKING:
@@ -147,17 +147,30 @@ def _check_types(cfg: TrainConfig) -> None:
             raise ValueError(f"{f.name}={value!r} not allowed: expected {names}{hint_json}")
 
 
-def _check_positive(cfg: TrainConfig) -> None:
-    for name in ("batch_size", "lr", "max_steps_per_epoch", "teacher_input_size", "clip_grad_norm"):   # T, epochs: in validate
+# the range of every number a run takes (T and epochs: in validate); a float is also finite
+RANGES = {
+    "lr": dict(low=0, low_open=True), "weight_decay": dict(low=0), "momentum": dict(low=0, high=1, high_open=True),
+    "clip_grad_norm": dict(low=0, low_open=True),
+    "batch_size": dict(low=0, low_open=True, integer=True), "max_steps_per_epoch": dict(low=0, low_open=True, integer=True),
+    "teacher_input_size": dict(low=0, low_open=True, integer=True), "precise_bn": dict(low=0, integer=True),
+    "num_workers": dict(low=0, integer=True),
+}
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Every number in its range (``RANGES``; None where a field may be None), every float finite, numbers
+    inside the dict settings (``loss``, ``neuron``, the keywords) too."""
+    for name, allowed in RANGES.items():
         value = getattr(cfg, name)
-        if value is not None and value <= 0:
-            raise ValueError(f"{name}={value!r} not allowed; {name} must be > 0")
-    if cfg.precise_bn < 0:
-        raise ValueError(f"precise_bn={cfg.precise_bn!r} not allowed; an integer >= 0 (0: off)")
-    for name in ("weight_decay", "momentum", "num_workers"):
-        value = getattr(cfg, name)
-        if value is not None and value < 0:
-            raise ValueError(f"{name}={value!r} not allowed; {name} must be >= 0")
+        if value is not None:
+            check_number(name, value, **allowed)
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and f.name not in RANGES:
+            check_number(f.name, value)
+        bad = non_finite(value, f.name) if isinstance(value, dict) else None
+        if bad:
+            raise ValueError(f"{bad} not allowed in {f.name}={value!r}: numbers must be finite")
 
 
 def validate(cfg: TrainConfig, world_size: int = 1, check_out: bool = False) -> None:
@@ -171,6 +184,7 @@ def validate(cfg: TrainConfig, world_size: int = 1, check_out: bool = False) -> 
     from hybridkd_lib.snn.neurons import DEFAULT_NEURON, NeuronConfig
 
     _check_types(cfg)
+    _check_numbers(cfg)
     method = get_method(cfg.method)
     if not isinstance(cfg.T, int) or cfg.T < 1:
         raise ValueError(f"T={cfg.T!r} not allowed; T must be an integer >= 1")
@@ -188,7 +202,6 @@ def validate(cfg: TrainConfig, world_size: int = 1, check_out: bool = False) -> 
     if "teacher" in method.networks:
         check_model_name(cfg.teacher, "teacher")
         check_model_kwargs(cfg.teacher, cfg.teacher_kw, "teacher_kw")
-    _check_positive(cfg)
     if world_size > 1 and cfg.batch_size % world_size:
         raise ValueError(f"batch_size={cfg.batch_size} (the global batch) does not divide across {world_size} "
                          f"processes; use a multiple of {world_size}")

@@ -13,7 +13,8 @@ from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 from hybridkd_lib.base import checkpoint, results
-from hybridkd_lib.training.config import TrainConfig, check_writable_folder
+from hybridkd_lib.base.results import check_writable_folder
+from hybridkd_lib.training.config import TrainConfig
 from hybridkd_lib.training.distributed import Distributed, broadcast_from_main
 
 SETTINGS_FILE = "settings.json"

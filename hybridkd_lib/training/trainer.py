@@ -163,8 +163,8 @@ def _restore_model(s: Session, state: dict | None, log) -> dict:
     final weights); the result is kept as it was."""
     out = Path(s.cfg.out)
     if state is None or state["epoch"] + 1 != s.cfg.epochs:
-        raise ValueError(f"{out / 'model.pt'} is missing and no checkpoint of the last epoch is left to restore it "
-                         f"from; pass --overwrite to train the run again")
+        raise ValueError(f"{out / 'model.pt'} is missing or unreadable and no checkpoint of the last epoch is left "
+                         f"to restore it from; pass --overwrite to train the run again")
     if s.env.main:
         _save_model(s)
         log(f"restored {out / 'model.pt'} from {state['path']} (the result was kept)")
