@@ -164,15 +164,18 @@ TUTORIAL_RUNS = {
                          "BPTT at T=32"]),
     "tutorial_hybrid": ("tutorial_hybrid", {"width": 4, "teacher_width": 8, "T": 2, **_TINY_TRAINING},
                         ["by hand", "changed by one step", "8 -> 16", "ratio L / step: [2.0]",
-                         "the last stage and the head get none: True", "ours (hybrid), seed 2", "no_hybrid_kd",
-                         "memory-aware: total", "dt = 0.0001 s", "test top-1 on", "refused, sew_resnet34",
+                         "the last stage and the head get none: True", "ours (hybrid), seed 2",
+                         "no_hybrid_kd vs default", "the rest from the ablation plan", "spikingjelly, compute + memory",
+                         "student / teacher on the same", "why the compute columns differ", "1 MB SRAM (12.5 pJ/byte)",
+                         "unstable; pass dt=0.0001", "dt = 0.0001 s", "test top-1 on", "refused, sew_resnet34",
                          "twin the graph describes: same prediction 100.0 %", "8 -> 8", "M_2 terms only",
                          "kd term = kappa^2 KL", "2 hybrids"]),
     "tutorial_hybrid_r19_r34": ("tutorial_hybrid", {"student": "spiking_resnet19", "teacher": "cifar_resnet34", "width": 4,
-                                                    "teacher_width": 8, "T": 2, **_TINY_TRAINING},
+                                                    "teacher_width": 8, "T": 2, "energy_images": 64, **_TINY_TRAINING},
                                 ["stage 4", "4 -> 8", "gradient reaches SNN stages 1..2: True",
                                  "the last stage and the head get none: True", "Vanilla KD, seed 1",
-                                 "memory-aware: total", "M_1 terms only"]),
+                                 "student / teacher on the same 64 test images",
+                                 "M_1 terms only"]),
 }
 
 

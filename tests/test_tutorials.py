@@ -140,16 +140,19 @@ def test_tutorial_2_computes_before_it_derives():
 
 
 def _documented():
-    """From book/api.md: documented ``module.name`` paths, and per automodule its members (None: all)."""
+    """From book/api.md: documented ``module.name`` paths (an autoclass's listed members as ``module.Class.member``),
+    and per automodule its members (None: all, ``:members:`` alone; an empty set: no ``:members:``)."""
     text = (REPO_ROOT / "book" / "api.md").read_text()
     names, modules = set(), {}
     for kind, target, members in re.findall(r"\.\. (automodule|autofunction|autoclass):: (\S+)"
                                             r"((?:\n   :members:[^\n]*(?:\n {13}[^\n]*)*)?)", text):
-        if kind != "automodule":
-            names.add(target)
-            continue
         listed = members.replace(":members:", "").replace("\n", " ").strip()
-        modules[target] = {m.strip() for m in listed.split(",")} if listed else None
+        listed = {m.strip() for m in listed.split(",")} if listed else (None if members else set())
+        if kind == "automodule":
+            modules[target] = listed
+            continue
+        names.add(target)
+        names.update(f"{target}.{m}" for m in listed or ())
     return names, modules
 
 
@@ -188,3 +191,160 @@ def test_tutorial_cells_use_only_names_the_api_page_documents(name):
                 assert node.attr not in ("mode", "node") and not private, (name, node.attr)
     undocumented = sorted(f"{m}.{n}" for m, n in used if not _is_documented(m, n, names, modules))
     assert undocumented == [], undocumented
+
+
+# ------------------------------------------------------------------------------ attributes of library objects
+# what a library attribute holds, where no annotation says it: (class, attribute) -> class
+ATTRIBUTE_TYPES = {("hybridkd_lib.training.learner.Learner", "distiller"): "hybridkd_lib.method.hybrid.HybridDistiller",
+                   ("hybridkd_lib.training.learner.Learner", "loss_cfg"): "hybridkd_lib.method.losses.LossConfig",
+                   ("hybridkd_lib.training.learner.Learner", "spec"): "hybridkd_lib.method.methods.Method"}
+
+
+def _resolve(path: str):
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _path(obj) -> str | None:
+    return f"{obj.__module__}.{obj.__qualname__}" if isinstance(obj, type) and obj.__module__.startswith("hybridkd_lib") else None
+
+
+def _returns(func) -> str | None:
+    """The library class a library function or class returns (a class: itself; a function: its annotation)."""
+    import typing
+
+    if isinstance(func, type):
+        return _path(func)
+    try:
+        return _path(typing.get_type_hints(func).get("return"))
+    except NameError:   # another annotation names a TYPE_CHECKING import: read the return's alone
+        returned = getattr(func, "__annotations__", {}).get("return")
+        return _path(getattr(sys.modules[func.__module__], returned, None) if isinstance(returned, str) else returned)
+    except TypeError:   # not a function
+        return None
+
+
+def _type_of(node, aliases: dict, variables: dict) -> str | None:
+    """The library class of an expression in a tutorial cell, where the cell says it: a variable assigned from
+    one, a library class called, a library function's annotated return, a known attribute, ``.train()``."""
+    import ast
+
+    if isinstance(node, ast.Name):
+        return variables.get(node.id)
+    if isinstance(node, ast.Attribute):
+        owner = _type_of(node.value, aliases, variables)
+        return ATTRIBUTE_TYPES.get((owner, node.attr)) if owner else None
+    if isinstance(node, ast.Call):
+        f = node.func
+        if isinstance(f, ast.Name) and f.id in aliases:
+            return _returns(_resolve(aliases[f.id]))
+        if isinstance(f, ast.Attribute) and f.attr in ("train", "eval"):
+            return _type_of(f.value, aliases, variables)
+        owner = _type_of(f.value, aliases, variables) if isinstance(f, ast.Attribute) else None
+        return _returns(getattr(_resolve(owner), f.attr, None)) if owner else None
+    return None
+
+
+def _attribute_documented(cls_path: str, attr: str, names: set) -> bool:
+    """``Class.attr`` is on the API page (an autoclass member), in the class docstring's ``Attributes:``
+    section, a dataclass field of a documented class, or torch's ``nn.Module`` API."""
+    import dataclasses
+    import inspect
+
+    from torch import nn
+
+    if f"{cls_path}.{attr}" in names or hasattr(nn.Module, attr):
+        return True
+    cls = _resolve(cls_path)
+    doc = inspect.getdoc(cls) or ""
+    section = doc.split("Attributes:\n", 1)[1] if "Attributes:\n" in doc else ""
+    if re.search(rf"^    {re.escape(attr)}( \([^)]*\))?:", section, re.M):
+        return True
+    module = cls_path.rsplit(".", 1)[0]
+    _, modules = _documented()
+    class_documented = cls_path in names or (module in modules and (modules[module] is None
+                                                                     or cls.__name__ in modules[module]))
+    return class_documented and dataclasses.is_dataclass(cls) and attr in {f.name for f in dataclasses.fields(cls)}
+
+
+def _attribute_uses(name: str) -> list[tuple[str, str]]:
+    """``(library class, attribute)`` for every ``x.attr`` in the tutorial's code cells where ``x``'s class is
+    known (``_type_of``), the variables' classes followed from cell to cell."""
+    import ast
+
+    aliases, variables, uses = {}, {}, []
+    for cell in _cells(name)[1:]:
+        if cell["cell_type"] != "code":
+            continue
+        tree = ast.parse("".join(cell["source"]))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module.startswith("hybridkd_lib"):
+                aliases.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names})
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    pairs = (zip(target.elts, node.value.elts) if isinstance(target, ast.Tuple)
+                             and isinstance(node.value, ast.Tuple) else [(target, node.value)])
+                    for t, v in pairs:
+                        if isinstance(t, ast.Name) and _type_of(v, aliases, variables):
+                            variables[t.id] = _type_of(v, aliases, variables)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute):
+                owner = _type_of(node.value, aliases, variables)
+                if owner:
+                    uses.append((owner, node.attr))
+    return uses
+
+
+@pytest.mark.parametrize("name", TUTORIALS)
+def test_attributes_of_library_objects_are_documented(name):
+    """``learner.loss_cfg``, ``d.pairs``, ``method.outputs``, ``cfg.decay``: an attribute a tutorial reads from a
+    library object is on the API page, in its class's ``Attributes:``, or a field of a documented dataclass."""
+    names, _ = _documented()
+    uses = set(_attribute_uses(name))
+    undocumented = sorted(f"{cls}.{attr}" for cls, attr in uses if not _attribute_documented(cls, attr, names))
+    assert undocumented == [], undocumented
+
+
+def test_the_attribute_check_sees_the_names_the_tutorials_use():
+    seen = {f"{cls.rsplit('.', 1)[1]}.{attr}" for name in TUTORIALS for cls, attr in _attribute_uses(name)}
+    assert {"Learner.loss_cfg", "Learner.distiller", "HybridDistiller.pairs", "HybridDistiller.num_hybrids",
+            "HybridDistiller.aligns", "Method.outputs", "Method.loss", "NeuronConfig.decay",
+            "StepOutputs.logits"} <= seen, seen
+    names, _ = _documented()
+    assert not _attribute_documented("hybridkd_lib.training.learner.Learner", "no_such_attribute", names)
+
+
+@pytest.mark.parametrize("name", TUTORIALS)
+def test_the_api_links_of_the_tutorials_resolve(name):
+    """Every ``{py:func}``, ``{py:class}``, ``{py:meth}``, ``{py:mod}`` role of a tutorial names an object the
+    API page documents (a class's method: listed in its autoclass's ``:members:``)."""
+    names, modules = _documented()
+    text = "\n".join("".join(c["source"]) for c in _cells(name) if c["cell_type"] == "markdown")
+    targets = {t.lstrip("~") for t in re.findall(r"\{py:(?:func|class|meth|mod|attr)\}`([^`]+)`", text)}
+    assert targets
+    unresolved = sorted(t for t in targets if t not in names and t not in modules
+                        and not _is_documented(*t.rsplit(".", 1), names, modules))
+    assert unresolved == [], unresolved
+
+
+def test_the_memory_sensitivity_rescales_what_spikingjelly_computes():
+    """``lab.memory_sensitivity`` rescales one estimate's bytes; spikingjelly at that cost per byte agrees."""
+    import torch
+
+    from hybridkd_lib.book import lab
+    from hybridkd_lib.models import create_model
+    from hybridkd_lib.snn.spikecosts import memory_aware_energy
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 8, 8)
+    models = {"student": create_model("spiking_resnet18", num_classes=10, T=2, in_chans=1, width=4),
+              "teacher": create_model("cifar_resnet18", num_classes=10, in_chans=1, width=4)}
+    est = {name: {"spikingjelly": memory_aware_energy(m, x)} for name, m in models.items()}
+    table = lab.memory_sensitivity(est, {"dear": 24.96})
+    direct = {name: memory_aware_energy(m, x, pj_per_byte=24.96)["total_uj"] for name, m in models.items()}
+    assert table.iloc[0]["SNN student (µJ)"] == pytest.approx(direct["student"], rel=1e-6)
+    assert table.iloc[0]["student / teacher"] == pytest.approx(direct["student"] / direct["teacher"], rel=1e-6)
+    assert list(lab.memory_costs().values())[0] < 12.5 < list(lab.memory_costs().values())[2]

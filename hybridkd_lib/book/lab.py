@@ -1,14 +1,19 @@
 """The tutorials' drawing and measuring helpers, so that a tutorial's cells show what a student types.
 
 - ``draw_two_passes``: BPTT's unrolled graph beside RateBP's two passes (Tutorial 2);
+- ``saved_for_backward_mb``, ``bptt_memory_fit``: the bytes autograd keeps for backward against T, and the
+  straight line through BPTT's (Tutorial 2);
 - ``peak_extra_mb``, ``spike_pass_costs``, ``plot_spike_pass_costs``: the spike pass's time and a step's peak
   resident memory against T (Tutorial 2);
-- ``ablation_rows``, ``hybrid_accuracies``: the committed ablation's rows the tutorials read (Tutorials 2, 3);
+- ``ablation_rows``, ``ablation_settings``, ``hybrid_accuracies``: the committed ablation's rows and settings
+  the tutorials read (Tutorials 2, 3);
 - ``draw_hybrids``: the SNN, its hybrids M_k and the teacher, block by block (Tutorial 3);
 - ``run_dir``, ``train_or_reuse``: a tutorial's training runs, one folder per settings, so that a re-run with
   the same settings reads the finished run and one with other settings trains into a new folder (Tutorial 3);
-- ``energy_table``: the compute-only energy of a run's spike-cost records beside a memory-aware estimate
-  (``hybridkd_lib.snn.spikecosts.memory_aware_energy``), for the student and its teacher (Tutorial 3).
+- ``energy_estimates``, ``energy_table``, ``energy_counts``, ``memory_sensitivity``: a trained student's and its
+  teacher's energy per image from two counters on the same test images, the library's (``spike_costs``,
+  compute only) and spikingjelly's (``memory_aware_energy``, compute and memory), each read within itself
+  (Tutorial 3).
 """
 from __future__ import annotations
 
@@ -124,6 +129,49 @@ def draw_hybrids(learner):
 
 
 # ----------------------------------------------------------------------------------------------- measuring
+def _saved_mb(model, x: torch.Tensor, method: str) -> float:
+    """MB of the activations autograd saves for backward in one forward + backward (parameters not counted)."""
+    from hybridkd_lib.snn import ratebp
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    model.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = ratebp.rate_forward(model, x) if method == "ratebp" else model(x)
+    out.sum().backward()
+    return sum(seen.values()) / 2**20
+
+
+def saved_for_backward_mb(model, x: torch.Tensor, Ts) -> pd.DataFrame:
+    """Per T of ``Ts``: the MB of activations autograd keeps for backward (counted with
+    ``torch.autograd.graph.saved_tensors_hooks``, each storage once, parameters left out) in one forward +
+    backward of the spiking ``model`` on the static batch ``x``, with BPTT and with RateBP. ``model.T`` is left
+    at the last T."""
+    rows = []
+    for T in Ts:
+        model.T = T
+        rows.append({"T": T, "BPTT (MB)": _saved_mb(model, x, "bptt"), "RateBP (MB)": _saved_mb(model, x, "ratebp")})
+    return pd.DataFrame(rows).set_index("T")
+
+
+def bptt_memory_fit(mem: pd.DataFrame) -> tuple[float, float] | None:
+    """The least-squares line through ``saved_for_backward_mb``'s BPTT column: ``(fixed MB, MB per step)``
+    (the part that does not grow with T, and the slope); None with fewer than two T."""
+    import numpy as np
+
+    if len(mem) < 2:
+        return None
+    slope, fixed = np.polyfit(mem.index.to_numpy(dtype=float), mem["BPTT (MB)"].to_numpy(), 1)
+    return float(fixed), float(slope)
+
+
 def peak_extra_mb(step) -> float:
     """Peak resident memory (MB) of this process above its level before ``step()``, sampled every millisecond
     while ``step()`` runs (memory freed before is first returned to the system)."""
@@ -216,6 +264,24 @@ def ablation_rows(run_varied: str) -> tuple[pd.DataFrame | None, str]:
     return (rows[columns].set_index("variant") if len(rows) else None), source
 
 
+def ablation_settings(run_varied: str) -> dict:
+    """The settings the ablation trains the variants of ``run_varied`` with (``hybridkd_lib.book.plan``'s
+    ``ablation`` profile: the quick run it varies, at the ablation's seeds and epochs), as its first variant's
+    run: dataset and image size, student and teacher with their options, T, optimizer, learning rate, batch,
+    epochs, and the seeds. The loss options each variant changes are ``ablation_rows``' column."""
+    from hybridkd_lib.book import plan
+
+    variants = [v for v, (base, _) in plan.ABLATIONS.items() if base == run_varied]
+    if not variants:
+        raise ValueError(f"run_varied={run_varied!r}: the ablation varies "
+                         f"{', '.join(sorted({base for base, _ in plan.ABLATIONS.values()}))}")
+    runs = {r.name: r for r in plan.plan("ablation")}
+    params = dict(runs[plan.ablation_run_name(variants[0], plan.ABLATION_SEEDS[0])].params)
+    for key in ("seed", "loss", "device", "teacher_ckpt", "max_steps_per_epoch", "precise_bn"):
+        params.pop(key, None)
+    return dict(params, seeds=list(plan.ABLATION_SEEDS))
+
+
 def hybrid_accuracies() -> tuple[pd.DataFrame, str]:
     """Per seed of the ablation's default hybrid runs: test top-1 of the teacher, every M_k and the SNN, and
     where they came from (an empty table and "not run" without records)."""
@@ -254,29 +320,94 @@ def _load(run: str | Path):
     return model.eval()
 
 
-def _test_images(result: dict, images: int) -> torch.Tensor:
+def _test_images(result: dict, images: int | None) -> torch.Tensor:
     from hybridkd_lib.data import datasets
 
     test_set = datasets.get_datasets(result["dataset"], result.get("data_root"), **result.get("data_kw", {}))[1]
-    return torch.stack([test_set[i][0] for i in range(min(images, len(test_set)))])
+    n = len(test_set) if images is None else min(images, len(test_set))
+    return torch.stack([test_set[i][0] for i in range(n)])
 
 
-def energy_table(student_run: str | Path, teacher_run: str | Path, images: int = 32) -> pd.DataFrame:
-    """Energy per test image (µJ) of a trained student and its teacher, two ways: **compute only** (the run's
-    spike-cost records: ``EnergyModel``'s pJ per accumulate and per MAC; the teacher's counted the same way)
-    and **memory-aware** (``spikecosts.memory_aware_energy`` on the first ``images`` test images: the same
-    operations counted by spikingjelly, plus weight reads and neuron-state reads and writes)."""
+def energy_estimates(student_run: str | Path, teacher_run: str | Path, images: int | None = None) -> dict:
+    """A trained student's and its teacher's operations and energy per image, counted on the **same** test
+    images (the first ``images``; None: the whole test set, as the run's own spike-cost record) by two counters:
+
+    - ``library``: ``spikecosts.spike_costs`` (student: the accumulates its spikes trigger in conv, linear and
+      attention layers, and the MACs of the layers fed by non-spikes) and ``spikecosts.ann_macs`` (teacher),
+      at ``EnergyModel``'s pJ per operation: compute only;
+    - ``spikingjelly``: ``spikecosts.memory_aware_energy`` at ``SRAM_PJ_PER_BYTE``: its accumulates count every
+      elementwise add as well (each neuron's charge and reset per step, residual adds), so its compute is not
+      the library's; its memory part is per byte moved (``memory_bytes``).
+
+    Returns ``images`` and, per ``"student"`` and ``"teacher"``: ``library`` (``acs``, ``macs``, ``uj``),
+    ``spikingjelly`` (``memory_aware_energy``'s dict) and ``parameters``."""
     from hybridkd_lib.base.results import read_result
-    from hybridkd_lib.snn.spikecosts import memory_aware_energy
+    from hybridkd_lib.snn.spikecosts import EnergyModel, ann_macs, memory_aware_energy, spike_costs
 
-    result = read_result(student_run)
-    costs = result["spike_costs"]
-    x = _test_images(result, images)
+    x = _test_images(read_result(student_run), images)
+    student, teacher, energy = _load(student_run), _load(teacher_run), EnergyModel()
+    costs = spike_costs(student, [x])
+    teacher_macs = ann_macs(teacher, x)
+    out = {"images": len(x)}
+    for name, model, acs, macs in (("student", student, costs["synops_per_image"], costs["macs_per_image"]),
+                                   ("teacher", teacher, 0.0, teacher_macs)):
+        out[name] = {"library": {"acs": acs, "macs": macs, "uj": energy.microjoules(acs, macs)},
+                     "spikingjelly": memory_aware_energy(model, x),
+                     "parameters": sum(p.numel() for p in model.parameters())}
+    return out
+
+
+def energy_table(est: dict) -> pd.DataFrame:
+    """``energy_estimates``' energy per image (µJ) of the student and the teacher, and the ratio student /
+    teacher, in three columns, each within one counter: the library's compute only, spikingjelly's compute,
+    and spikingjelly's compute + memory. Compare the ratios along a row, never one counter's µJ with another's."""
     rows = {}
-    for name, run, compute in (("SNN student", student_run, costs["energy_uj_per_image"]),
-                               ("ANN teacher", teacher_run, costs.get("teacher_energy_uj_per_image"))):
-        est = memory_aware_energy(_load(run), x)
-        rows[name] = {"compute only (µJ)": compute, "memory-aware: compute (µJ)": est["compute_uj"],
-                      "memory-aware: memory (µJ)": est["memory_uj"], "memory-aware: total (µJ)": est["total_uj"],
-                      "bytes read or written": est["memory_bytes"]}
+    for name, label in (("student", "SNN student"), ("teacher", "ANN teacher")):
+        sj = est[name]["spikingjelly"]
+        rows[label] = {"library: compute only": est[name]["library"]["uj"], "spikingjelly: compute": sj["compute_uj"],
+                       "spikingjelly: compute + memory": sj["total_uj"]}
+    table = pd.DataFrame(rows).T
+    table.loc["student / teacher"] = table.loc["SNN student"] / table.loc["ANN teacher"]
+    return table
+
+
+def energy_counts(est: dict) -> pd.DataFrame:
+    """``energy_estimates``' counts per image behind ``energy_table``: each counter's accumulates and MACs, the
+    bytes spikingjelly's memory model moves, and each network's parameters and their float32 size (kB)."""
+    rows = {}
+    for name, label in (("student", "SNN student"), ("teacher", "ANN teacher")):
+        lib, sj, n = est[name]["library"], est[name]["spikingjelly"], est[name]["parameters"]
+        rows[label] = {"accumulates, library": lib["acs"], "accumulates, spikingjelly": sj["acs"],
+                       "MACs, library": lib["macs"], "MACs, spikingjelly": sj["macs"],
+                       "bytes moved, spikingjelly": sj["memory_bytes"], "parameters": n,
+                       "weights (kB, float32)": 4 * n / 1000}
+    return pd.DataFrame(rows).T
+
+
+def memory_costs() -> dict[str, float]:
+    """pJ per byte of memory traffic for ``memory_sensitivity``, from the most optimistic up: a 64-bit read from an
+    8 kB SRAM (about 10 pJ at 45 nm, Horowitz ISSCC 2014: ``SRAM_PJ_PER_BYTE``), from a 1 MB SRAM (about 100 pJ,
+    the same source), and spikingjelly 2.0.0's default (``SimpleEnergyCostConfig``). DRAM costs 1.3-2.6 nJ per
+    64-bit read (the same source), another order of magnitude."""
+    from spikingjelly.activation_based.op_counter import SimpleEnergyCostConfig
+
+    from hybridkd_lib.snn.spikecosts import SRAM_PJ_PER_BYTE
+
+    return {"8 kB SRAM": SRAM_PJ_PER_BYTE, "1 MB SRAM": 100.0 / 8,
+            "spikingjelly's default": float(SimpleEnergyCostConfig().e_memory_pj_per_byte)}
+
+
+def memory_sensitivity(est: dict, pj_per_byte: dict[str, float] | None = None) -> pd.DataFrame:
+    """Per memory cost (``memory_costs()`` unless given, name -> pJ per byte): spikingjelly's compute + memory
+    per image (µJ) of the student and the teacher, their ratio, and the memory's share of the student's total.
+    spikingjelly's memory energy is its bytes moved times the cost per byte, so each row rescales
+    ``energy_estimates``' ``memory_bytes`` (no new count)."""
+    rows = {}
+    for label, pj in (pj_per_byte or memory_costs()).items():
+        total = {name: est[name]["spikingjelly"]["compute_uj"] + est[name]["spikingjelly"]["memory_bytes"] * pj * 1e-6
+                 for name in ("student", "teacher")}
+        rows[f"{label} ({pj:g} pJ/byte)"] = {
+            "SNN student (µJ)": total["student"], "ANN teacher (µJ)": total["teacher"],
+            "student / teacher": total["student"] / total["teacher"],
+            "memory's share of the student's total": 1 - est["student"]["spikingjelly"]["compute_uj"] / total["student"]}
     return pd.DataFrame(rows).T

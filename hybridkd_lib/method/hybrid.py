@@ -107,6 +107,14 @@ class HybridDistiller(nn.Module):
     ``forward(x)`` returns ``(y_S, [y_M0, ..., y_M{K-2}])`` in the student's current
     mode; ``teacher_logits(x)`` the teacher's (no graph). ``hybrid_logits(x, k)`` runs one M_k.
     ``aligns=False``: the student and the frozen teacher only (Vanilla KD), no ``A_k``.
+
+    Attributes:
+        student: the SNN student.
+        teacher: the frozen teacher.
+        pairs: per student stage k < K-1, the index of the teacher stage it meets (``pair_stages``): M_k runs
+            the teacher from stage ``pairs[k] + 1`` on.
+        aligns: the alignment modules A_0, ..., A_{K-2} (an ``nn.ModuleList``; empty with ``aligns=False``).
+        num_hybrids: the number of hybrids M_k (``len(aligns)``).
     """
 
     def __init__(self, student: StageModel, teacher: StageModel, input_shape, teacher_input_size=None,
@@ -133,6 +141,7 @@ class HybridDistiller(nn.Module):
 
     @property
     def num_hybrids(self) -> int:
+        """The number of hybrids M_k: one per alignment module (K-1 for K student stages; 0 without A_k)."""
         return len(self.aligns)
 
     def train(self, mode: bool = True):

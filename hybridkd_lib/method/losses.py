@@ -1,9 +1,12 @@
 """Losses of the four methods; every term and weight is a parameter::
 
     L = ce*CE(y_S, y) + hybrid_ce*sum_k CE(y_Mk, y)
-        + tau^2 * [kd*KL(y_A||y_S) + hybrid_kd*sum_k KL(y_A||y_Mk)]
+        + kappa^2 * [kd*KL(y_A||y_S) + hybrid_kd*sum_k KL(y_A||y_Mk)]
 
-(``hybrid_reduction="mean"``: the two sums over k become means.)
+where ``kappa`` is the KD temperature (``LossConfig.temperature``; the soft targets are ``softmax(y/kappa)``).
+Hinton et al. (2015) call it ``T``, a letter this book keeps for the number of timesteps, as it keeps ``tau``
+for the membrane time constant; the factor ``kappa^2`` is theirs (soft-target gradients shrink as
+``1/kappa^2``). ``hybrid_reduction="mean"``: the two sums over k become means.
 
 Each term is a function of one step's outputs (``StepOutputs``) and the weights, listed once in ``TERMS``
 with the method facts it needs; which terms a method uses is its ``terms`` (``hybridkd_lib.method.methods``).
@@ -47,7 +50,7 @@ class StepOutputs:
 
 @dataclass
 class LossConfig:
-    """Weights (0 switches a term off) and the KD temperature.
+    """Weights (0 switches a term off) and the KD temperature (kappa).
 
     Defaults: ``ce=1`` (labels always anchor the SNN); ``kd=1`` and
     ``temperature=4`` (Hinton KD's common CIFAR value; the supplementary states no temperature);
@@ -88,7 +91,8 @@ def check_loss_options(loss: dict) -> None:
 
 
 def kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
-    """``tau^2 * KL(softmax(y_A/tau) || softmax(y_S/tau))``, batch mean."""
+    """``kappa^2 * KL(softmax(y_A/kappa) || softmax(y_S/kappa))``, batch mean, with ``kappa = temperature``
+    (the KD temperature)."""
     import torch.nn.functional as F
 
     t = temperature
@@ -104,7 +108,7 @@ def ce_term(out, cfg: LossConfig):
 
 
 def kd_term(out, cfg: LossConfig):
-    """``kd * tau^2 KL(y_A || y_S)``."""
+    """``kd * kappa^2 KL(y_A || y_S)`` at the KD temperature ``kappa`` (``cfg.temperature``)."""
     return cfg.kd * kd_loss(out.logits, out.teacher_logits, cfg.temperature) if cfg.kd else None
 
 
@@ -122,7 +126,8 @@ def hybrid_ce_term(out, cfg: LossConfig):
 
 
 def hybrid_kd_term(out, cfg: LossConfig):
-    """``hybrid_kd * tau^2 sum_k KL(y_A || y_Mk)`` (mean over k with ``hybrid_reduction="mean"``)."""
+    """``hybrid_kd * kappa^2 sum_k KL(y_A || y_Mk)`` at the KD temperature ``kappa`` (``cfg.temperature``); mean
+    over k with ``hybrid_reduction="mean"``."""
     if not (cfg.hybrid_kd and len(out.hybrid_logits)):
         return None
     return cfg.hybrid_kd * _per_hybrid(out, cfg) * sum(kd_loss(m, out.teacher_logits, cfg.temperature)

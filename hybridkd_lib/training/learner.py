@@ -16,9 +16,21 @@ class Learner(nn.Module):
     networks its method (``methods.Method``) names and steps through the method.
 
     ``forward(x, y)`` is the training step's ``(loss, parts, logits)``, so that ``DistributedDataParallel``
-    can wrap the learner; ``x`` is ``[B, C, H, W]`` or a frame sequence ``[T, B, C, H, W]``. Attributes:
-    ``model`` (what is trained), ``student``, ``teacher`` (frozen), ``distiller`` (``HybridDistiller``),
-    ``aligns`` (the alignment modules A_k, or None), ``arch`` and ``model_kw`` (what rebuilds ``model``).
+    can wrap the learner; ``x`` is ``[B, C, H, W]`` or a frame sequence ``[T, B, C, H, W]``.
+
+    Attributes:
+        model: what is trained (the student, or the teacher of an ``ann`` run).
+        student: the SNN student (``models.SpikingStageModel``), or None.
+        teacher: the teacher (``models.StageModel``, frozen while a student trains), or None.
+        distiller: the ``method.hybrid.HybridDistiller`` of student, teacher and alignment modules (its
+            ``pairs``, ``num_hybrids`` and ``aligns``), or None.
+        aligns: the alignment modules A_k (trained with the student), or None.
+        loss_cfg: the run's ``method.losses.LossConfig`` (term weights, KD temperature, RateBP's 1/T scale),
+            what ``Method.loss`` and ``step_loss`` read.
+        spec: the run's ``method.methods.Method``.
+        T: the student's timesteps.
+        arch: the trained network's registered name; with ``model_kw`` what rebuilds ``model``.
+        model_kw: the options that rebuild ``model``.
     """
 
     def __init__(self, cfg: TrainConfig, num_classes: int, input_shape: tuple):
