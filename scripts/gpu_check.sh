@@ -64,7 +64,7 @@ stage() {
 for precision in fp32 bf16; do
   limit=$([ "$precision" = fp32 ] && echo 150 || echo 120)
   stage "Fig. 4 bench, $precision" "$limit" "$PY" -m hybridkd_lib bench --device cuda --T 1 2 4 8 --batch-size 128 \
-    --steps 5 --warmup 2 --methods bptt bptt_kd ratebp kd hybrid --compile --precision "$precision" \
+    --steps 5 --warmup 2 --methods bptt bptt_memopt bptt_kd ratebp kd hybrid --compile --precision "$precision" \
     --out "$OUT/bench_cuda_${precision}_$stamp.json"
 done
 

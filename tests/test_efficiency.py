@@ -26,6 +26,8 @@ def test_bench_records_all_methods(tmp_path):
         # the floor entry is its products' time alone: no memory figure, ratio 1
         assert (r["peak_mem_mb"] is None) == (r["method"] == "conv_floor")
         assert r["peak_mem_mb"] is None or r["peak_mem_mb"] > 100
+    memopt = next(r for r in recs if r["method"] == "bptt_memopt")["memopt"]   # spikingjelly's, level 1 on the CPU
+    assert memopt["level"] == 1 and memopt["compress"] and memopt["checkpointed_modules"] > 0
     floor_rec = next(r for r in recs if r["method"] == "conv_floor")
     assert floor_rec["floor_ratio"] == 1.0 and floor_rec["step_time_s"] == floor_rec["conv_floor_s"]
     assert "platform" in out["machine"] and out["machine"]["lif_choice"]["implementation"] == "torch"
@@ -308,3 +310,25 @@ def test_fig4_names_each_records_precision_and_never_mixes_two():
     assert table.loc[("measured (test), bf16", "ratebp"), ("step_time_s", 8)] == 0.5
     assert [report.record_precision(r) for r in (cuda, _rec("bptt", 1, 1.0, 1.0))] == ["bf16", "fp32"]
     assert "cuda (H100), fp32, batch 32" in report._label(recs[0])
+
+
+def test_bptt_under_memopt_is_bptt():
+    """spikingjelly's memopt (checkpointing with spike compression) recomputes blocks in backward: the loss and
+    every gradient are BPTT's."""
+    from hybridkd_lib.models import create_model
+    from hybridkd_lib.tools.efficiency import _apply_memopt
+
+    torch.manual_seed(0)
+    student = create_model("spiking_resnet18", num_classes=10, T=2, width=4).train()
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(10, (4,))
+    loss = torch.nn.functional.cross_entropy(student(x), y)
+    loss.backward()
+    grads = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad()
+    applied = _apply_memopt(student, x, torch.device("cpu"))
+    assert applied["checkpointed_modules"] > 0 and applied["targets"] == ["BasicBlock"]
+    again = torch.nn.functional.cross_entropy(student(x), y)
+    again.backward()
+    assert again.item() == pytest.approx(loss.item(), abs=1e-6)
+    for p, g in zip(student.parameters(), grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)

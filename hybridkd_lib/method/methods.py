@@ -184,25 +184,33 @@ class Method:
 
     def inference_costs(self, learner: nn.Module, batches) -> dict:
         """What the trained network costs at inference: ``spikecosts.spike_costs`` of the student (with its
-        teacher's MACs where the run has a teacher), or, for a teacher run, the ANN's ``ann_macs_per_image``
-        and energy; ``batches``: input tensors ``[B, C, H, W]`` or ``[T, B, C, H, W]`` on the device."""
+        teacher's MACs where the run has a teacher; compute only) and, under ``memory_aware``,
+        ``spikecosts.memory_aware_costs`` (compute and memory, spikingjelly's estimator); for a teacher run, the
+        ANN's ``ann_macs_per_image``, its energy and its memory-aware estimate; ``batches``: input tensors
+        ``[B, C, H, W]`` or ``[T, B, C, H, W]`` on the device."""
         from dataclasses import asdict
         from itertools import chain
 
         from hybridkd_lib.method.hybrid import teacher_input
-        from hybridkd_lib.snn.spikecosts import EnergyModel, ann_macs, spike_costs
+        from hybridkd_lib.snn.spikecosts import (MEMORY_AWARE_IMAGES, EnergyModel, ann_macs, memory_aware_costs,
+                                                 memory_aware_energy, spike_costs)
 
         energy, batches = EnergyModel(), iter(batches)
         first = next(batches, None)
         if first is None:
             raise ValueError("inference_costs was given no images")
         if self.trains == "teacher":   # an ANN run: what the teacher costs
-            macs = ann_macs(learner.model, teacher_input(first, learner.teacher_input_size))
+            seen = teacher_input(first, learner.teacher_input_size)
+            macs = ann_macs(learner.model, seen)
             return {"energy_model": asdict(energy), "ann_macs_per_image": macs,
-                    "ann_energy_uj_per_image": energy.microjoules(0, macs)}
-        t_macs = (ann_macs(learner.teacher, teacher_input(first, learner.teacher_input_size))
-                  if self.teacher else None)
-        return spike_costs(learner.student, chain([first], batches), energy, t_macs)
+                    "ann_energy_uj_per_image": energy.microjoules(0, macs),
+                    "memory_aware": {"ann": memory_aware_energy(learner.model, seen[:MEMORY_AWARE_IMAGES])}}
+        seen = teacher_input(first, learner.teacher_input_size) if self.teacher else None
+        t_macs = ann_macs(learner.teacher, seen) if self.teacher else None
+        costs = spike_costs(learner.student, chain([first], batches), energy, t_macs)
+        costs["memory_aware"] = memory_aware_costs(learner.student, first, learner.teacher if self.teacher else None,
+                                                   seen, energy)
+        return costs
 
 
 def _check_combination(m: Method) -> None:
@@ -237,8 +245,8 @@ def _check_combination(m: Method) -> None:
 
 
 # benchmark variants of a training method (Fig. 4): the forward pass alone, the dense products of a RateBP
-# step timed alone (``floor``), BPTT with recomputed blocks
-BENCH_VARIANTS = {"forward_only": "bptt", "conv_floor": "ratebp", "bptt_ckpt": "bptt"}
+# step timed alone (``floor``), BPTT with recomputed blocks, BPTT under spikingjelly's memopt
+BENCH_VARIANTS = {"forward_only": "bptt", "conv_floor": "ratebp", "bptt_ckpt": "bptt", "bptt_memopt": "bptt"}
 METHODS: dict[str, Method] = {}
 
 
@@ -300,7 +308,7 @@ def bench_methods(built_in_only: bool = False) -> tuple[str, ...]:
     """What ``bench`` measures: every student method (``built_in_only``: the paper's), with the variants
     next to the method they vary."""
     students = [m for m in methods_where(trains="student") if m != "bptt" and (m in BUILT_IN or not built_in_only)]
-    return ("forward_only", "conv_floor", "bptt", "bptt_ckpt") + tuple(students)
+    return ("forward_only", "conv_floor", "bptt", "bptt_ckpt", "bptt_memopt") + tuple(students)
 
 
 BENCH_METHODS = bench_methods(built_in_only=True)   # Fig. 4's methods

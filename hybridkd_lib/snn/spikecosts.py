@@ -284,31 +284,36 @@ SRAM_PJ_PER_BYTE = 10.0 / 8
 @torch.no_grad()
 def memory_aware_energy(model: nn.Module, x: torch.Tensor, energy: EnergyModel = EnergyModel(),
                         pj_per_byte: float = SRAM_PJ_PER_BYTE) -> dict:
-    """Energy per image of one inference forward of ``model`` (a spiking student or an ANN) on the static batch
-    ``x`` (``[B, C, H, W]``), counting memory as well as compute: spikingjelly 2.0.0's
-    ``op_counter.estimate_simple_energy`` with ``energy``'s pJ per MAC and per accumulate and ``pj_per_byte``.
+    """Energy per image of one inference forward of ``model`` (a spiking student or an ANN) on ``x``
+    (``[B, C, H, W]``, or a student's ``[T, B, C, H, W]``), counting memory as well as compute: spikingjelly
+    2.0.0's ``op_counter.estimate_simple_energy`` with ``energy``'s pJ per MAC and per accumulate and
+    ``pj_per_byte``.
 
-    What it counts (spikingjelly's model, per image; every count is the batch's divided by B):
+    What it counts (spikingjelly's model, per image: every count is the batch's divided by B):
 
-    - compute: dense MACs (inputs that are not 0/1) and accumulates (0/1 inputs) of Conv/Linear layers;
-    - memory: one weight read per MAC, one per accumulate a spike triggers (its fan-out: no weight reuse and
-      no caching between images or timesteps), one bias read per output element, and each LIF's membrane
-      potential read and written once per timestep, at ``pj_per_byte`` for the tensors' real byte counts.
+    - compute: MACs of convolutions and matrix products on real inputs; accumulates (ACs) of those on 0/1
+      inputs (a spike's fan-out) **and of every elementwise add** (spikingjelly's ``ACCounter``: each neuron's
+      charge and reset at every step, residual adds, BN's arithmetic where it is not folded). So its AC count is
+      larger than this module's synaptic operations (``spike_costs``, spike-driven products only): compare
+      ratios within one counter, never across;
+    - memory: one weight read per MAC and per spike-driven accumulate (no weight reuse, no caching between
+      images or timesteps), one bias read per output element, each neuron's state read and written once per
+      timestep, at ``pj_per_byte`` for the tensors' real byte counts.
 
     Assumptions, to state beside any figure: 45 nm, 32-bit float operations (Horowitz, ISSCC 2014: add 0.9 pJ,
-    multiply 3.7 pJ); memory at ``SRAM_PJ_PER_BYTE`` (an 8 kB SRAM's 64-bit read, about 10 pJ; a larger
-    memory or DRAM costs one to two orders more, spikingjelly's own default is 24.96 pJ per byte); not
-    counted: activations and input currents moved between layers, spike routing and addressing, BN (folded),
-    the neuron's own arithmetic, leakage and control. An estimate, not a chip measurement: with memory
-    counted an SNN's advantage can shrink or reverse (Dampfhoffer et al., IEEE TETCI 2023; Lemaire et al.,
-    2022). Returns ``macs``, ``acs``, ``memory_bytes``, ``compute_uj``, ``memory_uj``, ``total_uj``,
-    ``pj_per_byte`` and ``source``."""
+    multiply 3.7 pJ); memory at ``pj_per_byte``, by default ``SRAM_PJ_PER_BYTE`` (an 8 kB SRAM's 64-bit read,
+    about 10 pJ: the most optimistic figure; a 1 MB SRAM is about 100 pJ per 64-bit read, DRAM 1.3-2.6 nJ;
+    spikingjelly's own default is 24.96 pJ per byte). Not counted: activations and spikes moved between layers,
+    spike routing and addressing, leakage and control. An estimate, not a chip measurement: with memory counted
+    an SNN's advantage can shrink or reverse (Dampfhoffer et al., IEEE TETCI 2023; Lemaire et al., 2022).
+    Returns ``macs``, ``acs``, ``memory_bytes``, ``compute_uj``, ``memory_uj``, ``total_uj``, ``pj_per_byte``
+    and ``source``."""
     from spikingjelly.activation_based.op_counter import (SimpleEnergyConfig, SimpleEnergyCostConfig,
                                                           estimate_simple_energy)
     from hybridkd_lib.snn.ratebp import set_mode
 
-    if isinstance(pj_per_byte, bool) or not isinstance(pj_per_byte, (int, float)) or pj_per_byte < 0:
-        raise ValueError(f"pj_per_byte={pj_per_byte!r} not allowed; an energy per byte is a number >= 0 (pJ)")
+    if isinstance(pj_per_byte, bool) or not isinstance(pj_per_byte, (int, float)) or not 0 <= pj_per_byte < 1e9:
+        raise ValueError(f"pj_per_byte={pj_per_byte!r} not allowed; an energy per byte is a finite number >= 0 (pJ)")
     was = model.training
     model.eval()
     if getattr(model, "spiking", False):
@@ -319,9 +324,47 @@ def memory_aware_energy(model: nn.Module, x: torch.Tensor, energy: EnergyModel =
         report = estimate_simple_energy(model, x, config=SimpleEnergyConfig(cost_config=costs))
     finally:
         model.train(was)
-    n = x.shape[0]
+    n = x.shape[1] if x.dim() == getattr(model, "input_ndim", x.dim()) + 1 else x.shape[0]
     return {"macs": report.counts["mac"] / n, "acs": report.counts["ac"] / n,
             "memory_bytes": report.counts["memory_access_bytes"] / n,
             "compute_uj": report.energy_compute_pj * 1e-6 / n, "memory_uj": report.energy_memory_pj * 1e-6 / n,
             "total_uj": report.energy_total_pj * 1e-6 / n, "pj_per_byte": float(pj_per_byte),
             "source": f"spikingjelly op_counter.estimate_simple_energy; {energy.source}; memory {pj_per_byte} pJ/byte"}
+
+
+def ann_twin(model: nn.Module) -> nn.Module:
+    """The same network as an ANN: a copy of the spiking ``model`` with one timestep and every LIF a ReLU (the
+    network ``ann_macs`` counts, as a module spikingjelly's estimator can run)."""
+    import copy
+
+    twin = copy.deepcopy(model)
+    for name, m in list(twin.named_modules()):
+        if isinstance(m, LIF):
+            twin.set_submodule(name, nn.ReLU())
+    twin.T = 1
+    return twin
+
+
+MEMORY_AWARE_IMAGES = 16   # images per estimate (one forward with every operation counted: slow on big networks)
+
+
+def memory_aware_costs(student: nn.Module, x: torch.Tensor, teacher: nn.Module | None = None,
+                       teacher_x: torch.Tensor | None = None, energy: EnergyModel = EnergyModel(),
+                       pj_per_byte: float = SRAM_PJ_PER_BYTE) -> dict:
+    """``memory_aware_energy`` of the student, of the same network as an ANN (``ann_twin``) and of the teacher
+    (on ``teacher_x``, its view of the images), on the first ``MEMORY_AWARE_IMAGES`` images of ``x``, with the
+    ratios ``vs_ann`` and ``vs_teacher`` of the totals (compute and memory) and ``compute_vs_ann``,
+    ``compute_vs_teacher`` of spikingjelly's compute part alone (its counter, not ``spike_costs``')."""
+    k = MEMORY_AWARE_IMAGES
+    sx = x[:, :k] if x.dim() == student.input_ndim + 1 else x[:k]
+    out = {"estimator": "spikingjelly 2.0.0 op_counter.estimate_simple_energy", "pj_per_byte": float(pj_per_byte),
+           "images": int(sx.shape[1] if sx.dim() == student.input_ndim + 1 else sx.shape[0]),
+           "student": memory_aware_energy(student, sx, energy, pj_per_byte),
+           "ann": memory_aware_energy(ann_twin(student), sx, energy, pj_per_byte)}
+    if teacher is not None:
+        out["teacher"] = memory_aware_energy(teacher, teacher_x[:k], energy, pj_per_byte)
+    for other in ("ann", "teacher"):
+        if other in out:
+            out[f"vs_{other}"] = out["student"]["total_uj"] / out[other]["total_uj"]
+            out[f"compute_vs_{other}"] = out["student"]["compute_uj"] / out[other]["compute_uj"]
+    return out

@@ -6,7 +6,8 @@ are synthetic CIFAR-shaped tensors: these are speed/memory figures, never accura
 
 Methods: ``forward_only`` (graph-free forward over T, no training), ``conv_floor`` (the
 convolutions and linear layers of one ``ratebp`` step, timed alone: ``floor``), ``bptt``,
-``bptt_ckpt`` (BPTT with per-stage gradient checkpointing), ``bptt_kd``, ``ratebp``, ``kd``,
+``bptt_ckpt`` (BPTT with per-stage gradient checkpointing), ``bptt_memopt`` (BPTT under spikingjelly's
+memopt: checkpointing with spike compression, ``MEMOPT_LEVEL``), ``bptt_kd``, ``ratebp``, ``kd``,
 ``hybrid`` (ours). Every record also carries its own step's floor (``conv_floor_s``: the dense
 products of one step of that method, timed alone in the same process) and ``floor_ratio``, its
 step time over that floor. Every method's step is the trainer's step (``step.TrainingStep``: the layout of ``speed.layout``, the ``precision``
@@ -48,6 +49,27 @@ def _bptt_ckpt_logits(student, x):
     return student.forward_head(h)
 
 
+# spikingjelly's memopt (``optimize_memory``: selective gradient checkpointing with spike compression, then, on
+# CUDA, spatial/temporal splitting and greedy unwrapping searched by measuring peak memory) at the strongest level
+# each device runs: the search of levels 2-4 measures CUDA memory, so the CPU runs level 1
+MEMOPT_LEVEL = {"cpu": 1, "cuda": 4}
+MEMOPT_OPTIONS = dict(checkpoint_budget="memory", compress=True)
+
+
+def _apply_memopt(student, x, dev: torch.device) -> dict:
+    """Wrap the BPTT student's blocks with spikingjelly's memopt (``MEMOPT_LEVEL``, ``MEMOPT_OPTIONS``; the
+    blocks of every stage are the candidates), probed on the bench batch ``x``; returns what was applied."""
+    from spikingjelly.activation_based.memopt import optimize_memory
+
+    blocks = tuple({type(b) for stage in student.stages
+                    for b in (stage.children() if isinstance(stage, torch.nn.Sequential) else [stage])})
+    level = MEMOPT_LEVEL.get(dev.type, 1)
+    optimize_memory(student, blocks, lambda model: model(x), level=level, **MEMOPT_OPTIONS)
+    wrapped = sum(type(m).__name__ == "CheckpointWrapper" for m in student.modules())
+    return {"level": level, **MEMOPT_OPTIONS, "targets": sorted(b.__name__ for b in blocks),
+            "checkpointed_modules": wrapped}
+
+
 def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, input_size: int,
             device: str, steps: int = BENCH_STEPS, warmup: int = BENCH_WARMUP, student_kw=None, teacher_kw=None,
             compile: bool = False, precision: str = BENCH_PRECISION) -> dict:
@@ -67,6 +89,7 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
     x = torch.randn(batch_size, 3, input_size, input_size, device=dev)
     y = torch.randint(10, (batch_size,), device=dev)
     x = x.contiguous(memory_format=speed.layout(learner, dev))
+    memopt = _apply_memopt(learner.student, x, dev) if method == "bptt_memopt" else None
     step = _bench_step(method, learner, train_step, x, y, dev, precision)
     if compiled:
         warmup = max(warmup, 1)   # the kernels are built in the first step, never a timed one
@@ -80,7 +103,8 @@ def run_one(method: str, T: int, student: str, teacher: str, batch_size: int, in
             "lif_implementation": lif_backend.bound(dev), "spike_loop": "compiled" if compiled else "fused",
             "compile_s": round(max(warmup_times[0] - med, 0.0), 2) if compiled and times else 0.0,
             "batch_size": batch_size, "input_size": input_size, "student": student, "teacher": teacher,
-            "student_kw": student_kw or {}, "threads": torch.get_num_threads(), "precision": precision}
+            "student_kw": student_kw or {}, "threads": torch.get_num_threads(), "precision": precision,
+            **({"memopt": memopt} if memopt else {})}
 
 
 def _bench_learner(train_method: str, T: int, student: str, teacher: str, input_size: int, dev: torch.device,
