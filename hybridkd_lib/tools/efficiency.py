@@ -64,7 +64,11 @@ def _apply_memopt(student, x, dev: torch.device) -> dict:
     blocks = tuple({type(b) for stage in student.stages
                     for b in (stage.children() if isinstance(stage, torch.nn.Sequential) else [stage])})
     level = MEMOPT_LEVEL.get(dev.type, 1)
-    optimize_memory(student, blocks, lambda model: model(x), level=level, **MEMOPT_OPTIONS)
+
+    def probe(model):   # level 1 only reads the blocks' inputs: no graph, so the CPU's peak RSS is the steps' own
+        with torch.set_grad_enabled(level > 1):
+            return model(x)
+    optimize_memory(student, blocks, probe, level=level, **MEMOPT_OPTIONS)
     wrapped = sum(type(m).__name__ == "CheckpointWrapper" for m in student.modules())
     return {"level": level, **MEMOPT_OPTIONS, "targets": sorted(b.__name__ for b in blocks),
             "checkpointed_modules": wrapped}
