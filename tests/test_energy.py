@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from hybridkd_lib.models import create_model
+from hybridkd_lib.models import create_model, list_models, model_facts
 from hybridkd_lib.snn import spikecosts
 from hybridkd_lib.snn.neurons import LIF
 from hybridkd_lib.snn.spikecosts import EnergyModel, ann_twin, memory_aware_costs, memory_aware_energy
@@ -86,3 +86,23 @@ def test_every_run_records_both_estimates(tmp_path):
     mem = costs["memory_aware"]
     assert mem["vs_teacher"] == pytest.approx(mem["student"]["total_uj"] / mem["teacher"]["total_uj"])
     assert mem["images"] == spikecosts.MEMORY_AWARE_IMAGES and mem["pj_per_byte"] == spikecosts.SRAM_PJ_PER_BYTE
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if model_facts(n).role == "student"])
+def test_the_same_network_as_an_ann_is_the_one_ann_macs_counts(name):
+    """For every student, on static images and on a sequence of frames (one frame: the ANN's one step), the twin
+    spikingjelly's estimator runs has the MACs ``ann_macs`` counts; a ViT teacher's attention products are seen."""
+    torch.manual_seed(0)
+    student = create_model(name, num_classes=10, T=2, **model_facts(name).small).eval()
+    for x in (torch.rand(2, 3, 32, 32), torch.rand(2, 2, 3, 32, 32)):   # [B, C, H, W] and [T, B, C, H, W]
+        c = memory_aware_costs(student, x)
+        twin = memory_aware_energy(ann_twin(student), x[:1] if x.dim() == 5 else x)
+        assert c["ann"]["macs"] == twin["macs"] == spikecosts.ann_macs(student, x), name
+
+
+def test_a_vit_teachers_attention_products_are_counted():
+    vit = create_model("vit_small_patch16_224", num_classes=10, **model_facts("vit_small_patch16_224").small).eval()
+    x = torch.rand(2, 3, 32, 32)
+    before = [m.fused_attn for m in vit.modules() if hasattr(m, "fused_attn")]
+    assert memory_aware_energy(vit, x)["macs"] == spikecosts.ann_macs(vit, x)
+    assert [m.fused_attn for m in vit.modules() if hasattr(m, "fused_attn")] == before   # restored afterwards

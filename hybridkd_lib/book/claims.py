@@ -153,15 +153,15 @@ def summary_row(c: Comparison) -> dict:
 
 
 def bench_comparisons(records: list[dict]) -> list[dict]:
-    """Fig. 4's claim from a committed bench: ours (``hybrid``) against BPTT with the same teacher (``bptt_kd``)
-    and plain BPTT at the largest T, peak memory and step time (``records``: one bench run). A step-time claim is
+    """Fig. 4's claim from a committed bench: ours (``hybrid``) against BPTT with the same teacher (``bptt_kd``),
+    plain BPTT and BPTT under spikingjelly's memopt (``bptt_memopt``) at the largest T, peak memory and step time (``records``: one bench run). A step-time claim is
     supported when ours' slowest timed step beats BPTT's fastest (the bench times each configuration several
     times), contradicted when the reverse holds; memory is one peak figure per configuration, compared as it is."""
     rows = []
     t_max = max((r["T"] for r in records), default=None)
     get = lambda m: next((r for r in records if r["method"] == m and r["T"] == t_max), None)
     ours = get("hybrid")
-    for other in ("bptt_kd", "bptt"):
+    for other in ("bptt_kd", "bptt", "bptt_memopt"):   # memopt: the strongest public memory-saving BPTT
         theirs = get(other)
         if ours is None or theirs is None:
             continue

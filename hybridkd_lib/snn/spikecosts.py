@@ -16,6 +16,12 @@ BatchNorm is counted as folded into the convolution before it (no operations of 
 it); LIF updates, adds and pooling are not counted, as the usual SNN energy figures count them.
 A static image is encoded once (the student's ``encoder``: identical at every step), so its MACs count once.
 
+Checked against the field's counter (``tests/test_opcounter.py``): on every registered student, spikingjelly's
+``SynOpCounter`` and ``MACCounter`` give these counts layer by layer, with one difference by design: a SEW ADD's
+integer spike counts are dense MACs there (its spike test needs 0/1) and accumulates here (an event of value
+``c`` adds ``c`` times), so a SEW student's synaptic operations are larger here and its MACs smaller. The hooks
+stay ours because they also give each LIF layer's firing rate and each layer's input kind.
+
 ``ann_macs_per_image``: the same network with one timestep, all dense, the ANN it would be.
 Energy: ``e_ac * ACs + e_mac * MACs`` with ``EnergyModel``'s per-operation figures: **compute only**, an
 estimate, not a chip measurement. Memory accesses (an 8 kB SRAM read of 64 bits costs about 10 pJ at 45 nm,
@@ -25,6 +31,7 @@ shrink or reverse an SNN's advantage (Dampfhoffer et al., IEEE TETCI 2023; Lemai
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 
 import torch
@@ -281,6 +288,20 @@ def spike_costs(model: nn.Module, batches, energy: EnergyModel = EnergyModel(), 
 SRAM_PJ_PER_BYTE = 10.0 / 8
 
 
+@contextlib.contextmanager
+def _unfused_attention(model: nn.Module):
+    """timm's attention computed as matrix products, which spikingjelly's counters see (they have no rule for
+    the fused ``scaled_dot_product_attention``), for the duration of the block."""
+    fused = [m for m in model.modules() if getattr(m, "fused_attn", False)]
+    for m in fused:
+        m.fused_attn = False
+    try:
+        yield
+    finally:
+        for m in fused:
+            m.fused_attn = True
+
+
 @torch.no_grad()
 def memory_aware_energy(model: nn.Module, x: torch.Tensor, energy: EnergyModel = EnergyModel(),
                         pj_per_byte: float = SRAM_PJ_PER_BYTE) -> dict:
@@ -294,8 +315,10 @@ def memory_aware_energy(model: nn.Module, x: torch.Tensor, energy: EnergyModel =
     - compute: MACs of convolutions and matrix products on real inputs; accumulates (ACs) of those on 0/1
       inputs (a spike's fan-out) **and of every elementwise add** (spikingjelly's ``ACCounter``: each neuron's
       charge and reset at every step, residual adds, BN's arithmetic where it is not folded). So its AC count is
-      larger than this module's synaptic operations (``spike_costs``, spike-driven products only): compare
-      ratios within one counter, never across;
+      larger than this module's synaptic operations (``spike_costs``, spike-driven products only), and BN is
+      counted unfolded; compare ratios within one counter, never across. The counters see the operations that
+      PyTorch dispatches: a CUDA LIF kernel's own adds are not seen, so estimate on the CPU (as runs here do);
+      LayerNorm, GELU and softmax are not counted;
     - memory: one weight read per MAC and per spike-driven accumulate (no weight reuse, no caching between
       images or timesteps), one bias read per output element, each neuron's state read and written once per
       timestep, at ``pj_per_byte`` for the tensors' real byte counts.
@@ -305,9 +328,8 @@ def memory_aware_energy(model: nn.Module, x: torch.Tensor, energy: EnergyModel =
     about 10 pJ: the most optimistic figure; a 1 MB SRAM is about 100 pJ per 64-bit read, DRAM 1.3-2.6 nJ;
     spikingjelly's own default is 24.96 pJ per byte). Not counted: activations and spikes moved between layers,
     spike routing and addressing, leakage and control. An estimate, not a chip measurement: with memory counted
-    an SNN's advantage can shrink or reverse (Dampfhoffer et al., IEEE TETCI 2023; Lemaire et al., 2022).
-    Returns ``macs``, ``acs``, ``memory_bytes``, ``compute_uj``, ``memory_uj``, ``total_uj``, ``pj_per_byte``
-    and ``source``."""
+    an SNN's advantage can shrink or reverse (Dampfhoffer et al., IEEE TETCI 2023; Lemaire et al., 2022). Returns
+    ``macs``, ``acs``, ``memory_bytes``, ``compute_uj``, ``memory_uj``, ``total_uj``, ``pj_per_byte``, ``source``."""
     from spikingjelly.activation_based.op_counter import (SimpleEnergyConfig, SimpleEnergyCostConfig,
                                                           estimate_simple_energy)
     from hybridkd_lib.snn.ratebp import set_mode
@@ -321,7 +343,8 @@ def memory_aware_energy(model: nn.Module, x: torch.Tensor, energy: EnergyModel =
     costs = SimpleEnergyCostConfig(e_mac_pj=energy.pj_per_mac, e_ac_pj=energy.pj_per_ac,
                                    e_memory_pj_per_byte=float(pj_per_byte))
     try:
-        report = estimate_simple_energy(model, x, config=SimpleEnergyConfig(cost_config=costs))
+        with _unfused_attention(model):
+            report = estimate_simple_energy(model, x, config=SimpleEnergyConfig(cost_config=costs))
     finally:
         model.train(was)
     n = x.shape[1] if x.dim() == getattr(model, "input_ndim", x.dim()) + 1 else x.shape[0]
@@ -355,12 +378,12 @@ def memory_aware_costs(student: nn.Module, x: torch.Tensor, teacher: nn.Module |
     (on ``teacher_x``, its view of the images), on the first ``MEMORY_AWARE_IMAGES`` images of ``x``, with the
     ratios ``vs_ann`` and ``vs_teacher`` of the totals (compute and memory) and ``compute_vs_ann``,
     ``compute_vs_teacher`` of spikingjelly's compute part alone (its counter, not ``spike_costs``')."""
-    k = MEMORY_AWARE_IMAGES
-    sx = x[:, :k] if x.dim() == student.input_ndim + 1 else x[:k]
+    k, sequence = MEMORY_AWARE_IMAGES, x.dim() == student.input_ndim + 1
+    sx = x[:, :k] if sequence else x[:k]
     out = {"estimator": "spikingjelly 2.0.0 op_counter.estimate_simple_energy", "pj_per_byte": float(pj_per_byte),
-           "images": int(sx.shape[1] if sx.dim() == student.input_ndim + 1 else sx.shape[0]),
-           "student": memory_aware_energy(student, sx, energy, pj_per_byte),
-           "ann": memory_aware_energy(ann_twin(student), sx, energy, pj_per_byte)}
+           "images": int(sx.shape[1] if sequence else sx.shape[0]),
+           "student": memory_aware_energy(student, sx, energy, pj_per_byte),   # one frame: the ANN's one step
+           "ann": memory_aware_energy(ann_twin(student), sx[:1] if sequence else sx, energy, pj_per_byte)}
     if teacher is not None:
         out["teacher"] = memory_aware_energy(teacher, teacher_x[:k], energy, pj_per_byte)
     for other in ("ann", "teacher"):
