@@ -164,15 +164,12 @@ def cmd_bench(args) -> int:
 def cmd_export(args) -> int:
     from hybridkd_lib.tools import nirexport
 
-    path, graph = nirexport.export_run(args.run, args.to, dt=args.dt, approximate_soft_reset=args.approximate_soft_reset)
+    path, graph = nirexport.export_run(args.run, args.to, dt=args.dt, soft_reset=args.soft_reset)
     print(f"wrote {path}: {len(graph.nodes)} NIR nodes, {len(graph.edges)} edges, T={graph.metadata['T']}, "
-          f"dt={graph.metadata['dt']} s; approximations: {graph.metadata['approximations']}")
+          f"dt={graph.metadata['dt']} s; soft reset: {graph.metadata['soft_reset']}; approximations: "
+          f"{graph.metadata['approximations']}")
     if args.check:
-        out = nirexport.check_run(args.run, graph)
-        print(f"snnTorch on the {out['images']} test images: same prediction {100 * out['prediction_agreement']:.2f} %, "
-              f"equal spike counts {100 * out['spike_count_agreement']:.2f} %; against the hard-reset student the "
-              f"graph describes: {100 * out['exact_prediction_agreement']:.2f} % and "
-              f"{100 * out['exact_spike_count_agreement']:.2f} %")
+        print(nirexport.summary(nirexport.check_run(args.run, graph)))
     return 0
 
 
@@ -275,7 +272,7 @@ def _add_bench_command(sub) -> None:
 
 def _add_export_command(sub) -> None:
     """``export``: its defaults are ``nirexport.export_run``'s (``tools.defaults``, which imports no torch)."""
-    from hybridkd_lib.tools.defaults import APPROXIMATE_SOFT_RESET, DEFAULT_DT
+    from hybridkd_lib.tools.defaults import DEFAULT_DT, SOFT_RESET, SOFT_RESETS
 
     e = sub.add_parser("export", help="export a trained student to a NIR graph file (nir.write, HDF5)")
     e.add_argument("--run", required=True, metavar="RUN_DIR", help="a finished student run (result.json, model.pt)")
@@ -283,11 +280,13 @@ def _add_export_command(sub) -> None:
     e.add_argument("--dt", type=_number("dt", low=0, low_open=True), default=DEFAULT_DT,
                    help=f"seconds per timestep of the continuous-time LIF (default {_sci(DEFAULT_DT)}: what snnTorch's "
                         f"import assumes)")
-    e.add_argument("--approximate-soft-reset", action=argparse.BooleanOptionalAction, default=APPROXIMATE_SOFT_RESET,
-                   help="export a soft reset (subtract the threshold) as NIR's reset to 0 (default); "
-                        "--no-approximate-soft-reset refuses such a student")
+    e.add_argument("--soft-reset", choices=SOFT_RESETS, default=SOFT_RESET,
+                   help=f"a soft reset (subtract the threshold), which NIR's LIF cannot express: refuse the student, "
+                        f"write it exactly (NIR's LI, Threshold and a recurrent Scale; snnTorch and spikingjelly "
+                        f"cannot read it) or approximate it by NIR's reset to 0 (default {SOFT_RESET})")
     e.add_argument("--check", action="store_true",
-                   help="then run the graph in snnTorch on the run's test set beside the student and print the agreement")
+                   help="then run the graph beside the student on the run's test set (snnTorch; nirtorch for an "
+                        "exact soft reset) and print dt, both top-1s and the agreement")
     e.set_defaults(func=cmd_export)
 
 

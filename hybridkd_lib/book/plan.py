@@ -90,18 +90,20 @@ FASHION_SEEDS = SCALE["fashion"]["seeds"]
 
 
 # NIR's LIF resets to a value; the reference's students reset by subtraction. So each NIR check exports the
-# Table A student as trained (the reset approximated) and a twin trained with NIR's hard reset to 0 (exact).
+# Table A student as trained, exactly (NIR's LI, Threshold and a recurrent Scale) and approximately (NIR's LIF with
+# its reset to 0, what snnTorch reads), and a twin trained with NIR's hard reset to 0 (NIR's LIF, exact).
 HARD_RESET = {"v_reset": 0.0}
 
 
 def nir_runs(student: Run, device: str) -> list[Run]:
-    """The export runs of a Table A student: it and its hard-reset twin (trained here), each exported to NIR
-    and checked in snnTorch (the Spike costs page)."""
+    """The export runs of a Table A student: its hard-reset twin (trained here), the student exported with its
+    soft reset exact and approximated, and the twin exported, each checked beside its student (Spike costs)."""
     tag = student.name.rsplit("_T", 1)[0].split("hybrid_", 1)[1]
     twin = Run(f"{student.name}_hardreset", student.notebook, dict(student.params, neuron=HARD_RESET),
                ["Spike costs"], nproc=student.nproc, time_h=student.time_h)
-    return [twin] + [Run(f"nir_{tag}{suffix}", "export", dict(run=f"@{r.name}", device=device), ["Spike costs"],
-                         time_h=2) for r, suffix in ((student, ""), (twin, "_hardreset"))]
+    exports = ((student, "", "exact"), (student, "_approximate", "approximate"), (twin, "_hardreset", "exact"))
+    return [twin] + [Run(f"nir_{tag}{suffix}", "export", dict(run=f"@{r.name}", device=device, soft_reset=soft),
+                         ["Spike costs"], time_h=2) for r, suffix, soft in exports]
 
 
 def _cpu_plan(profile: str) -> list[Run]:

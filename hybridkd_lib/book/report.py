@@ -1018,7 +1018,8 @@ def costs_vs_T_plot(profile: str | None = None):
 
 
 def nir_checks(profile: str | None = None) -> pd.DataFrame:
-    """The NIR export runs: the student exported, read by snnTorch and run beside it on the whole test set."""
+    """The NIR export runs: the student exported, read back (snnTorch, or nirtorch for an exact soft reset) and
+    run beside it on the whole test set."""
     p = profile or book_profile()
     rows = []
     for run in runs(p):
@@ -1028,19 +1029,24 @@ def nir_checks(profile: str | None = None) -> pd.DataFrame:
         pct = lambda k: f"{100 * r[k]:.2f}" if r else NOT_RUN
         hard = run.params["run"].endswith("_hardreset")
         rows.append({"run": run.name, "student run": run.params["run"].lstrip("@"),
-                     "student resets": "to 0 (NIR's LIF: exact)" if hard else "by subtraction (the reference's)",
+                     "student resets": "to 0 (NIR's LIF)" if hard else "by subtraction (the reference's)",
+                     "written as": ("NIR's LIF (exact)" if hard else _SOFT_RESET_WRITTEN[run.params["soft_reset"]]),
+                     "read by": r["framework"] if r else NOT_RUN,
                      "images": r["images"] if r else NOT_RUN, "T": r["T"] if r else NOT_RUN,
-                     "top-1 (%): student / in snnTorch": (f"{r['student_top1']:.2f} / {r['snntorch_top1']:.2f}"
-                                                          if r and "student_top1" in r else NOT_RUN),
+                     "dt (s)": f"{r['dt']:g}" if r else NOT_RUN,
+                     "top-1 (%): student / graph": (f"{r['student_top1']:.2f} / {r['reader_top1']:.2f}"
+                                                    if r and "student_top1" in r else NOT_RUN),
                      "same prediction (%)": pct("prediction_agreement"),
                      "equal spike counts (%)": pct("spike_count_agreement"),
                      "last LIF layer (%)": pct("last_lif_spike_count_agreement"),
                      "max logit difference": f"{r['max_logit_difference']:.3g}" if r else NOT_RUN,
-                     "vs its hard-reset copy: same prediction (%)": pct("exact_prediction_agreement"),
-                     "vs its hard-reset copy: equal spike counts (%)": pct("exact_spike_count_agreement"),
-                     "read by": r["framework"] if r else NOT_RUN,
-                     "approximations": r["approximations"] if r else NOT_RUN})
+                     "vs what the graph describes: same prediction (%)": pct("exact_prediction_agreement"),
+                     "vs what the graph describes: equal spike counts (%)": pct("exact_spike_count_agreement")})
     return pd.DataFrame(rows)
+
+
+_SOFT_RESET_WRITTEN = {"exact": "NIR's LI + Threshold + recurrent Scale (exact)",
+                       "approximate": "NIR's LIF, reset to 0 (approximation)"}
 
 
 # ----------------------------------------------------------------------------- the committed evidence (Fashion-MNIST)

@@ -8,15 +8,28 @@ What the graph holds, for the CIFAR spiking ResNets (ResNet-18, ResNet-19: conv3
 - the global average pool as ``nir.AvgPool2d`` over the whole map, each Linear layer as a 1x1 ``Conv2d`` on the
   pooled ``[C, 1, 1]`` map (so no ``Flatten`` with its batch-dimension ambiguity), the logits ``[classes, 1, 1]``
   at every timestep (the student's prediction: their mean over T);
-- every LIF as ``nir.LIF`` in continuous time for a timestep ``dt``: the student's discrete update
+- every LIF in continuous time for a timestep ``dt``: the student's discrete charge
   ``u_t = lambda * v_{t-1} + in_scale * x_t`` is NIR's ``tau dv/dt = (v_leak - v) + r I`` stepped by forward
   Euler with ``tau = dt / (1 - lambda)`` (= ``dt * tau_steps``), ``r = in_scale * tau / dt``, ``v_leak = 0``.
 
-What NIR cannot express: its LIF resets to ``v_reset`` (a hard reset). The reference's students reset by
-subtraction (``v = u - theta``, soft reset), so ``approximate_soft_reset=True`` (the default) exports the hard
-reset to 0 instead and says so in the graph's metadata; ``check_in_snntorch`` measures what that changes. NIR
-fires at ``v > theta`` where spikingjelly fires at ``u >= theta`` (equal only at exact ties). Max-pooling, products
-of two activations (spiking attention) and the other students' blocks are refused, naming the layer.
+The reset. A hard reset to 0 is NIR's ``LIF`` exactly. NIR's LIF cannot reset by subtraction
+(``v = u - theta``, the reference's soft reset), so a soft-reset student takes ``soft_reset`` (``SOFT_RESETS``):
+
+- ``"refuse"`` (the default, as spikingjelly's ``export_to_nir`` does): ``NIRExportError`` naming the other two;
+- ``"exact"``: each LIF as three nodes, ``nir.LI`` (the pre-reset potential ``u``, no reset), ``nir.Threshold``
+  (the spikes, named as the LIF) and ``nir.Scale`` on a recurrent edge back into the LI with
+  ``-lambda * theta / in_scale``: with the reader's one-step delay on a recurrent edge,
+  ``u_t = lambda * u_{t-1} + in_scale * x_t - lambda * theta * s_{t-1}``, the soft reset exactly. snnTorch 1.0,
+  spikingjelly 2.0 and Norse 1.1 map none of the three nodes, so ``check_graph`` runs such a graph on nirtorch's
+  executor (the one those readers share) with ``EXACT_READER_MAPS``: NIR's own equations for the three nodes;
+- ``"approximate"``: NIR's LIF with its reset to 0, said in the graph's metadata; ``check_graph`` runs it in
+  snnTorch and measures what the approximation changes.
+
+NIR fires at ``v > theta`` where spikingjelly fires at ``u >= theta`` (equal only at exact ties). Max-pooling,
+products of two activations (spiking attention) and the other students' blocks are refused, naming the layer.
+Against spikingjelly's own ``export_to_nir`` (``tests/test_nirexport.py``): on a hard-reset student both write
+the same convolutions and LIF constants; spikingjelly cannot trace these multi-step students or fold a BN, and
+writes a Linear as ``Flatten`` + ``Affine`` where this exporter writes a 1x1 ``Conv2d``.
 """
 from __future__ import annotations
 
@@ -33,7 +46,7 @@ from torch import nn
 from hybridkd_lib.snn.layers import GlobalAvgPool, MatMul, SpikeMeanValue, Temporal, _RateBatchNorm
 from hybridkd_lib.models.resnet import BasicBlock, SpikingResNet
 from hybridkd_lib.snn.neurons import LIF
-from hybridkd_lib.tools.defaults import APPROXIMATE_SOFT_RESET, DEFAULT_DT
+from hybridkd_lib.tools.defaults import DEFAULT_DT, SOFT_RESET, SOFT_RESETS
 
 
 class NIRExportError(ValueError):
@@ -65,9 +78,9 @@ def _fold(conv: nn.Conv2d, bn: _RateBatchNorm | None):
 
 
 class _Graph:
-    def __init__(self, dt: float, approximate_soft_reset: bool):
+    def __init__(self, dt: float, soft_reset: str):
         self.nodes, self.edges, self.shapes = {}, [], {}
-        self.dt, self.approximate = dt, approximate_soft_reset
+        self.dt, self.soft_reset = dt, soft_reset
         self.approximations: list[str] = []
 
     def add(self, name, node, inputs, shape):
@@ -89,27 +102,43 @@ class _Graph:
         return self.add(name, node, [src], node.output_type["output"])
 
     def lif(self, name, lif: LIF, inputs):
+        """The LIF ``name`` fed by ``inputs``; returns the node whose output is its spikes."""
         import nir
 
         if not isinstance(lif, LIF):
             _refuse(name, lif, "expected a LIF layer here")
         cfg, shape = lif.cfg, self.shapes[inputs[0]]
-        if cfg.v_reset is None:
-            if not self.approximate:
-                raise NIRExportError(f"cannot export layer {name!r} (LIF): it resets by subtraction (soft reset) and "
-                                     f"NIR's LIF resets to v_reset; pass approximate_soft_reset=True to export the "
-                                     f"reset to 0 instead")
-            if "soft reset" not in " ".join(self.approximations):
-                self.approximations.append("soft reset (v = u - theta) exported as NIR's reset to 0")
-        elif cfg.v_reset != 0.0:
+        if cfg.v_reset is not None and cfg.v_reset != 0.0:
             raise NIRExportError(f"cannot export layer {name!r} (LIF): hard reset to v_reset={cfg.v_reset} starts "
                                  f"from v = v_reset in spikingjelly and from 0 in NIR's readers")
-        in_scale = cfg.in_scale
+        if cfg.v_reset is None and self.soft_reset == "refuse":
+            raise NIRExportError(f"cannot export layer {name!r} (LIF): it resets by subtraction (soft reset), which "
+                                 f"NIR's LIF cannot express (it resets to v_reset); pass soft_reset='exact' (command "
+                                 f"line: --soft-reset exact) to write it as NIR's LI, Threshold and a recurrent Scale "
+                                 f"(exact; snnTorch and spikingjelly cannot read it) or soft_reset='approximate' to "
+                                 f"write NIR's LIF with its reset to 0 instead (an approximation)")
         tau = self.dt / (1.0 - cfg.decay)
         full = lambda v: np.full(shape, v, dtype=np.float32)
-        node = nir.LIF(tau=full(tau), r=full(in_scale * tau / self.dt), v_leak=full(0.0),
+        if cfg.v_reset is None and self.soft_reset == "exact":
+            return self._soft_reset_lif(name, lif, inputs, tau, full)
+        if cfg.v_reset is None and not self.approximations:
+            self.approximations.append("soft reset (v = u - theta) exported as NIR's reset to 0")
+        node = nir.LIF(tau=full(tau), r=full(cfg.in_scale * tau / self.dt), v_leak=full(0.0),
                        v_threshold=full(lif.v_threshold), v_reset=full(0.0))
         return self.add(name, node, inputs, shape)
+
+    def _soft_reset_lif(self, name, lif: LIF, inputs, tau: float, full):
+        """The soft-reset LIF exactly: ``{name}.membrane`` (LI, ``u``), ``name`` (Threshold, the spikes) and
+        ``{name}.reset`` (Scale ``-lambda theta / in_scale``) on the recurrent edge back into the LI."""
+        import nir
+
+        cfg, shape = lif.cfg, self.shapes[inputs[0]]
+        membrane = f"{name}.membrane"
+        self.add(membrane, nir.LI(tau=full(tau), r=full(cfg.in_scale * tau / self.dt), v_leak=full(0.0)),
+                 [*inputs, f"{name}.reset"], shape)
+        self.add(name, nir.Threshold(threshold=full(lif.v_threshold)), [membrane], shape)
+        self.add(f"{name}.reset", nir.Scale(scale=full(-cfg.decay * lif.v_threshold / cfg.in_scale)), [name], shape)
+        return name
 
     def linear_as_conv(self, name, linear, src):
         import nir
@@ -130,17 +159,25 @@ def check_dt(dt) -> float:
     return float(dt)
 
 
-def to_nir(model: nn.Module, input_shape: tuple, dt: float = DEFAULT_DT,
-           approximate_soft_reset: bool = APPROXIMATE_SOFT_RESET):
+def check_soft_reset(soft_reset) -> str:
+    """``soft_reset`` if it is one of ``SOFT_RESETS``, else a ``ValueError`` naming it and them."""
+    if soft_reset not in SOFT_RESETS:
+        raise ValueError(f"soft_reset={soft_reset!r} not allowed; choose one of {', '.join(SOFT_RESETS)}")
+    return soft_reset
+
+
+def to_nir(model: nn.Module, input_shape: tuple, dt: float = DEFAULT_DT, soft_reset: str = SOFT_RESET):
     """The NIR graph of a trained spiking ResNet (``input_shape``: one image, ``(C, H, W)``) for timestep ``dt``
-    seconds; its ``metadata`` records ``T``, ``dt`` and every ``approximations`` entry. Raises ``NIRExportError``
-    naming the first layer NIR cannot express."""
+    seconds, a soft reset written as ``soft_reset`` says (module docstring); its ``metadata`` records ``T``,
+    ``dt``, ``soft_reset`` and every ``approximations`` entry. Raises ``NIRExportError`` naming the first layer
+    NIR cannot express (a soft-reset LIF by default)."""
     import nir
 
     check_dt(dt)
+    check_soft_reset(soft_reset)
     if not isinstance(model, SpikingResNet):
         _refuse("", model, f"{type(model).__name__} is not a CIFAR spiking ResNet")
-    g = _Graph(float(dt), approximate_soft_reset)
+    g = _Graph(float(dt), soft_reset)
     g.add("input", nir.Input(input_type=np.array(input_shape)), [], input_shape)
     enc = list(model.encoder)
     if len(enc) != 2:
@@ -166,7 +203,9 @@ def to_nir(model: nn.Module, input_shape: tuple, dt: float = DEFAULT_DT,
         src = (g.lif(f"head.{k}", layer, [src]) if isinstance(layer, LIF)
                else g.linear_as_conv(f"head.{k}", layer, src))
     g.add("output", nir.Output(output_type=np.array(g.shapes[src])), [src], g.shapes[src])
+    soft = any(m.cfg.v_reset is None for m in model.modules() if isinstance(m, LIF))
     metadata = {"T": int(model.T), "dt": g.dt, "approximations": "; ".join(g.approximations) or "none",
+                "soft_reset": soft_reset if soft else "none (hard reset to 0)",
                 "exported_by": "hybridkd_lib.tools.nirexport", "student": type(model).__name__}
     return nir.NIRGraph(nodes=g.nodes, edges=g.edges, metadata=metadata)
 
@@ -241,55 +280,69 @@ def _test_set(result: dict):
     return datasets.get_datasets(result["dataset"], result.get("data_root"), **result.get("data_kw", {}))[1]
 
 
-def export_run(run_dir: str | Path, to: str | Path, dt: float = DEFAULT_DT,
-               approximate_soft_reset: bool = APPROXIMATE_SOFT_RESET):
-    """``python -m hybridkd_lib export --run RUN_DIR --to model.nir``: the run's student as a NIR file;
-    returns ``(path, graph)``. ``dt`` (``check_dt``) and ``to`` (``check_target``: never a file the library
-    needs) are checked before anything is read."""
-    dt, to = check_dt(dt), check_target(to)
-    return _export(run_dir, to, dt, approximate_soft_reset)
+def export_run(run_dir: str | Path, to: str | Path, dt: float = DEFAULT_DT, soft_reset: str = SOFT_RESET):
+    """``python -m hybridkd_lib export --run RUN_DIR --to model.nir [--soft-reset exact]``: the run's student as
+    a NIR file; returns ``(path, graph)``. ``dt`` (``check_dt``), ``soft_reset`` (``check_soft_reset``) and ``to``
+    (``check_target``: never a file the library needs) are checked before anything is read."""
+    dt, soft_reset, to = check_dt(dt), check_soft_reset(soft_reset), check_target(to)
+    return _export(run_dir, to, dt, soft_reset)
 
 
-def _export(run_dir, to: Path, dt: float, approximate_soft_reset: bool):
+def _export(run_dir, to: Path, dt: float, soft_reset: str):
     model, result = load_student(run_dir)
     shape = tuple(_test_set(result)[0][0].shape[-3:])
-    graph = to_nir(model, shape, dt, approximate_soft_reset)
+    graph = to_nir(model, shape, dt, soft_reset)
     return write(graph, to), graph
 
 
-def check_run(run_dir: str | Path, graph=None, batch_size: int = 128, device: str = "cpu") -> dict:
-    """``check_in_snntorch`` of a run's student (exported here unless ``graph`` is given) on its whole test set."""
+def check_run(run_dir: str | Path, graph, batch_size: int = 128, device: str = "cpu") -> dict:
+    """``check_graph`` of a run's student against ``graph`` (its export) on the run's whole test set."""
     model, result = load_student(run_dir)
     test_set = _test_set(result)
-    graph = graph if graph is not None else to_nir(model, tuple(test_set[0][0].shape[-3:]))
     images = torch.stack([test_set[i][0] for i in range(len(test_set))])
     labels = torch.tensor([int(test_set[i][1]) for i in range(len(test_set))])
-    out = check_in_snntorch(model, graph, list(zip(images.split(batch_size), labels.split(batch_size))), device)
+    out = check_graph(model, graph, list(zip(images.split(batch_size), labels.split(batch_size))), device)
     return dict(out, run=str(run_dir), student=result["student"], run_method=result["method"], dataset=result["dataset"])
 
 
-def export_and_check(run: str | Path, out: str | Path, device: str = "cpu") -> dict:
-    """The ``export`` notebook: ``out/model.nir`` of the run's student, then ``out/result.json`` with
-    ``check_run``'s agreement figures (``kind: "nir_check"``)."""
+def export_and_check(run: str | Path, out: str | Path, device: str = "cpu", soft_reset: str = "exact") -> dict:
+    """The ``export`` notebook: ``out/model.nir`` of the run's student (a soft reset written as ``soft_reset``
+    says), then ``out/result.json`` with ``check_run``'s figures (``kind: "nir_check"``)."""
     from hybridkd_lib.base.results import check_writable_folder, git_commit, write_json
 
+    check_soft_reset(soft_reset)
     out = check_writable_folder(out)
-    path, graph = _export(run, out / "model.nir", DEFAULT_DT, APPROXIMATE_SOFT_RESET)   # its own run folder
+    path, graph = _export(run, out / "model.nir", DEFAULT_DT, soft_reset)   # its own run folder
     result = dict(check_run(run, graph, device=device), kind="nir_check", nir_file=str(path),
-                  nodes=len(graph.nodes), edges=len(graph.edges), dt=graph.metadata["dt"], device=str(device),
-                  git_commit=git_commit())
+                  nodes=len(graph.nodes), edges=len(graph.edges), dt=graph.metadata["dt"],
+                  soft_reset=graph.metadata["soft_reset"], device=str(device), git_commit=git_commit())
     write_json(out / "result.json", result)
     return result
 
 
-# ----------------------------------------------------------------------------- the check in a second framework
+def summary(out: dict) -> str:
+    """``check_graph``'s figures in two lines: dt, the reader, both test top-1s and the agreements."""
+    top1 = (f"top-1 {out['student_top1']:.2f} % (student) / {out['reader_top1']:.2f} % (graph)"
+            if "student_top1" in out else "no labels")
+    return (f"{out['framework']} on {out['images']} images, T={out['T']}, dt={out['dt']:g} s: {top1}; same "
+            f"prediction {100 * out['prediction_agreement']:.2f} %, equal spike counts "
+            f"{100 * out['spike_count_agreement']:.2f} %\nagainst the network the graph describes "
+            f"({out['describes']}): {100 * out['exact_prediction_agreement']:.2f} % and "
+            f"{100 * out['exact_spike_count_agreement']:.2f} %")
+
+
+# ----------------------------------------------------------------------------- the check in a reader
 def hard_reset_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose every LIF resets to 0: the network the exported graph describes."""
+    """A copy of ``model`` whose every LIF resets to 0: what an ``"approximate"`` export describes."""
     twin = copy.deepcopy(model)
     for m in twin.modules():
         if isinstance(m, LIF):
             m.node.v_reset = 0.0
     return twin
+
+
+def _approximated(graph) -> bool:
+    return str(graph.metadata.get("approximations", "none")) != "none"
 
 
 def _our_run(model, x):
@@ -307,29 +360,107 @@ def _our_run(model, x):
     return logits, counts
 
 
-def _snntorch_run(net, x, T):
-    """The imported graph run for T steps on the static batch ``x``: mean logits and each LIF's spike counts."""
-    import snntorch
-    from snntorch import utils
+@dataclass
+class _Reader:
+    """An imported graph: ``net`` (a nirtorch ``GraphModule``: ``(output, state)`` per step), the module types
+    that spike, the reader's name and ``restart`` (clears the state a reader keeps inside its modules)."""
+    net: nn.Module
+    spike_types: tuple
+    name: str
+    restart: object = None
 
-    counts, handles = {}, []
+
+def _graph_run(reader: _Reader, x, T: int):
+    """The imported graph run from rest for T steps on the static batch ``x`` (the state passed back each step):
+    mean logits and the spike counts of every spiking module."""
+    if reader.restart is not None:
+        reader.restart()
+    net, counts, handles = reader.net, {}, []
     for name, m in net.named_modules():
-        if isinstance(m, snntorch.SpikingNeuron):
+        if isinstance(m, reader.spike_types):
             def hook(m, i, o, name=name):
                 s = o[0] if isinstance(o, tuple) else o
                 counts[name] = counts.get(name, 0) + s
             handles.append(m.register_forward_hook(hook))
-    utils.reset(net)
-    total = 0
+    total, state = 0, None
     try:
         with torch.no_grad():
             for _ in range(T):
-                out = net(x)
-                total = total + (out[0] if isinstance(out, tuple) else out)
+                out = net(x) if state is None else net(x, state)
+                out, state = out if isinstance(out, tuple) else (out, None)
+                total = total + out
     finally:
         for h in handles:
             h.remove()
     return total.flatten(1) / T, counts
+
+
+class _LeakyIntegrator(nn.Module):
+    """NIR's ``LI`` (``tau dv/dt = (v_leak - v) + r I``, output ``v``) by forward Euler at ``dt`` from ``v = 0``:
+    ``v + (dt/tau) (v_leak - v) + (dt/tau) r I``, the input's gain computed once (1 for a student's ``r``)."""
+
+    def __init__(self, node, dt: float):
+        super().__init__()
+        rate = dt / np.asarray(node.tau, dtype=np.float64)
+        for name, value in (("rate", rate), ("gain", rate * node.r), ("v_leak", node.v_leak)):
+            self.register_buffer(name, torch.as_tensor(np.asarray(value, dtype=np.float32)))
+
+    def forward(self, x, state=None):
+        v = torch.zeros_like(x) if state is None else state
+        v = v + self.rate * (self.v_leak - v) + self.gain * x
+        return v, v
+
+
+class _Threshold(nn.Module):
+    """NIR's ``Threshold``: ``H(I - threshold)``, a spike where the input is above the threshold."""
+
+    def __init__(self, node):
+        super().__init__()
+        self.register_buffer("threshold", torch.as_tensor(np.asarray(node.threshold, dtype=np.float32)))
+
+    def forward(self, x):
+        return (x > self.threshold).to(x.dtype)
+
+
+class _Scale(nn.Module):
+    """NIR's ``Scale``: the input times ``scale``, element by element."""
+
+    def __init__(self, node):
+        super().__init__()
+        self.register_buffer("scale", torch.as_tensor(np.asarray(node.scale, dtype=np.float32)))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def exact_reader_maps(dt: float) -> dict:
+    """nirtorch node maps for the three nodes of an ``"exact"`` soft reset (LI, Threshold, Scale), which snnTorch
+    1.0, spikingjelly 2.0 and Norse 1.1 do not map: NIR's equations, stepped at ``dt``."""
+    import nir
+
+    return {nir.LI: lambda node: _LeakyIntegrator(node, dt), nir.Threshold: _Threshold, nir.Scale: _Scale}
+
+
+def _import_graph(graph, device: torch.device) -> _Reader:
+    """``graph`` as a network in eval mode on ``device``: snnTorch (``snntorch.import_from_nir``), or nirtorch's executor with ``exact_reader_maps`` for a graph
+    holding NIR ``LI`` nodes (an ``"exact"`` soft reset)."""
+    import contextlib
+    import io
+
+    import nir
+
+    if any(isinstance(node, nir.LI) for node in graph.nodes.values()):
+        import nirtorch
+
+        net = nirtorch.nir_to_torch(graph, exact_reader_maps(float(graph.metadata["dt"])))
+        return _Reader(net.eval().to(device), (_Threshold,), f"nirtorch {_version('nirtorch')} (exact_reader_maps)")
+    import snntorch
+    import snntorch.import_nir as sn_import
+    from snntorch import utils
+
+    with contextlib.redirect_stdout(io.StringIO()):   # snnTorch prints a line per rescaled neuron
+        net = sn_import.import_from_nir(graph).eval().to(device)
+    return _Reader(net, (snntorch.SpikingNeuron,), f"snntorch {_version('snntorch')}", lambda: utils.reset(net))
 
 
 @dataclass
@@ -367,68 +498,59 @@ class _Agreement:
 
 @dataclass
 class _TestTop1:
-    """Correct test predictions of the student and of the graph in snnTorch, out of ``labelled`` images."""
+    """Correct test predictions of the student and of the graph in its reader, out of ``labelled`` images."""
     student: float = 0.0
-    snntorch: float = 0.0
+    reader: float = 0.0
     labelled: int = 0
 
     def add(self, logits, theirs, y) -> None:
         """One labelled batch: the student's ``logits`` and the graph's ``theirs`` against the labels ``y``."""
         self.student += float((logits.argmax(-1) == y).sum())
-        self.snntorch += float((theirs.argmax(-1) == y).sum())
+        self.reader += float((theirs.argmax(-1) == y).sum())
         self.labelled += len(y)
 
     def figures(self) -> dict:
-        """Test top-1 (%) of the student and of the graph in snnTorch; none where no batch was labelled."""
+        """Test top-1 (%) of the student and of the graph in its reader; none where no batch was labelled."""
         if not self.labelled:
             return {}
         return {"student_top1": 100.0 * self.student / self.labelled,
-                "snntorch_top1": 100.0 * self.snntorch / self.labelled}
+                "reader_top1": 100.0 * self.reader / self.labelled}
 
 
-def _import_into_snntorch(graph, device: torch.device):
-    """``graph`` as an snnTorch network (``snntorch.import_from_nir``) in eval mode on ``device``."""
-    import contextlib
-    import io
+def check_graph(model: nn.Module, graph, batches, device: str | torch.device = "cpu") -> dict:
+    """Import ``graph`` into its reader (``_import_graph``: snnTorch, or nirtorch for an ``"exact"`` soft reset)
+    and run it beside the student on ``batches`` (static inputs ``[B, C, H, W]``, or ``(inputs, labels)`` pairs:
+    then also both test top-1s, ``student_top1`` and ``reader_top1``) for the student's T steps.
 
-    import snntorch.import_nir as sn_import
-
-    with contextlib.redirect_stdout(io.StringIO()):   # snnTorch prints a line per rescaled neuron
-        net = sn_import.import_from_nir(graph)
-    return net.eval().to(device)
-
-
-def check_in_snntorch(model: nn.Module, graph, batches, device: str | torch.device = "cpu") -> dict:
-    """Import ``graph`` into snnTorch (``snntorch.import_from_nir``) and run it beside the student on ``batches``
-    (static inputs ``[B, C, H, W]``, or ``(inputs, labels)`` pairs: then also both test top-1s, ``student_top1`` and
-    ``snntorch_top1``) for the student's T steps.
-
-    Returns, over all images: ``prediction_agreement`` (fraction with the same top-1 as the student),
-    ``spike_count_agreement`` (fraction of neuron x image spike counts over T that are equal, every LIF layer) and
-    ``last_lif_spike_count_agreement``, ``max_logit_difference``; and the same three against the student with
-    every reset made hard (``hard_reset_copy``, what the graph describes: the export's own exactness) under
-    ``exact_*``."""
+    Returns, over all images, ``dt``, ``framework`` (the reader), ``prediction_agreement`` (fraction with the
+    same top-1 as the student), ``spike_count_agreement`` (fraction of neuron x image spike counts over T that are
+    equal, every LIF layer), ``last_lif_spike_count_agreement``, ``max_logit_difference``; and the same against
+    the network the graph describes (``describes``: the student, or its ``hard_reset_copy`` where the export
+    approximated a soft reset) under ``exact_*``: the export's own exactness."""
     device = torch.device(device)
-    net = _import_into_snntorch(graph, device)
+    reader = _import_graph(graph, device)
     model = model.eval().to(device)
-    references = {"": model, "exact_": hard_reset_copy(model)}
+    approximated = _approximated(graph)
+    references = {"": model, "exact_": hard_reset_copy(model) if approximated else model}
     lif_names = [n for n, m in model.named_modules() if isinstance(m, LIF)]
     agreement, top1, images = {prefix: _Agreement() for prefix in references}, _TestTop1(), 0
     for item in batches:
         x, y = item if isinstance(item, (tuple, list)) else (item, None)
         x = x.to(device)
-        theirs, their_counts = _snntorch_run(net, x, model.T)
+        theirs, their_counts = _graph_run(reader, x, model.T)
         if sorted(their_counts) != sorted(n.replace(".", "_") for n in lif_names):
-            raise RuntimeError(f"snnTorch built the neuron layers {sorted(their_counts)} from the graph; the student "
-                               f"has {lif_names}")
+            raise RuntimeError(f"{reader.name} built the neuron layers {sorted(their_counts)} from the graph; the "
+                               f"student has {lif_names}")
+        ours = _our_run(model, x)
         for prefix, ref in references.items():
-            logits, counts = _our_run(ref, x)
+            logits, counts = ours if ref is model else _our_run(ref, x)
             agreement[prefix].add(logits, counts, theirs, their_counts, lif_names)
-            if y is not None and prefix == "":
-                top1.add(logits, theirs, y.to(device))
+        if y is not None:
+            top1.add(ours[0], theirs, y.to(device))
         images += x.shape[0]
-    out = {"images": int(images), "T": model.T, "framework": f"snntorch {_version('snntorch')}",
-           "nir": _version("nir"), "approximations": graph.metadata.get("approximations", "none")}
+    out = {"images": int(images), "T": model.T, "dt": float(graph.metadata["dt"]), "framework": reader.name,
+           "nir": _version("nir"), "approximations": str(graph.metadata.get("approximations", "none")),
+           "describes": "the student with every reset to 0" if approximated else "the student"}
     for prefix, tally in agreement.items():
         out.update(tally.figures(images, prefix))
     return {**out, **top1.figures()}
