@@ -1,5 +1,6 @@
 """NIR export of spiking students, read back and run beside the student (snnTorch; nirtorch for an exact soft
 reset), and compared with spikingjelly's own exporter."""
+import re
 import subprocess
 import sys
 
@@ -34,9 +35,13 @@ def test_a_soft_reset_student_is_refused_by_default_naming_both_options():
         nirexport.to_nir(model, (1, 8, 8), soft_reset="subtract")
 
 
-@pytest.mark.parametrize("name", ["spiking_resnet18", "spiking_resnet19"])
-def test_an_exact_soft_reset_round_trips_through_a_file_and_runs_as_the_student(name, tmp_path):
-    model = _student(name)
+@pytest.mark.parametrize("name, cfg, scale", [
+    ("spiking_resnet18", {}, -0.2),   # lambda 0.2, theta 1, in_scale 1: -lambda theta / in_scale
+    ("spiking_resnet19", {}, -0.2),
+    ("spiking_resnet18", {"decay_input": True, "tau": 2.0, "v_threshold": 0.5}, -0.5),   # 0.5 * 0.5 / (1/2)
+])
+def test_an_exact_soft_reset_round_trips_through_a_file_and_runs_as_the_student(name, cfg, scale, tmp_path):
+    model = _student(name, neuron_cfg=cfg)
     graph = nirexport.to_nir(model, (1, 8, 8), soft_reset="exact")
     back = nir.read(str(nirexport.write(graph, tmp_path / "m.nir")))
     assert sorted(back.nodes) == sorted(graph.nodes) and len(back.edges) == len(graph.edges)
@@ -46,8 +51,9 @@ def test_an_exact_soft_reset_round_trips_through_a_file_and_runs_as_the_student(
     for n in lifs:   # LI -> Threshold (named as the LIF) -> Scale -> back into the LI
         assert isinstance(back.nodes[f"{n}.membrane"], nir.LI) and isinstance(back.nodes[n], nir.Threshold)
         assert {(f"{n}.membrane", n), (n, f"{n}.reset"), (f"{n}.reset", f"{n}.membrane")} <= set(back.edges)
-    # lambda 0.2, theta 1, in_scale 1: the recurrent edge subtracts lambda * theta per spike of the last step
-    assert np.allclose(back.nodes["stem.reset"].scale, -0.2) and np.allclose(back.nodes["stem"].threshold, 1.0)
+    # the recurrent edge: lambda * theta less in the next step's potential per spike (the LI's gain is in_scale)
+    assert np.allclose(back.nodes["stem.reset"].scale, scale)
+    assert np.allclose(back.nodes["stem"].threshold, model.stem.v_threshold)
     x = torch.rand(24, 1, 8, 8) * 3
     out = nirexport.check_graph(model, back, x.split(12))
     assert out["framework"].startswith("nirtorch") and out["describes"] == "the student"
@@ -171,7 +177,12 @@ def test_the_hard_reset_path_writes_what_spikingjelly_export_to_nir_writes():
     assert [type(ours.nodes[f"head.{k}"]).__name__ for k in range(4)] == ["AvgPool2d", "Conv2d", "LIF", "Conv2d"]
     assert [type(theirs.nodes[f"head_{k}"]).__name__ for k in range(5)] == ["AvgPool2d", "Flatten", "Affine", "LIF",
                                                                             "Affine"]
-    np.testing.assert_array_equal(ours.nodes["head.1"].weight[:, :, 0, 0], theirs.nodes["head_2"].weight)
+    for k, kk in ((1, 2), (3, 4)):   # the Linear layers: their weights and biases
+        np.testing.assert_array_equal(ours.nodes[f"head.{k}"].weight[:, :, 0, 0], theirs.nodes[f"head_{kk}"].weight)
+        np.testing.assert_array_equal(ours.nodes[f"head.{k}"].bias, theirs.nodes[f"head_{kk}"].bias)
+    for field in ("tau", "r", "v_leak", "v_threshold", "v_reset"):   # the head's LIF: [C, 1, 1] here, [C] there
+        np.testing.assert_allclose(getattr(ours.nodes["head.2"], field).reshape(-1),
+                                   getattr(theirs.nodes["head_3"], field), rtol=1e-6)
     x = torch.rand(16, 1, 8, 8) * 3
     logits = _sj_run(ours, x, model.T)
     assert torch.equal(logits, _sj_run(theirs, x, model.T))
@@ -214,6 +225,8 @@ def test_export_command_writes_the_file_and_checks_it(tmp_path):
     assert "wrote" in p.stdout and "soft reset: exact" in p.stdout
     check = p.stdout.splitlines()[-2:]   # dt, both top-1s, the agreement
     assert check[0].startswith("nirtorch ") and " on 450 images, T=2, dt=0.0001 s: top-1 " in check[0]
+    top1 = re.search(r"top-1 ([\d.]+) % \(student\) / ([\d.]+) % \(graph\)", check[0])
+    assert top1 and top1[1] == top1[2], check[0]
     assert "same prediction 100.00 %, equal spike counts 100.00 %" in check[0]
     assert check[1] == "against the network the graph describes (the student): 100.00 % and 100.00 %"
     assert nir.read(str(tmp_path / "out" / "s.nir")).metadata["T"] == 2

@@ -18,7 +18,7 @@ CHILD_TIMEOUT_S = 3600.0   # one bench configuration in its own process (a full-
 # nirexport: seconds per timestep; snnTorch's NIR import assumes 1e-4 (Norse's default dt is 1e-3)
 DEFAULT_DT = 1e-4
 # a soft reset (v = u - theta), which NIR's LIF cannot express: "refuse" it (the default, as spikingjelly's
-# exporter does), write it "exact" (a leaky integrator, a threshold and a recurrent edge subtracting the threshold),
+# exporter does), write it "exact" (a leaky integrator, a threshold and a recurrent edge subtracting lambda * theta),
 # or "approximate" it by NIR's LIF with its reset to 0 (what snnTorch and spikingjelly read)
 SOFT_RESETS = ("refuse", "exact", "approximate")
 SOFT_RESET = "refuse"

@@ -25,7 +25,9 @@ The reset. A hard reset to 0 is NIR's ``LIF`` exactly. NIR's LIF cannot reset by
 - ``"approximate"``: NIR's LIF with its reset to 0, said in the graph's metadata; ``check_graph`` runs it in
   snnTorch and measures what the approximation changes.
 
-NIR fires at ``v > theta`` where spikingjelly fires at ``u >= theta`` (equal only at exact ties). Max-pooling,
+The exact graph is the student in real arithmetic; in float32 its reset, summed in another order
+(``lambda u - lambda theta s`` for ``lambda (u - theta s)``), and NIR's ``v > theta`` where spikingjelly fires at
+``u >= theta`` can differ from the student only where a potential lands within rounding of theta. Max-pooling,
 products of two activations (spiking attention) and the other students' blocks are refused, naming the layer.
 Against spikingjelly's own ``export_to_nir`` (``tests/test_nirexport.py``): on a hard-reset student both write
 the same convolutions and LIF constants; spikingjelly cannot trace these multi-step students or fold a BN, and
@@ -115,27 +117,28 @@ class _Graph:
             raise NIRExportError(f"cannot export layer {name!r} (LIF): it resets by subtraction (soft reset), which "
                                  f"NIR's LIF cannot express (it resets to v_reset); pass soft_reset='exact' (command "
                                  f"line: --soft-reset exact) to write it as NIR's LI, Threshold and a recurrent Scale "
-                                 f"(exact; snnTorch and spikingjelly cannot read it) or soft_reset='approximate' to "
-                                 f"write NIR's LIF with its reset to 0 instead (an approximation)")
+                                 f"(exact; snnTorch and spikingjelly cannot read it) or soft_reset='approximate' "
+                                 f"(--soft-reset approximate) to write NIR's LIF with its reset to 0 instead (an "
+                                 f"approximation)")
         tau = self.dt / (1.0 - cfg.decay)
         full = lambda v: np.full(shape, v, dtype=np.float32)
+        leak = dict(tau=full(tau), r=full(cfg.in_scale * tau / self.dt), v_leak=full(0.0))   # the charge
         if cfg.v_reset is None and self.soft_reset == "exact":
-            return self._soft_reset_lif(name, lif, inputs, tau, full)
+            return self._soft_reset_lif(name, lif, inputs, leak, full)
         if cfg.v_reset is None and not self.approximations:
             self.approximations.append("soft reset (v = u - theta) exported as NIR's reset to 0")
-        node = nir.LIF(tau=full(tau), r=full(cfg.in_scale * tau / self.dt), v_leak=full(0.0),
-                       v_threshold=full(lif.v_threshold), v_reset=full(0.0))
+        node = nir.LIF(**leak, v_threshold=full(lif.v_threshold), v_reset=full(0.0))
         return self.add(name, node, inputs, shape)
 
-    def _soft_reset_lif(self, name, lif: LIF, inputs, tau: float, full):
-        """The soft-reset LIF exactly: ``{name}.membrane`` (LI, ``u``), ``name`` (Threshold, the spikes) and
-        ``{name}.reset`` (Scale ``-lambda theta / in_scale``) on the recurrent edge back into the LI."""
+    def _soft_reset_lif(self, name, lif: LIF, inputs, leak: dict, full):
+        """The soft-reset LIF exactly: ``{name}.membrane`` (LI with the charge ``leak``: ``u``), ``name``
+        (Threshold, the spikes) and ``{name}.reset`` (Scale ``-lambda theta / in_scale``) on the recurrent edge
+        back into the LI."""
         import nir
 
         cfg, shape = lif.cfg, self.shapes[inputs[0]]
         membrane = f"{name}.membrane"
-        self.add(membrane, nir.LI(tau=full(tau), r=full(cfg.in_scale * tau / self.dt), v_leak=full(0.0)),
-                 [*inputs, f"{name}.reset"], shape)
+        self.add(membrane, nir.LI(**leak), [*inputs, f"{name}.reset"], shape)
         self.add(name, nir.Threshold(threshold=full(lif.v_threshold)), [membrane], shape)
         self.add(f"{name}.reset", nir.Scale(scale=full(-cfg.decay * lif.v_threshold / cfg.in_scale)), [name], shape)
         return name
@@ -305,7 +308,7 @@ def check_run(run_dir: str | Path, graph, batch_size: int = 128, device: str = "
     return dict(out, run=str(run_dir), student=result["student"], run_method=result["method"], dataset=result["dataset"])
 
 
-def export_and_check(run: str | Path, out: str | Path, device: str = "cpu", soft_reset: str = "exact") -> dict:
+def export_and_check(run: str | Path, out: str | Path, device: str, soft_reset: str) -> dict:
     """The ``export`` notebook: ``out/model.nir`` of the run's student (a soft reset written as ``soft_reset``
     says), then ``out/result.json`` with ``check_run``'s figures (``kind: "nir_check"``)."""
     from hybridkd_lib.base.results import check_writable_folder, git_commit, write_json
@@ -371,8 +374,8 @@ class _Reader:
 
 
 def _graph_run(reader: _Reader, x, T: int):
-    """The imported graph run from rest for T steps on the static batch ``x`` (the state passed back each step):
-    mean logits and the spike counts of every spiking module."""
+    """The imported graph run from rest for T steps on the static batch ``x`` ``[B, C, H, W]`` (the state passed
+    back each step): mean logits ``[B, classes]`` and each spiking module's spike counts (``{name: [B, ...]}``)."""
     if reader.restart is not None:
         reader.restart()
     net, counts, handles = reader.net, {}, []
@@ -397,7 +400,8 @@ def _graph_run(reader: _Reader, x, T: int):
 
 class _LeakyIntegrator(nn.Module):
     """NIR's ``LI`` (``tau dv/dt = (v_leak - v) + r I``, output ``v``) by forward Euler at ``dt`` from ``v = 0``:
-    ``v + (dt/tau) (v_leak - v) + (dt/tau) r I``, the input's gain computed once (1 for a student's ``r``)."""
+    ``v + (dt/tau) (v_leak - v) + (dt/tau) r I``, the input's gain computed once (``= in_scale`` for a student's
+    ``r``). ``forward(x, state)``: the input and the last step's ``v`` (``[B, ...]``, None at rest) to ``(v, v)``."""
 
     def __init__(self, node, dt: float):
         super().__init__()
@@ -442,10 +446,9 @@ def exact_reader_maps(dt: float) -> dict:
 
 
 def _import_graph(graph, device: torch.device) -> _Reader:
-    """``graph`` as a network in eval mode on ``device``: snnTorch (``snntorch.import_from_nir``), or nirtorch's executor with ``exact_reader_maps`` for a graph
-    holding NIR ``LI`` nodes (an ``"exact"`` soft reset)."""
+    """``graph`` as a network in eval mode on ``device``: snnTorch (``snntorch.import_from_nir``), or nirtorch's
+    executor with ``exact_reader_maps`` for a graph holding NIR ``LI`` nodes (an ``"exact"`` soft reset)."""
     import contextlib
-    import io
 
     import nir
 
