@@ -21,7 +21,7 @@ The reset. A hard reset to 0 is NIR's ``LIF`` exactly. NIR's LIF cannot reset by
   ``-lambda * theta / in_scale``: with the reader's one-step delay on a recurrent edge,
   ``u_t = lambda * u_{t-1} + in_scale * x_t - lambda * theta * s_{t-1}``, the soft reset exactly. snnTorch 1.0,
   spikingjelly 2.0 and Norse 1.1 map none of the three nodes, so ``check_graph`` runs such a graph on nirtorch's
-  executor (the one those readers share) with ``EXACT_READER_MAPS``: NIR's own equations for the three nodes;
+  executor (the one those readers share) with ``exact_reader_maps``: NIR's own equations for the three nodes;
 - ``"approximate"``: NIR's LIF with its reset to 0, said in the graph's metadata; ``check_graph`` runs it in
   snnTorch and measures what the approximation changes.
 
